@@ -1,0 +1,1 @@
+"""Input/output back-ends: files, embedding providers, vector stores, dead letters."""

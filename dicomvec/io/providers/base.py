@@ -1,0 +1,124 @@
+"""The provider interface: a batch of encoded images (or texts) in, one result per input out.
+
+A provider never raises for a bad input: each input gets an ``EmbeddingResult`` holding either a
+unit-length float32 vector or an error (type, message, retryable, attempts). It raises
+``FatalProviderError`` only when going on would be pointless for every image (bad key, no
+credits): the job stops with that plain message.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+class FatalProviderError(RuntimeError):
+    """Stop the job: no image can succeed (e.g. 401 bad key, 402 no credits)."""
+
+
+class TextNotSupportedError(ValueError):
+    """The provider has no text tower (e.g. the non-semantic thumbnail descriptor)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedImage:
+    """An image as sent to a model: encoded bytes and their MIME type."""
+
+    data: bytes
+    mime: str = "image/png"
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingResult:
+    """Exactly one of ``vector`` or ``error_type`` is set."""
+
+    vector: Optional[np.ndarray] = None
+    error_type: str = ""
+    error_message: str = ""
+    retryable: bool = False
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.vector is not None
+
+    @classmethod
+    def success(cls, vector: np.ndarray, attempts: int = 1) -> "EmbeddingResult":
+        return cls(vector=vector, attempts=attempts)
+
+    @classmethod
+    def failure(cls, error_type: str, message: str, retryable: bool = False,
+                attempts: int = 1) -> "EmbeddingResult":
+        return cls(error_type=error_type, error_message=message, retryable=retryable,
+                   attempts=attempts)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderConfig:
+    """Provider settings taken from pipeline options (never the API key: that is read from the
+    environment inside the worker)."""
+
+    name: str
+    settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def unit_vector(values: Sequence[float] | np.ndarray, dimension: int) -> np.ndarray:
+    """Validate and L2-normalise one vector: right length, finite, non-zero. Raises ValueError."""
+    vec = np.asarray(values, dtype=np.float64).reshape(-1)
+    if vec.shape[0] != dimension:
+        raise ValueError(f"vector has {vec.shape[0]} dimensions, expected {dimension}")
+    if not np.all(np.isfinite(vec)):
+        raise ValueError("vector has non-finite values")
+    norm = float(np.linalg.norm(vec))
+    if norm < 1e-12:
+        raise ValueError("vector is all zeros")
+    return (vec / norm).astype(np.float32)
+
+
+class EmbeddingProvider(abc.ABC):
+    """Turns batches of images (and, for semantic models, texts) into vectors.
+
+    Lifecycle follows a DoFn's: ``setup()`` once per worker instance, ``teardown()`` at the end.
+    """
+
+    #: registry name, also stored in the Provider column
+    name: ClassVar[str] = ""
+    #: False for descriptors with no meaning (no text search, not CLIP)
+    semantic: ClassVar[bool] = True
+    #: largest batch one call may take
+    max_batch_size: ClassVar[int] = 64
+
+    def __init__(self, config: ProviderConfig):
+        self.config = config
+
+    @property
+    @abc.abstractmethod
+    def model(self) -> str:
+        """Stored in the EmbeddingModel column."""
+
+    @property
+    @abc.abstractmethod
+    def dimension(self) -> int:
+        """Vector length."""
+
+    def setup(self) -> None:
+        """Open connections; called once per DoFn instance."""
+
+    def teardown(self) -> None:
+        """Close connections."""
+
+    @abc.abstractmethod
+    def embed_images(self, images: Sequence[EncodedImage]) -> List[EmbeddingResult]:
+        """One result per image, in input order."""
+
+    def embed_texts(self, texts: Sequence[str]) -> List[EmbeddingResult]:
+        """One result per text, in input order."""
+        raise TextNotSupportedError(
+            f"the {self.name!r} provider has no text embedding; use a semantic provider "
+            "such as nvclip for text queries")
+
+    def stats(self) -> Dict[str, float]:
+        """Counters for the end-of-run summary (requests, retries, ...)."""
+        return {}

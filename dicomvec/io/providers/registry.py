@@ -1,0 +1,33 @@
+"""Provider lookup by name: ``create_provider(ProviderConfig("thumbnail"))``."""
+from __future__ import annotations
+
+import importlib
+from typing import Dict, List
+
+from dicomvec.io.providers.base import EmbeddingProvider, ProviderConfig
+
+# name -> "module:Class"; imported lazily so optional dependencies stay optional.
+_PROVIDERS: Dict[str, str] = {
+    "thumbnail": "dicomvec.io.providers.thumbnail:ThumbnailProvider",
+}
+
+
+def register_provider(name: str, target: str) -> None:
+    _PROVIDERS[name] = target
+
+
+def available_providers() -> List[str]:
+    return sorted(_PROVIDERS)
+
+
+def provider_class(name: str) -> type:
+    try:
+        target = _PROVIDERS[name]
+    except KeyError:
+        raise ValueError(f"unknown provider {name!r}; choose one of {available_providers()}")
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def create_provider(config: ProviderConfig) -> EmbeddingProvider:
+    return provider_class(config.name)(config)

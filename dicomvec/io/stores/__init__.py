@@ -1,0 +1,7 @@
+"""Vector stores: one core (``VectorStore``) and thin SQL dialects, chosen by URL scheme.
+
+``sqlite:///out/dicomvec.db`` (embedded default), ``postgresql://...``, ``iris://...``.
+"""
+from dicomvec.io.stores.base import Hit, ImageRow, VectorStore, open_store
+
+__all__ = ["Hit", "ImageRow", "VectorStore", "open_store"]

@@ -1,0 +1,77 @@
+"""The one record type that flows through the pipeline, and the failure it can turn into.
+
+An ``ImageRecord`` is created per matched file by the identify stage and enriched stage by
+stage (``dataclasses.replace``): metadata → ``pixels`` (normalised uint8, dropped after encode)
+→ ``encoded``/``mime`` → ``vector``. A ``Failure`` carries what a dead-letter row needs: never
+pixels, never patient names.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from typing import Optional
+
+import numpy as np
+
+#: Pipeline stages, in order; dead letters name one of them.
+STAGES = ("read", "decode", "normalize", "resize", "embed", "write")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """One DICOM image on its way to a vector.
+
+    Identity is ``image_id`` (MIMIC ``dicom_id`` or SOPInstanceUID); ``path`` is where it was read.
+    """
+
+    path: str
+    image_id: str = ""
+    subject_id: str = ""
+    study_id: str = ""
+    view_position: str = ""
+    rows: int = 0
+    columns: int = 0
+    photometric: str = ""
+    transfer_syntax: str = ""
+    pixels: Optional[np.ndarray] = None  # normalised 2-D uint8, full or reduced size
+    encoded: Optional[bytes] = None  # model input image (PNG by default)
+    mime: str = ""
+    vector: Optional[np.ndarray] = None  # float32, unit length
+    provider: str = ""
+    embedding_model: str = ""
+
+    @property
+    def dicom_file(self) -> str:
+        """The file name, as stored in the DicomFile column."""
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    def without_pixels(self) -> "ImageRecord":
+        return dataclasses.replace(self, pixels=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """Why one image could not go on; becomes one dead-letter row."""
+
+    path: str
+    image_id: str
+    stage: str
+    error_type: str
+    error_message: str
+    attempts: int = 1
+    retryable: bool = False
+    failed_at: str = dataclasses.field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}")
+
+    @classmethod
+    def from_exception(cls, record: ImageRecord, stage: str, exc: BaseException,
+                       attempts: int = 1, retryable: bool = False) -> "Failure":
+        message = str(exc).strip() or repr(exc)
+        return cls(path=record.path, image_id=record.image_id, stage=stage,
+                   error_type=type(exc).__name__, error_message=message[:2000],
+                   attempts=attempts, retryable=retryable)

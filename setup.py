@@ -1,0 +1,37 @@
+"""dicomvec packaging. Beam ships this package to workers with ``--setup_file ./setup.py``."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"',
+                    Path(__file__).with_name("dicomvec").joinpath("__init__.py").read_text()
+                    ).group(1)
+
+setup(
+    name="dicomvec",
+    version=VERSION,
+    description="Apache Beam pipeline: chest X-ray DICOM archive -> vectors for cross-modal search",
+    packages=find_packages(include=["dicomvec", "dicomvec.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "apache-beam==2.77.0",
+        "pydicom==3.0.2",
+        # MIT/BSD decoders only (pylibjpeg-libjpeg is GPLv3 and is not used)
+        "pylibjpeg>=2.0",
+        "pylibjpeg-openjpeg>=2.4",
+        "pylibjpeg-rle>=2.0",
+        "python-gdcm>=3.0.24",
+        "numpy>=1.26",
+        "pillow>=10.3",
+        "pyarrow>=14",
+        "requests>=2.31",
+    ],
+    extras_require={
+        "iris": ["intersystems-irispython>=5.1"],
+        "postgres": ["psycopg[binary]>=3.1"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pgserver==0.1.4",
+                 "psycopg[binary]>=3.1", "intersystems-irispython>=5.1"],
+    },
+    entry_points={"console_scripts": ["dicomvec=dicomvec.cli:main"]},
+)
