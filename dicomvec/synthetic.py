@@ -204,6 +204,23 @@ def _write_broken(path: Path, kind: str, ds: Dataset) -> None:
         path.write_text("this is not a DICOM file, it only has a .dcm name\n" + digest * 20)
 
 
+def synthetic_dataset(size: Tuple[int, int] = (256, 212), bits_stored: int = 12,
+                      photometric: str = "MONOCHROME2", view_position: str = "PA",
+                      seed: int = 0, index: int = 0) -> Dataset:
+    """One native (Explicit VR LE) synthetic DX dataset in memory, e.g. for tests."""
+    rng = np.random.default_rng(seed)
+    info = SyntheticFile(path="", dicom_id=_dicom_id(rng),
+                         subject_id=_digits(rng, 10_000_000, 20_000_000),
+                         study_id=_digits(rng, 50_000_000, 60_000_000),
+                         view_position=view_position, syntax="native", photometric=photometric,
+                         bits_stored=bits_stored)
+    image = chest_image(size[0], size[1], bits_stored, np.random.default_rng([seed, index]),
+                        lateral=view_position == "LATERAL")
+    if photometric == "MONOCHROME1":
+        image = (2 ** bits_stored - 1) - image
+    return _dataset(image, info, seed, index)
+
+
 def parse_size(text: str) -> Tuple[int, int]:
     """``"3056x2544"`` → (rows, columns)."""
     try:
