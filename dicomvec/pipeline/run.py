@@ -38,6 +38,7 @@ class RunSummary:
     run_id: str
     matched: int
     duplicate_files: int
+    skipped_existing: int
     stored: int
     dead_lettered: Dict[str, int]
     wall_time_s: float
@@ -63,6 +64,8 @@ class RunSummary:
             f"  files matched        {self.matched}",
             f"  duplicate files      {self.duplicate_files}  (same ImageID as another file; "
             f"one row kept, see the log)",
+            f"  already stored       {self.skipped_existing}  (skipped: same provider and "
+            f"preprocessing; --force re-embeds)",
             f"  images stored        {self.stored}",
             f"  dead-lettered        {self.dead_lettered_total}" + "".join(
                 f"\n    {stage:<18} {n}" for stage, n in self.dead_lettered.items() if n),
@@ -132,6 +135,7 @@ def run_ingest(argv: List[str]) -> RunSummary:
         run_id=run_id,
         matched=counters.get("matched", 0),
         duplicate_files=counters.get("duplicate_files", 0),
+        skipped_existing=counters.get("skipped_existing", 0),
         stored=counters.get("write_ok", 0),
         dead_lettered={stage: counters.get(f"{stage}_failed", 0) for stage in STAGES},
         wall_time_s=wall,
