@@ -15,12 +15,16 @@ from typing import List, Optional
 
 COMMANDS = (
     "dicomvec.commands.run",
+    "dicomvec.commands.reprocess",
+    "dicomvec.commands.dead_letters",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from dicomvec import __version__
-    parser = argparse.ArgumentParser(prog="dicomvec", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="dicomvec",
+        description="Chest X-ray DICOM archive → vectors for cross-modal search (Apache Beam).")
     parser.add_argument("--version", action="version", version=f"dicomvec {__version__}")
     parser.add_argument("--log-level", default="INFO", help="level for dicomvec's own log")
     parser.add_argument("--beam-log-level", default="WARNING",

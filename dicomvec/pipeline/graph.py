@@ -1,6 +1,6 @@
 """Assemble the ingestion graph.
 
-files (fileio.MatchFiles + ReadMatches) → IdentifyDicom → KeepFirstPerImageID → SkipStored
+files (fileio.MatchFiles, or listed paths, + ReadMatches) → IdentifyDicom → KeepFirstPerImageID → SkipStored
 (unless --force) → DecodePixels →
 NormalizePixels → ResizeAndEncode → BatchForEmbedding (GroupIntoBatches, sharded keys) →
 EmbedBatch → WriteToStore; every stage's ``failed`` output → Flatten → WriteDeadLetters.
@@ -19,7 +19,7 @@ from dicomvec.record import ImageRecord
 from dicomvec.transforms.dedupe import KeepFirstPerImageID
 from dicomvec.transforms.resume import SkipStored
 from dicomvec.transforms.embed import BatchForEmbedding, EmbedBatch
-from dicomvec.transforms.identify import IdentifyDicom
+from dicomvec.transforms.identify import IdentifyDicom, MatchPath
 from dicomvec.transforms.preprocess import DecodePixels, NormalizePixels, ResizeAndEncode
 from dicomvec.transforms.stage import FAILED
 from dicomvec.transforms.write import WriteToStore
@@ -31,12 +31,21 @@ def _stage(pcoll, label, dofn, failures):
     return outputs.ok
 
 
-def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str):
-    """Add the ingestion transforms to ``pipeline``; returns the PCollection of stored counts."""
+def match_input(pipeline: beam.Pipeline, options: DicomvecOptions, paths, failures):
+    """PCollection of FileMetadata: the ``--input`` pattern, or exactly ``paths`` (reprocess);
+    a listed path that no longer exists becomes a ``read`` dead letter."""
+    if paths is None:
+        return pipeline | "MatchFiles" >> fileio.MatchFiles(
+            options.input, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+    listed = pipeline | "ListedPaths" >> beam.Create(sorted(paths))
+    return _stage(listed, "MatchPaths", MatchPath(), failures)
+
+
+def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str, paths=None):
+    """Add the ingestion transforms to ``pipeline`` (reading ``options.input``, or the given
+    ``paths``); returns the PCollection of stored counts."""
     failures = []
-    files = (pipeline
-             | "MatchFiles" >> fileio.MatchFiles(
-                 options.input, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+    files = (match_input(pipeline, options, paths, failures)
              | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
     records = _stage(files, "Identify", IdentifyDicom(), failures)
     unique = (records

@@ -108,11 +108,13 @@ def default_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def run_ingest(argv: List[str]) -> RunSummary:
+def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary:
+    """Run the job over ``--input`` (or over exactly ``paths``, for reprocessing)."""
     options = PipelineOptions(argv)
     configure_local_engine(options)
     dv = options.view_as(DicomvecOptions)
-    check_input(dv.input)
+    if paths is None:
+        check_input(dv.input)
     run_id = dv.run_id or default_run_id()
     provider = create_provider(dv.provider_config())
     if not provider.semantic:
@@ -123,7 +125,7 @@ def run_ingest(argv: List[str]) -> RunSummary:
 
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
-    build_ingest(pipeline, dv, run_id)
+    build_ingest(pipeline, dv, run_id, paths=paths)
     result = pipeline.run()
     result.wait_until_finish()
     wall = time.monotonic() - started
