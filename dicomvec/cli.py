@@ -17,6 +17,7 @@ COMMANDS = (
     "dicomvec.commands.run",
     "dicomvec.commands.reprocess",
     "dicomvec.commands.dead_letters",
+    "dicomvec.commands.synth",
 )
 
 
