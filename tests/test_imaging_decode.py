@@ -70,6 +70,19 @@ def test_lossless_syntaxes_decode_to_the_native_values(syntax, tmp_path):
     assert compressed.file_meta.TransferSyntaxUID.is_compressed
     decoded = decode_pixels(compressed, target_size=100)
     np.testing.assert_array_equal(decoded.array, expected)
+    if syntax == "rle":
+        assert decoded.decoder.startswith("rle+")  # the direct pylibjpeg-rle path
+
+
+def test_rle_with_dirty_high_bits_is_masked_like_pydicom(tmp_path):
+    ds = synthetic_dataset(size=(200, 150), bits_stored=12)
+    dirty = np.frombuffer(ds.PixelData, np.uint16).reshape(200, 150) | np.uint16(0x5000)
+    ds.PixelData = dirty.tobytes()
+    compressed = roundtrip(ds, "rle", tmp_path)
+    decoded = decode_pixels(compressed, target_size=1000)
+    assert decoded.decoder == "rle"
+    np.testing.assert_array_equal(decoded.array, compressed.pixel_array)
+    assert decoded.array.max() < 4096
 
 
 @pytest.mark.parametrize("bits_stored", [12, 16])
