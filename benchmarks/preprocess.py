@@ -114,21 +114,21 @@ def time_case(paths: List[Path], size: int, rounds: int) -> Dict[str, object]:
 
 
 def stage_profile(path: Path, size: int, repeat: int = 5) -> Dict[str, float]:
-    """Median ms of each fast-path stage for one file (where the time goes)."""
+    """Median CPU ms of each fast-path stage for one file (where the time goes)."""
     stages: Dict[str, List[float]] = {k: [] for k in ("read_file", "read_dataset", "decode",
                                                       "normalize", "fit_and_encode")}
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         data = path.read_bytes()
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         ds = imaging.read_dataset(data)
-        t2 = time.perf_counter()
+        t2 = time.process_time()
         decoded = imaging.decode_pixels(ds, size)
-        t3 = time.perf_counter()
+        t3 = time.process_time()
         gray = imaging.normalize_pixels(ds, decoded)
-        t4 = time.perf_counter()
+        t4 = time.process_time()
         imaging.fit_and_encode(gray, size)
-        t5 = time.perf_counter()
+        t5 = time.process_time()
         for key, a, b in zip(stages, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
             stages[key].append((b - a) * 1000)
     return {k: round(statistics.median(v), 2) for k, v in stages.items()}
@@ -189,6 +189,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size", type=int, default=224, help="model input size (default 224)")
     parser.add_argument("--batch", type=int, default=64, help="batch for the peak-RSS run")
+    parser.add_argument("--earlier-size", type=int, default=518,
+                        help="also time the naive path at this output size on native16 "
+                             "(the earlier implementation used 518; 0 to skip)")
     parser.add_argument("--cpu", type=int, default=0, help="pin to this CPU (-1: no pinning)")
     parser.add_argument("--data", help="keep generated files here (default: a temp dir)")
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -214,6 +217,13 @@ def main(argv=None) -> int:
             case = CASES[key]
             paths = make_files(case, root, args.files_per_case)
             row = time_case(paths, args.size, args.rounds)
+            if key == "native16" and args.earlier_size:
+                # the earlier implementation's own output size, as in the issue's 186 ms figure
+                earlier = [_timed(naive_once, p, args.earlier_size)
+                           for _ in range(max(1, args.rounds // 2)) for p in paths]
+                row["naive_earlier_ms"] = round(statistics.median(c for c, _ in earlier), 2)
+                row["naive_earlier_wall_ms"] = round(statistics.median(w for _, w in earlier), 2)
+                row["earlier_size"] = args.earlier_size
             row["stages_ms"] = stage_profile(paths[0], args.size)
             if not args.no_rss and key in ("native16", "j2k-mimic"):
                 row["rss_batch"] = {"fast": measure_rss(paths, args.size, args.batch, False,
@@ -234,8 +244,14 @@ def main(argv=None) -> int:
         print(f"| {row['case']} | {row['file_mb']} | {row['fast_ms']} | {row['naive_ms']} | "
               f"{row['ratio']}× | {row['fast_wall_ms']} | {row['naive_wall_ms']} | "
               f"{row['wall_ratio']}× | {row['decoder']} |")
+    for key, row in results["cases"].items():
+        if "naive_earlier_ms" in row:
+            print(f"\nnaive path at {row['earlier_size']} px (the earlier implementation's size) on "
+                  f"{row['case']}: CPU {row['naive_earlier_ms']} ms, wall "
+                  f"{row['naive_earlier_wall_ms']} ms → fast path ×"
+                  f"{row['naive_earlier_ms'] / row['fast_ms']:.1f} (CPU)")
     print()
-    print("fast-path stages (ms, median, first file):")
+    print("fast-path stages (CPU ms, median, first file):")
     for key, row in results["cases"].items():
         print(f"  {row['case']:30s} " + "  ".join(f"{k} {v}" for k, v in row["stages_ms"].items()))
     for key, row in results["cases"].items():
