@@ -154,3 +154,15 @@ def test_real_lossy_j2k_steps_down_to_a_level_the_codestream_allows(real_cxr_dir
     full = block_mean(ds.pixel_array, decoded.reduction).astype(np.float64)
     h, w = min(full.shape[0], decoded.array.shape[0]), min(full.shape[1], decoded.array.shape[1])
     assert np.abs(decoded.array[:h, :w] - full[:h, :w]).mean() < 0.01 * 2 ** 15
+
+
+def test_failed_decode_does_not_spam_the_log_and_leaves_logging_alone(tmp_path, caplog):
+    import logging
+    ds = roundtrip(synthetic_dataset(size=(120, 100)), "rle", tmp_path)
+    ds.PixelData = ds.PixelData[:64] + b"\x00" * (len(ds.PixelData) - 64)
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(PixelDecodeError):
+            decode_pixels(ds, 224)
+        assert not [r for r in caplog.records if r.name.startswith("pydicom")]
+        logging.getLogger("pydicom.pixels.decoders.base").warning("still logged afterwards")
+    assert any("still logged" in r.getMessage() for r in caplog.records)

@@ -22,6 +22,7 @@ import dataclasses
 import io
 import logging
 import math
+import threading
 from typing import Optional, Tuple
 
 import numpy as np
@@ -111,16 +112,32 @@ def _one_line(exc: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+_QUIET = threading.local()
+
+
+class _DropWhileDecoding(logging.Filter):
+    """Drops pydicom's per-plugin tracebacks while *this thread* is inside ``_quiet_decoders``
+    (our own PixelDecodeError carries the reasons). Thread-safe, unlike changing log levels."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_QUIET, "active", False)
+
+
+for _name in ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.utils"):
+    _logger = logging.getLogger(_name)
+    if not any(isinstance(f, _DropWhileDecoding) for f in _logger.filters):
+        _logger.addFilter(_DropWhileDecoding())
+
+
 @contextlib.contextmanager
 def _quiet_decoders():
-    """Silence pydicom's per-plugin error logging while a decode is attempted."""
-    logger = logging.getLogger("pydicom")
-    previous = logger.level
-    logger.setLevel(logging.CRITICAL)
+    """Silence pydicom's decoder error logging for this thread while a decode is attempted."""
+    previous = getattr(_QUIET, "active", False)
+    _QUIET.active = True
     try:
         yield
     finally:
-        logger.setLevel(previous)
+        _QUIET.active = previous
 
 
 # --------------------------------------------------------------------------- native
