@@ -166,3 +166,13 @@ def test_failed_decode_does_not_spam_the_log_and_leaves_logging_alone(tmp_path, 
         assert not [r for r in caplog.records if r.name.startswith("pydicom")]
         logging.getLogger("pydicom.pixels.decoders.base").warning("still logged afterwards")
     assert any("still logged" in r.getMessage() for r in caplog.records)
+
+
+def test_real_jpeg_baseline_uses_the_dct_downscale(real_cxr_dir):
+    ds = read_dataset((real_cxr_dir / "cr_mono2_jpeg_baseline_1024.dcm").read_bytes())
+    decoded = decode_pixels(ds, 224)
+    assert decoded.decoder == "pillow-jpeg/4" and decoded.array.shape == (256, 256)
+    area = block_mean(ds.pixel_array, 4).astype(np.float64)
+    assert np.abs(decoded.array - area).mean() < 2.0  # 8-bit gray levels
+    full = decode_pixels(ds, 1024)  # no reduction wanted: the general full decode
+    assert full.decoder == "pydicom" and full.array.shape == (1024, 1024)

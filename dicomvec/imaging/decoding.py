@@ -8,6 +8,7 @@ Fast paths keep the work proportional to the *output* size wherever the codec al
 * JPEG 2000 (unsigned, one sample): Pillow/OpenJPEG reduced-resolution decode (discard the
   finest wavelet levels, ``im.reduce = k``); if a codestream refuses it, a full decode.
 * RLE lossless: pylibjpeg-rle decodes the first frame straight into a buffer, then the block mean.
+* 8-bit grayscale JPEG baseline: Pillow's DCT-domain downscale (``draft``) to >= the target.
 * everything else (JPEG, JPEG-LS, deflated, big endian...): pydicom's decoders on the first
   frame, then the same block mean.
 
@@ -30,7 +31,7 @@ import pydicom
 from PIL import Image
 from pydicom.encaps import generate_frames
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID, JPEG2000, JPEG2000Lossless, RLELossless
+from pydicom.uid import UID, JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 from dicomvec.imaging.errors import PixelDecodeError
 
@@ -279,6 +280,38 @@ def _decode_j2k(ds: pydicom.Dataset, target_size: int) -> Optional[DecodedPixels
     return DecodedPixels(block_mean(arr, k), scale * k, name)
 
 
+# --------------------------------------------------------------------------- JPEG baseline
+
+
+def _decode_jpeg_baseline(ds: pydicom.Dataset, target_size: int) -> Optional[DecodedPixels]:
+    """8-bit grayscale JPEG: Pillow's DCT-domain downscale (``draft``, 1/2..1/8) to >= target."""
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or int(ds.BitsAllocated) != 8 or \
+            int(ds.get("PixelRepresentation", 0)) != 0:
+        return None
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    scale = 1
+    while scale < 8 and max(rows, columns) / (scale * 2) >= target_size:
+        scale *= 2
+    if scale == 1:
+        return None
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        frame = next(generate_frames(ds.PixelData, number_of_frames=frames))
+        with Image.open(io.BytesIO(frame)) as im:
+            if im.mode != "L":
+                return None
+            im.draft("L", (-(-columns // scale), -(-rows // scale)))
+            arr = np.asarray(im)
+    except Exception:
+        return None  # pydicom's decoders give the error message
+    if arr.ndim != 2 or abs(arr.shape[0] * scale - rows) > scale or \
+            abs(arr.shape[1] * scale - columns) > scale:
+        return None
+    k = reduction_factor(arr.shape[0], arr.shape[1], target_size)
+    name = f"pillow-jpeg/{scale}" + (f"+mean{k}" if k > 1 else "")
+    return DecodedPixels(block_mean(arr, k), scale * k, name)
+
+
 # --------------------------------------------------------------------------- general
 
 
@@ -332,6 +365,8 @@ def decode_pixels(ds: pydicom.Dataset, target_size: int) -> DecodedPixels:
             decoded = _decode_j2k(ds, target_size)
         elif ts == RLELossless:
             decoded = _decode_rle(ds, target_size)
+        elif ts == JPEGBaseline8Bit:
+            decoded = _decode_jpeg_baseline(ds, target_size)
         else:
             decoded = None
     except PixelDecodeError:
