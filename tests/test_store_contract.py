@@ -14,27 +14,11 @@ import uuid
 import numpy as np
 import pytest
 
-from dicomvec.io.stores import ImageRow, VectorStore
+from dicomvec.io.stores import VectorStore
+from tests.store_rows import DIM, make_row, unit
 
-DIM = 1024
 IRIS_SKIP = ("IRIS contract not run: no IRIS server can be installed here. Set DICOMVEC_IRIS_URL="
              "iris://USER@HOST:1972/NAMESPACE and DICOMVEC_IRIS_PASSWORD to run it live")
-
-
-def unit(seed: int, dim: int = DIM) -> np.ndarray:
-    vec = np.random.default_rng(seed).standard_normal(dim)
-    return (vec / np.linalg.norm(vec)).astype(np.float32)
-
-
-def make_row(i: int, provider: str = "nvclip", view: str = "PA", vector=None,
-             version: str = "v1", **changes) -> ImageRow:
-    values = dict(SubjectID=f"1{i:07d}", StudyID=f"5{i:07d}", ImageID=f"img-{i:05d}",
-                  ImagePath=f"files/p10/p1{i:07d}/s5{i:07d}/img-{i:05d}.dcm",
-                  DicomFile=f"img-{i:05d}.dcm", ViewPosition=view,
-                  Vector=unit(i) if vector is None else vector, EmbeddingModel="nvclip-test",
-                  Provider=provider, PreprocessVersion=version)
-    values.update(changes)
-    return ImageRow(**values)
 
 
 class Backend:

@@ -45,6 +45,21 @@ def sqlcode(exc: BaseException) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
+def parse_zversion(text: str) -> Optional[Tuple[int, int]]:
+    """``$ZVERSION`` text → (year, release), e.g. ``... 2024.1 (Build 267U) ...`` → (2024, 1)."""
+    match = _VERSION.search(text or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def require_hnsw(version: Optional[Tuple[int, int]]) -> None:
+    """Raise a clear RuntimeError when ``version`` is known to predate HNSW indexes."""
+    if version is not None and version < HNSW_MIN_VERSION:
+        raise RuntimeError(
+            f"this IRIS server is {version[0]}.{version[1]}; HNSW vector indexes need IRIS "
+            f"{HNSW_MIN_VERSION[0]}.{HNSW_MIN_VERSION[1]} or newer. Searches still work "
+            "without the index (exact VECTOR_COSINE scan); upgrade IRIS to build it.")
+
+
 def read_password() -> str:
     """The IRIS password from the environment (value or file); never from the URL."""
     value = os.environ.get(PASSWORD_ENV)
@@ -157,20 +172,13 @@ class IrisDialect(Dialect):
         try:
             cur = conn.cursor()
             cur.execute("SELECT $ZVERSION")
-            text = str(cur.fetchone()[0])
+            return parse_zversion(str(cur.fetchone()[0]))
         except Exception:
             log.debug("could not read the IRIS version", exc_info=True)
             return None
-        match = _VERSION.search(text)
-        return (int(match.group(1)), int(match.group(2))) if match else None
 
     def check_index_support(self, conn) -> None:
-        version = self.server_version(conn)
-        if version is not None and version < HNSW_MIN_VERSION:
-            raise RuntimeError(
-                f"this IRIS server is {version[0]}.{version[1]}; HNSW vector indexes need IRIS "
-                f"{HNSW_MIN_VERSION[0]}.{HNSW_MIN_VERSION[1]} or newer. Searches still work "
-                "without the index (exact VECTOR_COSINE scan); upgrade IRIS to build it.")
+        require_hnsw(self.server_version(conn))
 
     def index_error(self, exc: BaseException, conn) -> Exception:
         """A clear error for a failed HNSW build (old server or other cause)."""
