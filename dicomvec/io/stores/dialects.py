@@ -207,15 +207,19 @@ def redact_url(url: str) -> str:
         password = parsed.password
     except ValueError:
         return "<unparseable sink URL>"
+    changed = False
     if password:
         user = parsed.username or ""
         host = parsed.netloc.rsplit("@", 1)[1]
         parsed = parsed._replace(netloc=f"{user}:***@{host}")
+        changed = True
     if parsed.query:
-        query = [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v)
-                 for k, v in parse_qsl(parsed.query, keep_blank_values=True)]
-        parsed = parsed._replace(query=urlencode(query, safe="*/"))
-    return parsed.geturl()
+        pairs = parse_qsl(parsed.query, keep_blank_values=True)
+        if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
+            query = [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs]
+            parsed = parsed._replace(query=urlencode(query, safe="*/"))
+            changed = True
+    return parsed.geturl() if changed else url
 
 
 def __getattr__(name: str):
