@@ -106,6 +106,16 @@ def test_upsert_twice_updates_in_place(backend):
     assert hits[0].ImageID == "img-00003" and hits[0].ViewPosition == "AP"
 
 
+def test_duplicate_key_within_a_batch_keeps_the_last(backend):
+    store = backend.store()
+    store.init_schema(DIM)
+    rows = [make_row(1), make_row(2), make_row(1, view="AP", vector=unit(77))]
+    assert store.upsert(rows) == []
+    assert store.count() == 2
+    np.testing.assert_allclose(store.vectors(["img-00001"], "nvclip")["img-00001"], unit(77),
+                               rtol=1e-6, atol=1e-7)
+
+
 def test_bad_rows_fail_alone(backend):
     """One NOT NULL violation (found by the database, isolated by bisection) and one
     wrong-length vector (refused before the database) fail; their 10 neighbours are stored."""

@@ -256,10 +256,7 @@ class VectorStore:
         return lengths.most_common(1)[0][0]
 
     def _write(self, conn, rows: Sequence[ImageRow], dimension: int) -> None:
-        cur = conn.cursor()
-        sql = self.dialect.upsert_sql(COLUMNS, dimension)
-        params = [self.dialect.row_params(row, COLUMNS) for row in rows]
-        cur.executemany(sql, params)
+        self.dialect.write_batch(conn, rows, COLUMNS, dimension)
         conn.commit()
 
     # -- reads -----------------------------------------------------------------------------

@@ -161,6 +161,13 @@ class Dialect(abc.ABC):
         return [self.encode_vector(getattr(row, c)) if c == "Vector" else getattr(row, c)
                 for c in columns]
 
+    def write_batch(self, conn, rows: Sequence, columns: Sequence[str], dimension: int) -> None:
+        """Send one batch inside the current transaction (the core commits): one
+        parametrised upsert, ``executemany`` over the rows."""
+        cur = conn.cursor()
+        cur.executemany(self.upsert_sql(columns, dimension),
+                        [self.row_params(row, columns) for row in rows])
+
     def nearest(self, conn, vector: np.ndarray, k: int, provider: Optional[str],
                 view_position: Optional[str]):
         """The ``k`` most cosine-similar rows as ``Hit`` objects, best first."""

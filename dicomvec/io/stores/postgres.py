@@ -5,8 +5,9 @@ redacted wherever the URL is logged. Names are left unquoted in every statement,
 folds them to lower case consistently: the default table is ``vectorsearch.mimiccxrimages``.
 
 Vectors are bound in pgvector's binary format (``%b`` with the ``pgvector`` adapter), never as
-SQL text; ``executemany`` runs the whole batch in one pipeline. Search orders by the ``<=>``
-cosine distance (score = 1 - distance) so an HNSW ``vector_cosine_ops`` index is used.
+SQL text; ``executemany`` sends the whole batch in one pipeline (psycopg 3 does this by itself).
+Search orders by the ``<=>`` cosine distance (score = 1 - distance) so an HNSW
+``vector_cosine_ops`` index is used.
 """
 from __future__ import annotations
 
