@@ -1,1 +1,1 @@
-"""CLI subcommands: each module exposes ``register(subparsers)`` (sets ``func=run``)."""
+"""CLI sub-commands; each module has ``register(subparsers)`` (see ``dicomvec.cli``)."""
