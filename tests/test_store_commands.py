@@ -1,24 +1,18 @@
 """``dicomvec init-db`` and ``dicomvec create-index`` against SQLite and the local PostgreSQL."""
 from __future__ import annotations
 
-import argparse
 import sqlite3
 import uuid
 
 import pytest
 
-from dicomvec.commands import create_index, init_db
+from dicomvec.cli import main
 from dicomvec.io.stores import VectorStore
 from tests.store_rows import make_row, unit
 
 
 def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="dicomvec")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    init_db.register(subparsers)
-    create_index.register(subparsers)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(list(argv))
 
 
 def test_init_db_sqlite_twice_with_provider_dimension(tmp_path, capsys):
@@ -34,19 +28,28 @@ def test_init_db_sqlite_twice_with_provider_dimension(tmp_path, capsys):
 
 
 def test_init_db_reports_errors_without_secrets(capsys, monkeypatch):
-    assert cli("init-db", "--sink", "iris://me:Sup3rSecret@host:1972/USER") == 1
+    assert cli("init-db", "--sink", "iris://me:Sup3rSecret@host:1972/USER") == 2
     err = capsys.readouterr().err
     assert "Sup3rSecret" not in err and "DICOMVEC_IRIS_PASSWORD" in err
-    assert cli("init-db", "--sink", "sqlite:///x.db", "--provider", "no-such-model") == 1
+    assert cli("init-db", "--sink", "sqlite:///x.db", "--provider", "no-such-model") == 2
     assert "no-such-model" in capsys.readouterr().err
+    monkeypatch.delenv("DICOMVEC_IRIS_PASSWORD", raising=False)
+    monkeypatch.delenv("DICOMVEC_IRIS_PASSWORD_FILE", raising=False)
+    assert cli("create-index", "--sink", "iris://me@127.0.0.1:1/USER") == 2
+    assert "set DICOMVEC_IRIS_PASSWORD" in capsys.readouterr().err
+
     with pytest.raises(SystemExit):
         cli("init-db", "--sink", "sqlite:///x.db", "--dimension", "8", "--provider", "thumbnail")
 
 
+@pytest.mark.postgres
 def test_init_db_and_create_index_on_postgres(postgres_server, capsys):
     table = f"cmd_{uuid.uuid4().hex[:8]}"
     url = postgres_server.url()
     args = ("--sink", url, "--schema", "DicomvecTest", "--table", table)
+    # the database refusing is exit status 1 and one line (no table yet)
+    assert cli("create-index", *args) == 1
+    assert "create-index failed for " + url in capsys.readouterr().err
     assert cli("init-db", *args, "--dimension", "1024", "--with-report-fk") == 0
     assert "without the foreign key" in capsys.readouterr().out
     assert cli("init-db", *args, "--dimension", "1024") == 0

@@ -61,7 +61,8 @@ def _open_backend(name: str, request, tmp_path) -> Backend:
     return Backend(name, url, "DicomvecTest", table, server)
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "iris"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
+                        pytest.param("iris", marks=pytest.mark.iris)])
 def backend(request, tmp_path):
     """The contract's target: one fresh table on each database."""
     b = _open_backend(request.param, request, tmp_path)
@@ -218,6 +219,7 @@ def test_report_foreign_key_when_reports_table_exists(backend):
 
 # -- reconnects (PostgreSQL: a real server we can terminate backends on) ---------------------
 
+@pytest.mark.postgres
 def test_reconnect_after_terminate_between_batches(pg_backend):
     store = pg_backend.store(retry_delay_s=0.01)
     store.init_schema(DIM)
@@ -233,6 +235,7 @@ def test_reconnect_after_terminate_between_batches(pg_backend):
     assert store.nearest(unit(35), k=1)[0].ViewPosition == "AP"
 
 
+@pytest.mark.postgres
 def test_reconnect_when_backend_dies_mid_batch(pg_backend):
     """A trigger terminates the writing backend while it is half-way through a batch (once):
     the uncommitted half is rolled back, the core reconnects, the retry writes every row once."""
@@ -266,6 +269,8 @@ def test_reconnect_when_backend_dies_mid_batch(pg_backend):
     assert store.count() == 64
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
 def test_terminations_during_concurrent_writes_lose_nothing(pg_backend):
     """Another session keeps terminating the writer's backend while batches are written."""
     store = pg_backend.store(retry_delay_s=0.005, max_attempts=10)
@@ -299,6 +304,7 @@ def test_terminations_during_concurrent_writes_lose_nothing(pg_backend):
     assert store.existing_ids(ids, "nvclip") == set(ids)
 
 
+@pytest.mark.postgres
 def test_unreachable_server_fails_rows_as_transient(pg_backend):
     """Nothing listening: the rows come back failed with a transient error after the retries,
     never silently dropped."""

@@ -3,7 +3,7 @@
 IRIS 2025.1+: ``CREATE INDEX ... AS HNSW(Distance='Cosine')`` (older servers get a clear
 message; search still works as an exact scan). PostgreSQL: pgvector ``USING hnsw
 (Vector vector_cosine_ops)``. SQLite: no index (search is an exact numpy scan). Idempotent.
-Exit status 0 on success, 1 on failure.
+Exit status 0 on success, 1 when the database refuses, 2 for a bad URL or option.
 """
 from __future__ import annotations
 
@@ -24,14 +24,16 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args, extra=None) -> int:
     started = time.monotonic()
     try:
         with VectorStore(args.sink, schema=args.schema, table=args.table) as store:
             statements = store.dialect.create_index_statements()
             store.create_index()
             rows = store.count()
-    except Exception as exc:
+    except ValueError:
+        raise  # bad URL, names or password setting: the CLI prints it (exit 2)
+    except Exception as exc:  # database errors (old IRIS, ...): one line
         print(f"create-index failed for {redact_url(args.sink)}: {type(exc).__name__}: {exc}",
               file=sys.stderr)
         return 1

@@ -3,7 +3,8 @@
 Creates the schema and the images table if they are missing (idempotent). The vector length is
 ``--dimension``, or the named provider's (``--provider nvclip`` → 1024), default 1024.
 ``--with-report-fk`` adds the foreign key on StudyID to ``<schema>.MIMICCXRReports`` when that
-table exists (a warning says so when it does not). Exit status 0 on success, 1 on failure.
+table exists (a warning says so when it does not). Exit status 0 on success, 1 when the
+database refuses, 2 for a bad URL or option.
 """
 from __future__ import annotations
 
@@ -56,13 +57,15 @@ def dimension_from(args) -> int:
     return DEFAULT_DIMENSION
 
 
-def run(args) -> int:
+def run(args, extra=None) -> int:
     try:
         dimension = dimension_from(args)
         with VectorStore(args.sink, schema=args.schema, table=args.table) as store:
             with_fk = store.init_schema(dimension, with_report_fk=args.with_report_fk)
             target = store.dialect.qualified_table
-    except Exception as exc:  # a clear one-line message, never a traceback with secrets
+    except ValueError:
+        raise  # bad URL, names, provider or password setting: the CLI prints it (exit 2)
+    except Exception as exc:  # database errors: one line, never a traceback with secrets
         print(f"init-db failed for {redact_url(args.sink)}: {type(exc).__name__}: {exc}",
               file=sys.stderr)
         return 1
