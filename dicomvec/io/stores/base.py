@@ -131,8 +131,9 @@ class VectorStore:
                 self._rollback_quietly()
                 if not self.dialect.is_transient(exc) or attempt == self.max_attempts:
                     raise
-                log.warning("%s: transient database error (%s), reconnecting (attempt %d/%d)",
-                            what, type(exc).__name__, attempt, self.max_attempts)
+                log.warning("%s on %s: transient database error (%s: %s), reconnecting "
+                            "(attempt %d/%d)", what, redact_url(self.url), type(exc).__name__,
+                            str(exc).strip()[:200], attempt, self.max_attempts)
                 time.sleep(self.retry_delay_s * attempt)
                 self._reconnect()
 
