@@ -9,6 +9,8 @@ re-upserts the same rows (the idempotent re-run path: every row is an update).
 
 Run from the repository root:
     PYTHONPATH=. python benchmarks/sink.py [--rows 20000] [--batch 64] [--backends sqlite,postgresql]
+A live IRIS can be measured too: ``--backends iris`` with ``DICOMVEC_IRIS_URL`` and
+``DICOMVEC_IRIS_PASSWORD`` set (tables in schema ``DicomvecBench``, dropped afterwards).
 """
 from __future__ import annotations
 
@@ -63,14 +65,26 @@ def timed_row_by_row(store: VectorStore, rows: List[ImageRow]) -> float:
     return time.perf_counter() - started
 
 
+BENCH_SCHEMA = "DicomvecBench"
+BENCH_TABLES = ("BaselineImages", "BenchImages")
+
+
+def drop_bench_tables(url: str) -> None:
+    """Remove the benchmark's tables (on a server database that outlives the run)."""
+    for table in BENCH_TABLES:
+        with VectorStore(url, schema=BENCH_SCHEMA, table=table) as store:
+            store.conn.cursor().execute(f"DROP TABLE IF EXISTS {store.dialect.qualified_table}")
+            store.conn.commit()
+
+
 def run_backend(name: str, url: str, rows: List[ImageRow], batch: int,
                 baseline_rows: int) -> Dict[str, float]:
     result: Dict[str, float] = {}
-    with VectorStore(url, table="BaselineImages") as store:
+    with VectorStore(url, schema=BENCH_SCHEMA, table=BENCH_TABLES[0]) as store:
         store.init_schema(DIM)
         sample = rows[:baseline_rows]
         result["baseline_rows_per_s"] = len(sample) / timed_row_by_row(store, sample)
-    with VectorStore(url) as store:
+    with VectorStore(url, schema=BENCH_SCHEMA, table=BENCH_TABLES[1]) as store:
         store.init_schema(DIM)
         result["batched_rows_per_s"] = len(rows) / timed_batches(store, rows, batch)
         result["rerun_rows_per_s"] = len(rows) / timed_batches(store, rows, batch)
@@ -93,13 +107,22 @@ def main(argv=None) -> int:
     rows = make_rows(args.rows)
     runs: Dict[str, List[Dict[str, float]]] = {}
     for name in args.backends.split(","):
-        if name not in ("sqlite", "postgresql"):
+        if name not in ("sqlite", "postgresql", "iris"):
             parser.error(f"unknown backend {name!r}")
+        if name == "iris" and not os.environ.get("DICOMVEC_IRIS_URL"):
+            parser.error("the iris backend needs DICOMVEC_IRIS_URL (and DICOMVEC_IRIS_PASSWORD)")
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory(prefix="dicomvec-bench-") as tmp:
                 if name == "sqlite":
                     result = run_backend(name, f"sqlite:///{tmp}/bench.db", rows, args.batch,
                                          args.baseline_rows)
+                elif name == "iris":  # a live server: tables in schema DicomvecBench, dropped
+                    url = os.environ["DICOMVEC_IRIS_URL"]
+                    drop_bench_tables(url)
+                    try:
+                        result = run_backend(name, url, rows, args.batch, args.baseline_rows)
+                    finally:
+                        drop_bench_tables(url)
                 else:
                     from tests.pg_fixtures import LocalPostgres
                     with LocalPostgres(durable=True) as server:
