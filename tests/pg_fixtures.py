@@ -4,7 +4,8 @@ The binaries come from the ``pgserver`` wheel (``pgserver/pginstall/bin``; it sh
 runs offline). ``LocalPostgres`` runs ``initdb`` in a temporary directory and starts the server
 on 127.0.0.1, TCP only, on a free port; ``stop()`` shuts it down and deletes the directory.
 PostgreSQL refuses to run as root, so as root the server runs as the system user
-``dicomvec-pg`` (created with ``useradd`` when missing; ``nobody`` as a fallback).
+``dicomvec-pg`` (created with ``useradd`` when missing; ``nobody`` as a fallback); when that
+user cannot reach the wheel's directory, a private copy of the binaries in a temp dir is used.
 
 Fixture ``postgres_server`` (session scope) yields a started ``LocalPostgres``. It skips, with
 the reason, only when the binaries cannot run at all; with ``CI=true`` it fails instead.
@@ -77,6 +78,7 @@ class LocalPostgres:
         self.durable = durable
         self.user = service_user()
         self.tmp: Optional[Path] = None
+        self.install_copy: Optional[Path] = None
         self.port: Optional[int] = None
         self.superuser = "postgres"
 
@@ -102,6 +104,36 @@ class LocalPostgres:
             raise PostgresUnavailable(f"{self.bin_dir / 'postgres'} --version failed: "
                                       f"{result.stderr.strip() or result.stdout.strip()}")
 
+    def _service_user_can_run(self) -> bool:
+        if self.user is None:
+            return True
+        try:
+            result = subprocess.run([str(self.bin_dir / "postgres"), "--version"],
+                                    capture_output=True, text=True, timeout=30,
+                                    user=self.user.pw_uid, group=self.user.pw_gid,
+                                    extra_groups=[], cwd="/")
+        except OSError:
+            return False
+        return result.returncode == 0
+
+    def _ensure_service_user_can_run(self) -> None:
+        """The wheel may sit under a directory the service user cannot enter (a venv below
+        /root): then run a private copy of its ``pginstall`` (34 MB) and ``pgserver.libs``
+        from a temp dir."""
+        if self._service_user_can_run():
+            return
+        self.install_copy = Path(tempfile.mkdtemp(prefix="dicomvec-pginstall-"))
+        self.install_copy.chmod(0o755)
+        package = self.bin_dir.parent.parent  # .../site-packages/pgserver
+        shutil.copytree(package / "pginstall", self.install_copy / "pgserver" / "pginstall",
+                        symlinks=True)
+        libs = package.parent / "pgserver.libs"  # the binaries' RPATH: $ORIGIN/../../../
+        if libs.is_dir():
+            shutil.copytree(libs, self.install_copy / "pgserver.libs", symlinks=True)
+        self.bin_dir = self.install_copy / "pgserver" / "pginstall" / "bin"
+        if not self._service_user_can_run():
+            raise RuntimeError(f"user {self.user.pw_name} cannot run {self.bin_dir / 'postgres'}")
+
     @property
     def data_dir(self) -> Path:
         return self.tmp / "data"
@@ -112,14 +144,22 @@ class LocalPostgres:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "LocalPostgres":
+        """initdb + pg_ctl start; on any failure everything made so far is removed."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> "LocalPostgres":
         self.check_runnable()
+        self._ensure_service_user_can_run()
         self.tmp = Path(tempfile.mkdtemp(prefix="dicomvec-pg-"))
         if self.user is not None:
             os.chown(self.tmp, self.user.pw_uid, self.user.pw_gid)
         init = self._run(["initdb", "-D", str(self.data_dir), "-U", self.superuser,
                           "--auth=trust", "--encoding=UTF8", "--no-sync", "--no-instructions"])
         if init.returncode != 0:
-            self.stop()
             raise RuntimeError(f"initdb failed: {init.stderr.strip() or init.stdout.strip()}")
         options = ["-c listen_addresses=127.0.0.1", "-c unix_socket_directories=''",
                    "-c max_connections=40", "-c shared_buffers=128MB"]
@@ -135,17 +175,18 @@ class LocalPostgres:
                 return self
             last_error = self.log_file.read_text(errors="replace")[-2000:] \
                 if self.log_file.exists() else started.stderr
-        self.stop()
         raise RuntimeError(f"PostgreSQL did not start: {last_error.strip()}")
 
     def stop(self) -> None:
-        if self.tmp is None:
-            return
-        if (self.data_dir / "postmaster.pid").exists():
-            self._run(["pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60",
-                       "stop"])
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp = None
+        if self.tmp is not None:
+            if (self.data_dir / "postmaster.pid").exists():
+                self._run(["pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60",
+                           "stop"])
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+        if self.install_copy is not None:
+            shutil.rmtree(self.install_copy, ignore_errors=True)
+            self.install_copy = None
 
     def __enter__(self) -> "LocalPostgres":
         return self.start()
