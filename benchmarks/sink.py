@@ -8,7 +8,7 @@ one commit each; on a smaller sample, default 2,000 rows), and prints the ratio.
 re-upserts the same rows (the idempotent re-run path: every row is an update).
 
 Run from the repository root:
-    PYTHONPATH=. python benchmarks/sink.py [--rows 20000] [--batch 64] [--backends sqlite,postgresql]
+    PYTHONPATH=. python benchmarks/sink.py [--rows 20000] [--backends sqlite,postgresql]
 A live IRIS can be measured too: ``--backends iris`` with ``DICOMVEC_IRIS_URL`` and
 ``DICOMVEC_IRIS_PASSWORD`` set (tables in schema ``DicomvecBench``, dropped afterwards).
 """

@@ -9,13 +9,11 @@ database refuses, 2 for a bad URL or option.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from dicomvec.io.stores.base import DEFAULT_SCHEMA, DEFAULT_TABLE, VectorStore
 from dicomvec.io.stores.dialects import redact_url
 
-log = logging.getLogger(__name__)
 
 DEFAULT_DIMENSION = 1024  # NV-CLIP ViT-H
 

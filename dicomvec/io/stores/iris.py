@@ -46,7 +46,7 @@ def sqlcode(exc: BaseException) -> Optional[int]:
 
 
 def parse_zversion(text: str) -> Optional[Tuple[int, int]]:
-    """``$ZVERSION`` text → (year, release), e.g. ``... 2024.1 (Build 267U) ...`` → (2024, 1)."""
+    """``$ZVERSION`` text → (year, release): ``... 2024.1 (Build 267U) ...`` → (2024, 1)."""
     match = _VERSION.search(text or "")
     return (int(match.group(1)), int(match.group(2))) if match else None
 

@@ -16,8 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dicomvec.io.stores.dialects import (HIT_COLUMNS, REPORTS_TABLE, Dialect, redact_url,
-                                         validate_k)
+from dicomvec.io.stores.dialects import HIT_COLUMNS, Dialect, redact_url, validate_k
 
 log = logging.getLogger(__name__)
 
@@ -143,5 +142,3 @@ class PostgresDialect(Dialect):
             return np.array(value.strip("[]").split(","), dtype=np.float32)
         return np.asarray(value, dtype=np.float32)
 
-
-__all__ = ["PostgresDialect", "REPORTS_TABLE"]
