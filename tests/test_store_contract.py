@@ -305,6 +305,21 @@ def test_terminations_during_concurrent_writes_lose_nothing(pg_backend):
 
 
 @pytest.mark.postgres
+def test_reads_leave_no_open_transaction(pg_backend):
+    store = pg_backend.store()
+    store.init_schema(DIM)
+    store.upsert([make_row(i) for i in range(3)])
+    store.count()
+    store.existing_ids(["img-00001"], "nvclip")
+    store.nearest(unit(1), k=2)
+    store.vectors(["img-00002"], "nvclip")
+    with pg_backend.server.admin() as admin:
+        state = admin.execute("SELECT state FROM pg_stat_activity WHERE pid = %s",
+                              [store.conn.info.backend_pid]).fetchone()[0]
+    assert state == "idle"
+
+
+@pytest.mark.postgres
 def test_unreachable_server_fails_rows_as_transient(pg_backend):
     """Nothing listening: the rows come back failed with a transient error after the retries,
     never silently dropped."""

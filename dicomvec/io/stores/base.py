@@ -274,7 +274,7 @@ class VectorStore:
                 cur = conn.cursor()
                 cur.execute(sql, params)
                 return [r[0] for r in cur.fetchall()]
-            found.update(self._with_retry(action, "existing_ids"))
+            found.update(self._read(action, "existing_ids"))
         return found
 
     def count(self, provider: Optional[str] = None) -> int:
@@ -284,7 +284,7 @@ class VectorStore:
             cur = conn.cursor()
             cur.execute(sql, params)
             return int(cur.fetchone()[0])
-        return self._with_retry(action, "count")
+        return self._read(action, "count")
 
     def vectors(self, image_ids: Sequence[str], provider: str) -> Dict[str, np.ndarray]:
         """Stored vectors by ImageID (for checks and image → image search by ID)."""
@@ -296,15 +296,24 @@ class VectorStore:
             cur = conn.cursor()
             cur.execute(sql, params)
             return {r[0]: self.dialect.decode_vector(r[1]) for r in cur.fetchall()}
-        return self._with_retry(action, "vectors")
+        return self._read(action, "vectors")
 
     def nearest(self, vector: np.ndarray, k: int = 10, provider: Optional[str] = None,
                 view_position: Optional[str] = None) -> List[Hit]:
         """The ``k`` rows most cosine-similar to ``vector``, best first."""
-        return self._with_retry(
+        return self._read(
             lambda conn: self.dialect.nearest(conn, np.asarray(vector, dtype=np.float32), k,
                                               provider, view_position),
             "nearest")
+
+    def _read(self, action, what: str):
+        """``_with_retry`` for a query, ending its transaction afterwards so an idle worker
+        holds no snapshot or read lock (which would block DDL, VACUUM, WAL checkpoints)."""
+        def read(conn):
+            result = action(conn)
+            conn.rollback()
+            return result
+        return self._with_retry(read, what)
 
 
 def vector_problem(vector, dimension: int) -> Optional[str]:
