@@ -56,10 +56,10 @@ def test_init_db_and_create_index_on_postgres(postgres_server, capsys):
 
     store = VectorStore(url, schema="DicomvecTest", table=table).open()
     try:
-        assert store.upsert([make_row(i) for i in range(50)]) == []
+        assert store.upsert([make_row(i) for i in range(60)]) == []
         assert cli("create-index", *args) == 0
         assert cli("create-index", *args) == 0  # idempotent
-        assert "(50 rows)" in capsys.readouterr().out
+        assert "(60 rows)" in capsys.readouterr().out
         with postgres_server.admin() as admin:
             indexdef = admin.execute(
                 "SELECT indexdef FROM pg_indexes WHERE schemaname = 'dicomvectest' "
@@ -73,6 +73,11 @@ def test_init_db_and_create_index_on_postgres(postgres_server, capsys):
                 "LIMIT 5", [str(unit(1).tolist())]).fetchall())
             assert f"{table}_vector_hnsw" in plan
         assert store.nearest(unit(7), k=1)[0].ImageID == "img-00007"
+        # through the index: more than hnsw.ef_search's default 40, and filtered
+        store.conn.execute("SET enable_seqscan = off")  # a 60-row table would be scanned
+        store.conn.commit()
+        assert len(store.nearest(unit(7), k=50)) == 50
+        assert len(store.nearest(unit(7), k=20, provider="nvclip", view_position="PA")) == 20
     finally:
         store.conn.cursor().execute(f"DROP TABLE DicomvecTest.{table}")
         store.conn.commit()

@@ -131,6 +131,17 @@ class PostgresDialect(Dialect):
                f"FROM {self.qualified_table}{where} ORDER BY Vector <=> %b LIMIT {validate_k(k)}")
         return sql, [query, *params, query]
 
+    def nearest(self, conn, vector, k, provider, view_position):
+        """Like the generic search, with the HNSW candidate list (``hnsw.ef_search``, default
+        40) widened for this transaction: the index never returns more rows than that, and
+        filters are applied after it (pgvector 0.6), so 4×k candidates when filtering."""
+        k = validate_k(k)
+        wanted = 4 * k if (provider or view_position) else k
+        cur = conn.cursor()
+        cur.execute("SELECT set_config('hnsw.ef_search', %s, true)",
+                    [str(min(1000, max(40, wanted)))])
+        return super().nearest(conn, vector, k, provider, view_position)
+
     # -- values ----------------------------------------------------------------------------
     def encode_vector(self, vector: np.ndarray):
         return np.asarray(vector, dtype=np.float32)
