@@ -174,6 +174,24 @@ class VectorStore:
         cur.execute(sql, params)
         return cur.fetchone() is not None
 
+    def _index_exists(self, conn) -> bool:
+        """True when the dialect can tell the index exists (dialects whose DDL has no
+        IF NOT EXISTS); an unanswerable catalog query means "try to create it"."""
+        exists_sql = getattr(self.dialect, "index_exists_sql", None)
+        if exists_sql is None:
+            return False
+        sql, params = exists_sql()
+        try:
+            cur = conn.cursor()
+            cur.execute(sql, params)
+            return cur.fetchone() is not None
+        except Exception as exc:
+            if self.dialect.is_transient(exc):
+                raise
+            log.debug("index catalog query failed; creating the index", exc_info=True)
+            self._rollback_quietly()
+            return False
+
     def create_index(self) -> None:
         """Build the approximate nearest-neighbour index (after a bulk load); idempotent."""
         statements = self.dialect.create_index_statements()
@@ -184,14 +202,9 @@ class VectorStore:
 
         def action(conn):
             self.dialect.check_index_support(conn)
-            exists_sql = getattr(self.dialect, "index_exists_sql", None)
-            if exists_sql is not None:
-                sql, params = exists_sql()
-                cur = conn.cursor()
-                cur.execute(sql, params)
-                if cur.fetchone() is not None:
-                    log.info("vector index already exists on %s", self.dialect.qualified_table)
-                    return
+            if self._index_exists(conn):
+                log.info("vector index already exists on %s", self.dialect.qualified_table)
+                return
             cur = conn.cursor()
             try:
                 for statement in statements:
