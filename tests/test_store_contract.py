@@ -136,6 +136,20 @@ def test_bad_rows_fail_alone(backend):
         {r.ImageID for i, r in enumerate(rows) if i not in (5, 9)}
 
 
+def test_writer_that_did_not_create_the_table(backend):
+    """Workers open the store without init_schema: the vector length comes from the catalog
+    (PostgreSQL) or the batch, and a wrong-length vector still fails alone."""
+    backend.store().init_schema(DIM)
+    writer = backend.store()
+    assert writer.dimension is None
+    rows = [make_row(i) for i in range(5)] + [make_row(5, vector=unit(5, 512))]
+    failed = writer.upsert(rows)
+    assert [row.ImageID for row, _ in failed] == ["img-00005"]
+    assert writer.count() == 5
+    if backend.name == "postgresql":
+        assert writer.dimension == DIM  # read from pg_attribute
+
+
 @pytest.mark.parametrize("column,value", [("ImageID", "x" * 51), ("ViewPosition", "V" * 21)])
 def test_overlong_text_fails_alone(backend, column, value):
     if backend.name == "sqlite":
