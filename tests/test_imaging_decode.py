@@ -176,3 +176,13 @@ def test_real_jpeg_baseline_uses_the_dct_downscale(real_cxr_dir):
     assert np.abs(decoded.array - area).mean() < 2.0  # 8-bit gray levels
     full = decode_pixels(ds, 1024)  # no reduction wanted: the general full decode
     assert full.decoder == "pydicom" and full.array.shape == (1024, 1024)
+
+
+@pytest.mark.parametrize("dtype, top, k", [(np.uint16, 4095, 7), (np.uint16, 65535, 7),
+                                           (np.uint8, 255, 5), (np.uint16, 8191, 8)])
+def test_block_mean_narrow_accumulators_do_not_overflow(dtype, top, k):
+    arr = np.full((k * 9, k * 5), top, dtype=dtype)  # worst case: every value at the maximum
+    arr[:k, :k] = 0
+    got = block_mean(arr, k, top)
+    assert got.dtype == dtype and got[0, 0] == 0
+    assert np.all(got.ravel()[1:] == top)

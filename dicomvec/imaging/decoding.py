@@ -58,24 +58,41 @@ class DecodedPixels:
 # --------------------------------------------------------------------------- helpers
 
 
-def block_mean(arr: np.ndarray, k: int) -> np.ndarray:
+def _accumulator(max_total: int) -> np.dtype:
+    for dtype in (np.uint16, np.uint32, np.uint64):
+        if max_total <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError("block too large")
+
+
+def block_mean(arr: np.ndarray, k: int, max_value: Optional[int] = None) -> np.ndarray:
     """Area-average ``arr`` (2-D integer) over k×k blocks; a ragged edge (< k pixels) is dropped.
 
-    Sums in uint32/int64 one block row/column at a time (strided adds of reduced-size arrays),
-    then rounds back to ``arr``'s dtype. ``k <= 1`` returns ``arr`` unchanged.
+    Sums one block row, then one block column, at a time (strided adds of reduced-size arrays)
+    in the narrowest unsigned type that cannot overflow given ``max_value`` (the largest value
+    ``arr`` may hold; default: its dtype's maximum), then rounds back to ``arr``'s dtype.
+    ``k <= 1`` returns ``arr`` unchanged.
     """
     if k <= 1:
         return arr
     h, w = (arr.shape[0] // k) * k, (arr.shape[1] // k) * k
     if h == 0 or w == 0:
         return arr
-    acc_dtype = np.uint32 if arr.dtype.kind == "u" and arr.dtype.itemsize <= 2 else np.int64
-    rows = arr[0:h:k, :w].astype(acc_dtype)
-    for i in range(1, k):
+    if arr.dtype.kind == "u":
+        top = int(np.iinfo(arr.dtype).max if max_value is None else max_value)
+        row_dtype, acc_dtype = _accumulator(k * top), _accumulator(k * k * top)
+    else:
+        row_dtype = acc_dtype = np.dtype(np.int64)
+    if row_dtype == arr.dtype:
+        rows = np.add(arr[0:h:k, :w], arr[1:h:k, :w])
+    else:
+        rows = arr[0:h:k, :w].astype(row_dtype)
+        np.add(rows, arr[1:h:k, :w], out=rows, casting="unsafe")
+    for i in range(2, k):
         np.add(rows, arr[i:h:k, :w], out=rows, casting="unsafe")
-    acc = rows[:, 0::k].copy()
+    acc = rows[:, 0::k].astype(acc_dtype)
     for j in range(1, k):
-        np.add(acc, rows[:, j::k], out=acc)
+        np.add(acc, rows[:, j::k], out=acc, casting="unsafe")
     n = k * k
     if acc.dtype.kind == "u":
         acc += n // 2
@@ -163,10 +180,13 @@ def _reduce_stored(buffer, layout, target_size: int, name: str) -> DecodedPixels
     """View ``buffer`` as the first frame, mask unused high bits (as pydicom does), block-mean."""
     rows, columns, dtype, bits_stored, bits_allocated = layout
     arr = np.frombuffer(buffer, dtype=dtype, count=rows * columns).reshape(rows, columns)
-    if dtype.kind == "u" and bits_stored < bits_allocated and int(arr.max()) >> bits_stored:
-        arr = arr & np.array((1 << bits_stored) - 1, dtype=dtype)
+    top = None
+    if dtype.kind == "u" and bits_stored < bits_allocated:
+        if int(arr.max()) >> bits_stored:
+            arr = arr & np.array((1 << bits_stored) - 1, dtype=dtype)
+        top = (1 << bits_stored) - 1  # lets 12-bit data sum in uint16
     k = reduction_factor(rows, columns, target_size)
-    return DecodedPixels(block_mean(arr, k), k, name + (f"+mean{k}" if k > 1 else ""))
+    return DecodedPixels(block_mean(arr, k, top), k, name + (f"+mean{k}" if k > 1 else ""))
 
 
 def _decode_native(ds: pydicom.Dataset, target_size: int) -> Optional[DecodedPixels]:
@@ -277,7 +297,7 @@ def _decode_j2k(ds: pydicom.Dataset, target_size: int) -> Optional[DecodedPixels
         return None
     k = reduction_factor(arr.shape[0], arr.shape[1], target_size)
     name = f"pillow-j2k/{scale}" + (f"+mean{k}" if k > 1 else "")
-    return DecodedPixels(block_mean(arr, k), scale * k, name)
+    return DecodedPixels(block_mean(arr, k, (1 << precision) - 1), scale * k, name)
 
 
 # --------------------------------------------------------------------------- JPEG baseline
