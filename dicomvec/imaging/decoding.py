@@ -24,11 +24,11 @@ import io
 import logging
 import math
 import threading
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 import pydicom
-from PIL import Image
+from PIL import Image, ImageFile
 from pydicom.encaps import generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
@@ -230,32 +230,74 @@ def _decode_rle(ds: pydicom.Dataset, target_size: int) -> Optional[DecodedPixels
 # --------------------------------------------------------------------------- JPEG 2000
 
 
-def j2k_header(codestream: bytes) -> Tuple[int, bool, int]:
-    """(precision, signed, decomposition levels) from a J2K codestream's SIZ and COD markers."""
-    if codestream[:4] != b"\xff\x4f\xff\x51":
+class J2KHeader(NamedTuple):
+    """What the fast path needs from a J2K codestream's SIZ and COD markers."""
+
+    precision: int
+    signed: bool
+    levels: int  # wavelet decomposition levels (COD)
+    width: int  # Xsiz - XOsiz
+    height: int
+    x0: int  # image offset on the reference grid (XOsiz, YOsiz)
+    y0: int
+
+    def reduced_size(self, level: int) -> Tuple[int, int]:
+        """(width, height) OpenJPEG produces at ``level``: ceil over the offset grid."""
+        p = 1 << level
+
+        def span(origin, extent):
+            return -(-(origin + extent) // p) - (-(-origin // p))
+        return span(self.x0, self.width), span(self.y0, self.height)
+
+
+def j2k_header(codestream: bytes) -> J2KHeader:
+    """Parse SIZ (size, offset, first component's precision/sign) and COD (levels)."""
+    if codestream[:4] != b"\xff\x4f\xff\x51" or len(codestream) < 43:
         raise ValueError("not a JPEG 2000 codestream (no SOC/SIZ)")
+    x1, y1, x0, y0 = (int.from_bytes(codestream[i:i + 4], "big") for i in (8, 12, 16, 20))
     ssiz = codestream[42]
-    precision, signed = (ssiz & 0x7F) + 1, bool(ssiz & 0x80)
     pos = 4 + int.from_bytes(codestream[4:6], "big")
-    while pos + 4 <= len(codestream):
+    while pos + 10 <= len(codestream):
         marker = int.from_bytes(codestream[pos:pos + 2], "big")
         length = int.from_bytes(codestream[pos + 2:pos + 4], "big")
         if marker == 0xFF52:  # COD: Lcod, Scod, SGcod(4), SPcod: levels first
-            return precision, signed, codestream[pos + 9]
+            return J2KHeader((ssiz & 0x7F) + 1, bool(ssiz & 0x80), codestream[pos + 9],
+                             x1 - x0, y1 - y0, x0, y0)
         if marker == 0xFF90:  # SOT: main header over, no COD seen
             break
         pos += 2 + length
     raise ValueError("JPEG 2000 codestream has no COD marker in its main header")
 
 
-def _pillow_j2k(codestream: bytes, level: int, precision: int) -> np.ndarray:
+def _pillow_j2k(codestream: bytes, level: int, header: J2KHeader) -> np.ndarray:
+    """Decode at resolution ``level`` (0 = full) with Pillow's OpenJPEG.
+
+    Pillow's own ``im.reduce`` sizes the output as round((n)/2**level) where OpenJPEG produces
+    ceil(n/2**level), so e.g. 1841 px at level 2 is refused as a "broken data stream". The
+    tile is therefore set up with OpenJPEG's size; if that Pillow-internal layout ever changes,
+    the public ``im.reduce`` route is used instead.
+    """
+    width, height = header.reduced_size(level)
     with Image.open(io.BytesIO(codestream)) as im:
-        im.reduce = level  # Jpeg2KImageFile: decode only the coarser resolution levels
-        im.load()
-        arr = np.asarray(im)
+        try:
+            tile = im.tile[0]
+            args = (tile[3][0], level, 0, tile[3][3], tile[3][4])  # codec, reduce, layers, fd, len
+            extents = (0, 0, width, height)
+            make = getattr(ImageFile, "_Tile", None)
+            im.tile = [make(tile[0], extents, tile[2], args) if make
+                       else (tile[0], extents, tile[2], args)]
+            im._size = (width, height)
+            ImageFile.ImageFile.load(im)
+        except Exception:
+            with Image.open(io.BytesIO(codestream)) as again:
+                again.reduce = level
+                again.load()
+                arr = np.asarray(again)
+        else:
+            arr = np.asarray(im)
     if arr.ndim != 2:
         raise ValueError(f"unexpected decoded shape {arr.shape}")
-    shift = arr.dtype.itemsize * 8 - precision  # Pillow scales N-bit samples up to 8/16 bits
+    shift = arr.dtype.itemsize * 8 - header.precision  # Pillow scales N-bit samples to 8/16
     if shift > 0:
         arr = arr >> shift
     return arr
@@ -271,33 +313,33 @@ def _decode_j2k(ds: pydicom.Dataset, target_size: int) -> Optional[DecodedPixels
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         codestream = next(generate_frames(ds.PixelData, number_of_frames=frames))
-        precision, signed, levels = j2k_header(codestream)
+        header = j2k_header(codestream)
     except Exception:
         return None  # let pydicom report the problem
-    if signed or precision > 16:
+    if header.signed or header.precision > 16:
         return None
-    level = min(levels, int(math.floor(math.log2(longest / target_size))))
+    level = min(header.levels, int(math.floor(math.log2(longest / target_size))))
     if level < 1:
         return None
     end = codestream.rfind(b"\xff\xd9")
     if end > 0:
         codestream = codestream[:end + 2]  # Pillow rejects padding after EOC
     arr = None
-    for level in range(level, 0, -1):  # some codestreams refuse deep levels: step down
+    for level in range(level, 0, -1):  # a codestream may refuse deep levels: step down
         try:
-            arr = _pillow_j2k(codestream, level, precision)
+            arr = _pillow_j2k(codestream, level, header)
             break
         except Exception:
             continue
     if arr is None:
         return None  # no reduced decode possible: full decode by pydicom
     scale = 1 << level
-    if abs(arr.shape[0] - math.ceil(rows / scale)) > 1 or \
-            abs(arr.shape[1] - math.ceil(columns / scale)) > 1:
+    if arr.shape != header.reduced_size(level)[::-1] or \
+            abs(arr.shape[0] * scale - rows) >= scale or abs(arr.shape[1] * scale - columns) >= scale:
         return None
     k = reduction_factor(arr.shape[0], arr.shape[1], target_size)
     name = f"pillow-j2k/{scale}" + (f"+mean{k}" if k > 1 else "")
-    return DecodedPixels(block_mean(arr, k, (1 << precision) - 1), scale * k, name)
+    return DecodedPixels(block_mean(arr, k, (1 << header.precision) - 1), scale * k, name)
 
 
 # --------------------------------------------------------------------------- JPEG baseline
