@@ -38,7 +38,7 @@ elif [ -z "$BEAM_VERSION" ]; then
 else
   mkdir -p "$JOB_SERVER_DIR"
   flink_log "fetching $JOB_SERVER_ARTIFACT from Maven Central"
-  if mvn -B -q org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy \
+  if mvn -B -q -U org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy \
         -Dartifact="$JOB_SERVER_ARTIFACT" -DoutputDirectory="$JOB_SERVER_DIR" \
         >"$JOB_SERVER_DIR/mvn.log" 2>&1; then
     flink_log "Beam job server jar installed: $FLINK_JOB_SERVER_JAR"

@@ -8,6 +8,7 @@ where the registry does not serve it.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,9 +16,10 @@ import time
 from pathlib import Path
 from typing import List
 
+import pyarrow.parquet as pq
 import pytest
 
-from dicomvec.io.dead_letter import read_dead_letters
+from dicomvec.io.dead_letter import SCHEMA, read_dead_letters
 from dicomvec.io.stores import VectorStore
 from tests.conftest import REAL_CXR
 from tests.flink.conftest import FLINK_MINOR
@@ -85,6 +87,14 @@ def _assert_outcome(sample, out: Path, run_id: str):
     assert sorted(r["path"] for r in rows) == sorted(sample.broken_paths)
     assert {s: sum(r["stage"] == s for r in rows) for s in sample.dead_letters} == \
         sample.dead_letters
+    # the DirectRunner's layout: <dead-letter>/run=<id>/dead_letter-SSSSS-of-NNNNN.parquet
+    files = sorted((out / "dead_letter").rglob("*"))
+    layout = re.compile(rf"run={run_id}/dead_letter-\d{{5}}-of-\d{{5}}\.parquet")
+    parquet = [f for f in files if f.is_file()]
+    assert parquet and all(layout.fullmatch(str(f.relative_to(out / "dead_letter")))
+                           for f in parquet), parquet
+    for path in parquet:
+        assert pq.read_schema(path).remove_metadata().equals(SCHEMA)
 
 
 def _subtasks_with_records(cluster, jid: str, name_part: str) -> int:
