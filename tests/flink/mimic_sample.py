@@ -74,8 +74,11 @@ def make_sample(root: Path, count: int, seed: int = 5,
     broken.write_text("not a DICOM file: the pipeline must dead-letter it, not crash")
     stored, decode_failures, broken_paths = count, 1, [str(broken)]
     if real_dir is not None:
+        sources = sorted(real_dir.glob("*.dcm"))
+        if len(sources) != REAL_STORED + 1 or not (real_dir / REAL_CORRUPT).exists():
+            raise ValueError(f"{real_dir} does not hold the six known test radiographs")
         (root / "real").mkdir(parents=True, exist_ok=True)
-        for source in sorted(real_dir.glob("*.dcm")):
+        for source in sources:
             shutil.copy(source, root / "real" / source.name)
         stored += REAL_STORED
         decode_failures += 1
