@@ -1,8 +1,9 @@
 """Per-worker throughput of the CPU side of the job (read → decode → normalize → resize/encode →
 thumbnail "embedding" → SQLite), for sizing a Flink cluster (docs/flink.md).
 
-Makes ``--count`` synthetic MIMIC-CXR-size DICOMs (2544×3056, 16-bit stored 12, Explicit VR
-Little Endian: ~15.5 MB each, the real archive averages ~13.6 MB), then runs ``dicomvec run`` on
+Makes ``--count`` synthetic MIMIC-CXR-size DICOMs with the project's generator
+(``dicomvec.synthetic``: 3056×2544, 16-bit, Explicit VR Little Endian like most MIMIC-CXR files,
+~15.6 MB each; the real archive averages ~13.6 MB), then runs ``dicomvec run`` on
 the local engine with 1 worker (the baseline) and with ``--workers`` workers, in the same run.
 Prints images/s, MB/s and the speed-up ratio against the 1-worker baseline. The NV-CLIP call is
 not measured here: it is remote and bounded by the rate limit (see docs/flink.md).
@@ -19,26 +20,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dicomvec import synthetic  # noqa: E402
 from dicomvec.pipeline.run import run_ingest  # noqa: E402
-from tests.flink.mimic_sample import write_synthetic_cxr  # noqa: E402
-
-ROWS, COLS = 3056, 2544
 
 
 def make_archive(root: Path, count: int) -> int:
-    rng = np.random.default_rng(11)
-    total = 0
-    for index in range(count):
-        subject, study = 10000000 + index, 50000000 + index
-        path = (root / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}" /
-                f"{rng.bytes(8).hex()}.dcm")
-        write_synthetic_cxr(path, ROWS, COLS, rng)
-        total += path.stat().st_size
-    return total
+    """Write the archive; returns its size in bytes."""
+    files = synthetic.generate(root, count, synthetic.MIMIC_SIZE, ("native",), 0, seed=11)
+    return sum(Path(f.path).stat().st_size for f in files)
 
 
 def measure(root: Path, workers: int, tag: str) -> dict:
