@@ -58,9 +58,15 @@ alive() { [ -f "$PID_DIR/$1.pid" ] && kill -0 "$(cat "$PID_DIR/$1.pid")" 2>/dev/
 # BashJavaUtils prints the memory JVM flags (first result line) and, for the TaskManager, the
 # dynamic -D configuration (last result line) derived from the *.memory.process.size settings.
 bash_java_utils() {
-  java -cp "$FLINK_HOME/bin/bash-java-utils.jar:$FLINK_CP" \
-    org.apache.flink.runtime.util.bash.BashJavaUtils "$1" --configDir "$CONF_DIR" 2>&1 \
-    | grep '^BASH_JAVA_UTILS_EXEC_RESULT:' | sed 's/^BASH_JAVA_UTILS_EXEC_RESULT://'
+  local out
+  out="$(java -cp "$FLINK_HOME/bin/bash-java-utils.jar:$FLINK_CP" \
+    org.apache.flink.runtime.util.bash.BashJavaUtils "$1" --configDir "$CONF_DIR" 2>&1 || true)"
+  if ! grep -q '^BASH_JAVA_UTILS_EXEC_RESULT:' <<<"$out"; then
+    flink_log "BashJavaUtils $1 failed (memory settings in $CONF_DIR/config.yaml?):"
+    echo "$out" | tail -n 20 >&2
+    return 1
+  fi
+  grep '^BASH_JAVA_UTILS_EXEC_RESULT:' <<<"$out" | sed 's/^BASH_JAVA_UTILS_EXEC_RESULT://'
 }
 
 launch() {  # launch NAME LOGFILE CMD... : background, pid file, stdout/stderr to NAME.out
@@ -72,7 +78,7 @@ launch() {  # launch NAME LOGFILE CMD... : background, pid file, stdout/stderr t
 }
 
 start_jobmanager() {
-  local params; params="$(bash_java_utils GET_JM_RESOURCE_PARAMS)"
+  local params; params="$(bash_java_utils GET_JM_RESOURCE_PARAMS)" || exit 1
   # shellcheck disable=SC2206
   local jvm=( $(head -n1 <<<"$params") )
   local dyn=( $( [ "$(wc -l <<<"$params")" -gt 1 ] && tail -n1 <<<"$params" ) )
@@ -83,7 +89,7 @@ start_jobmanager() {
 }
 
 start_taskmanager() {
-  local params; params="$(bash_java_utils GET_TM_RESOURCE_PARAMS)"
+  local params; params="$(bash_java_utils GET_TM_RESOURCE_PARAMS)" || exit 1
   # shellcheck disable=SC2206
   local jvm=( $(head -n1 <<<"$params") ) dyn=( $(tail -n1 <<<"$params") )
   launch taskmanager java "${jvm[@]}" "${FLINK_JAVA17_OPTS[@]}" \
@@ -136,6 +142,10 @@ PY
 }
 
 components=("$@"); [ ${#components[@]} -gt 0 ] || components=(all)
+if [ "${components[*]}" = all ]; then   # all or nothing: a failed start stops what it started
+  trap 'rc=$?; if [ $rc -ne 0 ]; then flink_log "start failed: stopping what was started";
+        bash "$FLINK_SCRIPTS_DIR/stop.sh" >&2; fi' EXIT
+fi
 for c in "${components[@]}"; do
   case "$c" in
     all) write_config; start_jobmanager; start_taskmanager; start_workerpool; start_jobserver
