@@ -49,7 +49,8 @@ class DicomvecOptions(PipelineOptions):
                             help="streaming: seconds between polls of --input")
         parser.add_argument("--settle_seconds", "--settle-seconds", type=float, default=None,
                             help="streaming: a file is read once its size and mtime have not "
-                                 "changed for this long (default: a quarter of the interval)")
+                                 "changed for this long; make it longer than the pauses of the "
+                                 "slowest writer (default: half the watch interval)")
         parser.add_argument("--batch_wait", "--batch-wait", type=float, default=None,
                             help="streaming: flush a partial batch after this many seconds "
                                  "(default: half the watch interval)")

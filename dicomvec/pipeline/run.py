@@ -86,7 +86,11 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _counters(result) -> Dict[str, int]:
+def _counters(result, live: bool = False) -> Dict[str, int]:
+    """dicomvec's counters summed over steps. ``live``: a fresh reading of a running job (the
+    portable runners' result caches its first metrics response, so drop that cache)."""
+    if live and hasattr(result, "_metrics"):
+        result._metrics = None
     totals: Dict[str, int] = {}
     for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
@@ -136,7 +140,7 @@ def watch_streaming_run(result, options: DicomvecOptions, poll_s: float = 1.0) -
             if PipelineState.is_terminal(result.state):
                 result.wait_until_finish()  # raises if the job failed
                 return _counters(result)
-            counters = _counters(result)
+            counters = _counters(result, live=True)
             log.debug("streaming counters: %s", counters)
             if counters != last:
                 last, last_change = counters, time.monotonic()
