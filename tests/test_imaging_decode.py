@@ -202,3 +202,13 @@ def test_block_mean_narrow_accumulators_do_not_overflow(dtype, top, k):
     got = block_mean(arr, k, top)
     assert got.dtype == dtype and got[0, 0] == 0
     assert np.all(got.ravel()[1:] == top)
+
+
+def test_multi_frame_native_gives_the_first_frame():
+    ds = synthetic_dataset(size=(120, 100), bits_stored=12)
+    first = np.frombuffer(ds.PixelData, np.uint16).reshape(120, 100)
+    second = (4095 - first).astype(np.uint16)
+    ds.PixelData = first.tobytes() + second.tobytes()
+    ds.NumberOfFrames = 2
+    decoded = decode_pixels(ds, target_size=224)
+    np.testing.assert_array_equal(decoded.array, first)
