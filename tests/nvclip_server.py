@@ -10,7 +10,8 @@
   problem-details bodies (``type``, ``title``, ``status``, ``detail``, ``instance``,
   ``requestId``). With ``api_key`` set, a missing or wrong ``Authorization: Bearer`` is 401;
   ``credits_exhausted`` gives 402.
-* ``GET /v1/health/ready`` — 200, or 503 while ``ready`` is False.
+* ``GET /v1/health/ready`` — 200, or 503 while ``ready`` is False (404 if ``health_route``
+  is False, as on the hosted API).
 
 Vectors are deterministic: input string → sha256 → seeded normal vector, scaled to norm 3 (the
 client must normalise). ``expected_vector(input)`` gives the unit vector a client should store.
@@ -138,6 +139,7 @@ class NVClipContractServer:
         self.dimension = dimension
         self.latency_s = latency_s
         self.ready = True
+        self.health_route = True  # False: /v1/health/ready is 404, like the hosted API
         self.credits_exhausted = False
         self.reject_sha256: Set[str] = set()
         self.log: List[LoggedRequest] = []
@@ -325,7 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         owner = self.owner
-        if self.path.rstrip("/") == "/v1/health/ready":
+        if self.path.rstrip("/") == "/v1/health/ready" and owner.health_route:
             status = 200 if owner.ready else 503
             owner._record(LoggedRequest(self.path, 0, status), self.client_address[1])
             self._send_json(status, {"object": "health.response",
