@@ -1,15 +1,16 @@
 """The one record type that flows through the pipeline, and the failure it can turn into.
 
 An ``ImageRecord`` is created per matched file by the identify stage and enriched stage by
-stage (``dataclasses.replace``): metadata → ``pixels`` (normalised uint8, dropped after encode)
-→ ``encoded``/``mime`` → ``vector``. A ``Failure`` carries what a dead-letter row needs: never
+stage (``evolve``): metadata → ``header``/``decoded`` (decode) → ``pixels`` (normalize, uint8)
+→ ``encoded``/``mime`` (resize; the heavy fields are dropped here, before batching) →
+``vector`` (embed). A ``Failure`` carries what a dead-letter row needs: never
 pixels, never patient names.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -33,7 +34,9 @@ class ImageRecord:
     columns: int = 0
     photometric: str = ""
     transfer_syntax: str = ""
-    pixels: Optional[np.ndarray] = None  # normalised 2-D uint8, full or reduced size
+    header: Any = None  # pydicom Dataset without PixelData, between decode and normalize
+    decoded: Any = None  # imaging.DecodedPixels (raw stored values), between decode and normalize
+    pixels: Optional[np.ndarray] = None  # normalised 2-D uint8, between normalize and resize
     encoded: Optional[bytes] = None  # model input image (PNG by default)
     mime: str = ""
     vector: Optional[np.ndarray] = None  # float32, unit length
@@ -45,8 +48,9 @@ class ImageRecord:
         """The file name, as stored in the DicomFile column."""
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
-    def without_pixels(self) -> "ImageRecord":
-        return dataclasses.replace(self, pixels=None)
+    def evolve(self, **changes) -> "ImageRecord":
+        """A copy with ``changes`` applied (records are immutable)."""
+        return dataclasses.replace(self, **changes)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""CLI subcommands: each module exposes ``register(subparsers)`` (see dicomvec/cli.py COMMANDS)."""
+"""CLI sub-commands; each module has ``register(subparsers)`` (see ``dicomvec.cli``)."""

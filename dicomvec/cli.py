@@ -1,0 +1,49 @@
+"""The ``dicomvec`` command: sub-commands are modules listed in ``COMMANDS``.
+
+Each module exposes ``register(subparsers)``; its parser sets ``func(args, extra) -> int``.
+Commands that set ``passthrough=True`` receive the unparsed flags (Beam options) in ``extra``.
+Expected user errors (bad input pattern, bad sink URL, fatal provider errors) print one plain
+line and exit 2 instead of a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import List, Optional
+
+COMMANDS = (
+    "dicomvec.commands.run",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dicomvec import __version__
+    parser = argparse.ArgumentParser(prog="dicomvec", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"dicomvec {__version__}")
+    parser.add_argument("--log-level", default="INFO")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS:
+        importlib.import_module(module).register(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognised arguments: {' '.join(extra)}")
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from dicomvec.errors import USER_ERRORS
+    try:
+        return int(args.func(args, extra) or 0)
+    except USER_ERRORS as exc:
+        print(f"dicomvec: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Assemble the ingestion graph.
+
+files (fileio.MatchFiles + ReadMatches) → IdentifyDicom → KeepFirstPerImageID → DecodePixels →
+NormalizePixels → ResizeAndEncode → BatchForEmbedding (GroupIntoBatches, sharded keys) →
+EmbedBatch → WriteToStore; every stage's ``failed`` output → Flatten → WriteDeadLetters.
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+
+from dicomvec.io.dead_letter import WriteDeadLetters
+from dicomvec.pipeline.options import DicomvecOptions
+from dicomvec.transforms.dedupe import KeepFirstPerImageID
+from dicomvec.transforms.embed import BatchForEmbedding, EmbedBatch
+from dicomvec.transforms.identify import IdentifyDicom
+from dicomvec.transforms.preprocess import DecodePixels, NormalizePixels, ResizeAndEncode
+from dicomvec.transforms.stage import FAILED
+from dicomvec.transforms.write import WriteToStore
+
+
+def _stage(pcoll, label, dofn, failures):
+    outputs = pcoll | label >> beam.ParDo(dofn).with_outputs(FAILED, main="ok")
+    failures.append(outputs[FAILED])
+    return outputs.ok
+
+
+def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str):
+    """Add the ingestion transforms to ``pipeline``; returns the PCollection of stored counts."""
+    failures = []
+    files = (pipeline
+             | "MatchFiles" >> fileio.MatchFiles(
+                 options.input, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+             | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
+    records = _stage(files, "Identify", IdentifyDicom(), failures)
+    unique = (records
+              | "KeyByImageID" >> beam.Map(lambda record: (record.image_id, record))
+              | "KeepFirstPerImageID" >> beam.ParDo(KeepFirstPerImageID()))
+    decoded = _stage(unique, "Decode", DecodePixels(options.image_size), failures)
+    normalized = _stage(decoded, "Normalize", NormalizePixels(options.normalization), failures)
+    encoded = _stage(normalized, "Resize",
+                     ResizeAndEncode(options.image_size, options.image_format), failures)
+    batches = encoded | "Batch" >> BatchForEmbedding(options.batch_size)
+    embedded = _stage(batches, "Embed", EmbedBatch(options.provider_config()), failures)
+    stored = _stage(embedded, "Write",
+                    WriteToStore(options.sink, options.sink_schema, options.sink_table,
+                                 options.progress_every), failures)
+    (failures
+     | "AllFailures" >> beam.Flatten()
+     | "DeadLetters" >> WriteDeadLetters(options.dead_letter, run_id))
+    return stored

@@ -1,0 +1,64 @@
+"""``DicomvecOptions``: the job's flags as a Beam ``PipelineOptions`` subclass, so the same
+command line works on the DirectRunner, the FlinkRunner and any other runner (Beam's own flags
+such as ``--runner`` or ``--direct_num_workers`` pass through untouched)."""
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from dicomvec.io.providers.base import ProviderConfig
+
+
+class DicomvecOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--input", required=False, default=None,
+                            help="DICOM file pattern on any Beam filesystem, e.g. "
+                                 "'/data/mimic-cxr/files/**/*.dcm'")
+        parser.add_argument("--sink", default="sqlite:///out/dicomvec.db",
+                            help="Vector store URL: sqlite:///path, postgresql://..., "
+                                 "iris://USER@HOST:1972/NAMESPACE")
+        parser.add_argument("--sink_schema", "--sink-schema", default="VectorSearch",
+                            help="Schema of the images table (ignored by SQLite)")
+        parser.add_argument("--sink_table", "--sink-table", default="MIMICCXRImages",
+                            help="Images table name")
+        parser.add_argument("--dead_letter", "--dead-letter", default="out/dead_letter",
+                            help="Directory for Parquet dead letters (one sub-folder per run)")
+        parser.add_argument("--provider", default="thumbnail",
+                            help="Embedding provider: thumbnail (offline, NON-semantic) or nvclip")
+        parser.add_argument("--image_size", "--image-size", type=int, default=224,
+                            help="Model input size S: images fit inside S×S and are padded")
+        parser.add_argument("--image_format", "--image-format", default="png",
+                            choices=["png", "jpeg"], help="Encoding of the model input")
+        parser.add_argument("--normalization", default="standard",
+                            choices=["standard", "mimic-jpg"],
+                            help="standard = modality LUT → VOI → MONOCHROME1 inversion → "
+                                 "robust fallback; mimic-jpg = the MIMIC-CXR-JPG recipe")
+        parser.add_argument("--batch_size", "--batch-size", type=int, default=64,
+                            help="Images per embedding request (NV-CLIP takes at most 64)")
+        parser.add_argument("--run_id", "--run-id", default=None,
+                            help="Run identifier (default: UTC timestamp); names the "
+                                 "dead-letter generation folder")
+        parser.add_argument("--progress_every", "--progress-every", type=int, default=500,
+                            help="Log progress every N images per worker")
+        # NV-CLIP provider settings (key comes from NVIDIA_API_KEY, never a flag)
+        parser.add_argument("--nvclip_url", "--nvclip-url",
+                            default="https://integrate.api.nvidia.com/v1")
+        parser.add_argument("--nvclip_model", "--nvclip-model", default="nvidia/nvclip")
+        parser.add_argument("--nvclip_concurrency", "--nvclip-concurrency", type=int, default=4)
+        parser.add_argument("--nvclip_max_requests_per_minute",
+                            "--nvclip-max-requests-per-minute", type=float, default=0,
+                            help="Client-side limit PER WORKER (0 = unlimited)")
+        parser.add_argument("--nvclip_timeout", "--nvclip-timeout", type=float, default=60.0)
+        parser.add_argument("--nvclip_max_attempts", "--nvclip-max-attempts", type=int,
+                            default=5)
+
+    def provider_config(self) -> ProviderConfig:
+        """The provider's name and settings (no secrets) for workers to build it from."""
+        return ProviderConfig(name=self.provider, settings={
+            "url": self.nvclip_url,
+            "model": self.nvclip_model,
+            "concurrency": self.nvclip_concurrency,
+            "max_requests_per_minute": self.nvclip_max_requests_per_minute,
+            "timeout_s": self.nvclip_timeout,
+            "max_attempts": self.nvclip_max_attempts,
+        })

@@ -1,0 +1,50 @@
+"""Identify: a matched file (Beam ``ReadableFile``) → an ``ImageRecord`` with IDs and metadata.
+
+Reads the DICOM header only (``stop_before_pixels``); pixel data is read once, later, by decode.
+Failures: the file cannot be opened → stage ``read``; not DICOM / no identity → ``decode``.
+"""
+from __future__ import annotations
+
+import logging
+
+import apache_beam as beam
+
+from dicomvec import imaging
+from dicomvec.io.files import identify
+from dicomvec.record import Failure, ImageRecord
+from dicomvec.transforms.stage import FAILED, counter
+
+log = logging.getLogger(__name__)
+
+
+class IdentifyDicom(beam.DoFn):
+    """In: ``fileio.ReadableFile``. Out: ImageRecord, or Failure on tag ``failed``."""
+
+    def __init__(self):
+        super().__init__()
+        self.matched = counter("matched")
+        self.read_failed = counter("read_failed")
+        self.header_failed = counter("decode_failed")
+
+    def process(self, readable_file):
+        path = readable_file.metadata.path
+        self.matched.inc()
+        placeholder = ImageRecord(path=path)
+        try:
+            stream = readable_file.open()
+        except Exception as exc:
+            self.read_failed.inc()
+            yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(placeholder, "read", exc))
+            return
+        try:
+            with stream:
+                header = imaging.read_dataset(stream, stop_before_pixels=True)
+            yield identify(path, header)
+        except OSError as exc:
+            self.read_failed.inc()
+            yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(placeholder, "read", exc))
+        except Exception as exc:
+            self.header_failed.inc()
+            log.warning("cannot read DICOM header of %s: %s", path, exc)
+            yield beam.pvalue.TaggedOutput(FAILED,
+                                           Failure.from_exception(placeholder, "decode", exc))

@@ -1,0 +1,48 @@
+"""The shared shape of a pipeline stage: a DoFn that turns a record into a record, and turns any
+exception into a ``Failure`` on the ``failed`` tagged output (never a crash, never a lost image).
+"""
+from __future__ import annotations
+
+import logging
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from dicomvec.record import Failure, ImageRecord
+
+FAILED = "failed"
+NAMESPACE = "dicomvec"
+log = logging.getLogger(__name__)
+
+
+def counter(name: str):
+    return Metrics.counter(NAMESPACE, name)
+
+
+class RecordStage(beam.DoFn):
+    """Subclasses set ``stage`` and implement ``process_record(record) -> ImageRecord``.
+
+    In: ImageRecord. Out: ImageRecord (main output) or Failure (tag ``failed``).
+    """
+
+    stage = ""
+
+    def __init__(self):
+        super().__init__()
+        self.ok = counter(f"{self.stage}_ok")
+        self.failed = counter(f"{self.stage}_failed")
+
+    def process_record(self, record: ImageRecord) -> ImageRecord:
+        raise NotImplementedError
+
+    def process(self, record: ImageRecord):
+        try:
+            result = self.process_record(record)
+        except Exception as exc:  # every failure becomes a dead letter with stage and reason
+            self.failed.inc()
+            log.warning("%s failed for %s: %s: %s", self.stage, record.path,
+                        type(exc).__name__, exc)
+            yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(record, self.stage, exc))
+            return
+        self.ok.inc()
+        yield result

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command: installs everything the tests need (venv, packages, Flink jars) and runs
+# the whole suite. `./run_tests.sh --fast` runs only the fast tests (-m "not slow").
+# Other arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=$(scripts/setup_env.sh test)
+marker=()
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  marker=(-m "not slow")
+elif [ -f scripts/flink/setup.sh ]; then
+  bash scripts/flink/setup.sh >&2
+fi
+set +e
+"$VENV/bin/python" -m pytest "${marker[@]}" "$@"
+rc=$?
+set -e
+exit $rc
