@@ -15,6 +15,7 @@ from typing import List, Optional
 
 COMMANDS = (
     "dicomvec.commands.run",
+    "dicomvec.commands.check_nvclip",
 )
 
 

@@ -1,4 +1,4 @@
-"""pytest fixtures for the NV-CLIP contract server (a plugin module: list "nvclip_fixtures" in
+"""pytest fixtures for the NV-CLIP contract server (a plugin module: list "tests.nvclip_fixtures" in
 ``pytest_plugins`` of tests/conftest.py, or import the fixtures into a test module).
 
 * ``nvclip_api_key`` — a fresh secret, exported as ``NVIDIA_API_KEY`` for the test.
@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterator
 
 import pytest
 
-from nvclip_server import NVClipContractServer
+from tests.nvclip_server import NVClipContractServer
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from dicomvec.commands import check_nvclip
-from nvclip_fixtures import nvclip_api_key, nvclip_server  # noqa: F401
-from nvclip_server import NVClipContractServer
+from tests.nvclip_fixtures import nvclip_api_key, nvclip_server  # noqa: F401
+from tests.nvclip_server import NVClipContractServer
 
 
 def run_check(*argv: str):

@@ -36,7 +36,10 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, extra: Optional[List[str]] = None,
+        out: Optional[TextIO] = None) -> int:
+    """Exit code 0 (usable) or 1 (a plain error was printed)."""
+    out = sys.stdout if out is None else out
     settings = {"url": args.nvclip_url, "model": args.nvclip_model,
                 "timeout_s": args.nvclip_timeout, "connect_timeout_s": min(10.0,
                                                                            args.nvclip_timeout),

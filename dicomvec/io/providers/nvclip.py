@@ -228,14 +228,15 @@ def truncate_for_clip(text: str, max_tokens: int = 77) -> Tuple[str, bool]:
     return text[:end].rstrip(), True
 
 
-def cost_line(stats: Mapping[str, float]) -> str:
-    """The summary's cost estimate, e.g. 'NV-CLIP: 1,234 images, 20 requests; est. cost $0.12
-    at $0.10 per 1K images' (or 'cost unknown ...' when no price is set)."""
+def cost_line(stats: Mapping[str, float], cost_per_1k_images: float = 0.0) -> str:
+    """The summary's NV-CLIP line from summed ``stats()`` counters, e.g. 'NV-CLIP: 1,234
+    images, 0 texts, 20 requests, 1 retries, 2 failures; est. cost $0.12 at $0.1 per 1K images'
+    (or '...; cost unknown (...)' when no price is set)."""
     images = int(stats.get("images_embedded", 0))
     head = (f"NV-CLIP: {images:,} images, {int(stats.get('texts_embedded', 0)):,} texts, "
             f"{int(stats.get('requests', 0)):,} requests, {int(stats.get('retries', 0)):,} "
             f"retries, {int(stats.get('failures', 0)):,} failures")
-    price = float(stats.get("cost_per_1k_images", 0) or 0)
+    price = float(cost_per_1k_images or 0)
     if price <= 0:
         return head + "; cost unknown (set --nvclip-cost-per-1k-images to estimate it)"
     return head + f"; est. cost ${images / 1000 * price:,.2f} at ${price:g} per 1K images"
@@ -439,14 +440,18 @@ class NVClipProvider(EmbeddingProvider):
             return {position: failure for position in positions}
 
     def stats(self) -> Dict[str, float]:
+        """Additive counters only (safe to sum across workers): requests, retries,
+        rate_limited (429s), timeouts, connection_errors, bisections, images_embedded,
+        texts_embedded, texts_truncated, failures."""
         counters = self._counters.snapshot()
-        out = {key: float(counters.get(key, 0)) for key in (
+        return {key: float(counters.get(key, 0)) for key in (
             "requests", "retries", "rate_limited", "timeouts", "connection_errors", "bisections",
             "images_embedded", "texts_embedded", "texts_truncated", "failures")}
-        out["cost_per_1k_images"] = float(self.settings.cost_per_1k_images)
-        out["estimated_cost_usd"] = (out["images_embedded"] / 1000.0
-                                     * self.settings.cost_per_1k_images)
-        return out
+
+    def cost_line(self, stats: Optional[Mapping[str, float]] = None) -> str:
+        """``cost_line`` for summed stats (default: this instance's) at this price setting."""
+        return cost_line(self.stats() if stats is None else stats,
+                         self.settings.cost_per_1k_images)
 
 
 def _even_chunks(items: List[Any], limit: int) -> List[List[Any]]:

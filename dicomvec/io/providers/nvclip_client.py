@@ -196,7 +196,7 @@ class NVClipClient:
                                         timeout=(self.settings.connect_timeout_s,
                                                  self.settings.timeout_s))
         except requests.RequestException as exc:
-            return None, self.redact(f"{type(exc).__name__}: {exc}")
+            return None, self.redact(_root_cause(exc))
         title, detail = problem_detail(response) if response.status_code >= 400 else ("", "")
         return response.status_code, self.redact(" ".join(t for t in (title, detail) if t))
 
