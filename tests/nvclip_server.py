@@ -16,12 +16,14 @@
 Vectors are deterministic: input string → sha256 → seeded normal vector, scaled to norm 3 (the
 client must normalise). ``expected_vector(input)`` gives the unit vector a client should store.
 
-Faults (``inject(Fault(...))`` queues one per embeddings request, in order; persistent knobs are
-attributes): ``Fault.status(429, retry_after=...)``, ``Fault.status(500)``, ``Fault.slow(s)``,
+Faults (``inject(Fault(...))`` queues one per embeddings request, in order; a response fault
+taken by a request that is then refused for its content waits for the next request; persistent
+knobs are attributes): ``Fault.status(429, retry_after=...)``, ``Fault.status(500)``, ``Fault.slow(s)``,
 ``Fault.drop()``, ``Fault.wrong_dimension()``, ``Fault.wrong_count()``, ``Fault.non_finite()``,
 ``Fault.bad_index()``, ``Fault.not_json()``, ``Fault.echo_auth()`` (422 whose detail echoes the
 Authorization header). ``reject_sha256`` (set of sha256 hex of raw image bytes or text) refuses
-any request holding one of them with 422. ``latency_s`` delays every embeddings response.
+any request holding one of them with 422; ``reject_first_images = N`` adds the first N distinct
+images seen to it. ``received`` collects every input string answered with a vector. ``latency_s`` delays every embeddings response.
 ``log`` records each embeddings request (batch size, status, fault); ``connections`` the client
 ports seen (to check pooling); ``max_in_flight`` the most embeddings requests served at once.
 """
@@ -142,6 +144,8 @@ class NVClipContractServer:
         self.health_route = True  # False: /v1/health/ready is 404, like the hosted API
         self.credits_exhausted = False
         self.reject_sha256: Set[str] = set()
+        self.reject_first_images = 0  # refuse (422, sticky) the first N distinct images seen
+        self.received: Set[str] = set()  # every input string answered with a vector
         self.log: List[LoggedRequest] = []
         self.connections: Set[int] = set()
         self.in_flight = 0
@@ -211,6 +215,10 @@ class NVClipContractServer:
         with self._lock:
             return self._faults.pop(0) if self._faults else None
 
+    def _requeue(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.insert(0, fault)
+
     def _record(self, entry: LoggedRequest, port: int) -> None:
         with self._lock:
             self.log.append(entry)
@@ -279,7 +287,12 @@ class NVClipContractServer:
         if real != _PIL_FORMAT[mime]:
             raise _Refusal(422, "Unprocessable Entity",
                            f"image data is {real} but was labelled {mime}")
-        if sha256_hex(data) in self.reject_sha256:
+        digest = sha256_hex(data)
+        with self._lock:
+            if self.reject_first_images > 0 and digest not in self.reject_sha256:
+                self.reject_first_images -= 1
+                self.reject_sha256.add(digest)
+        if digest in self.reject_sha256:
             raise _Refusal(422, "Unprocessable Entity", "image could not be processed")
 
     def _response(self, inputs: List[str], fault: Optional[Fault]) -> Dict[str, Any]:
@@ -293,6 +306,8 @@ class NVClipContractServer:
             data[0]["index"] = len(inputs) + 5  # out of range
         if fault and fault.kind == "non_finite":
             data[-1]["embedding"][0] = float("nan")  # the vector for index 0
+        with self._lock:
+            self.received.update(inputs)
         images = sum(1 for text in inputs if text.startswith("data:"))
         return {"object": "list", "data": data, "model": self.model,
                 "usage": {"num_images": images, "prompt_tokens": 0, "total_tokens": 0}}
@@ -383,6 +398,8 @@ class _Handler(BaseHTTPRequestHandler):
                                f"Authorization: {self.headers.get('Authorization')}")
             inputs = owner._validate(raw)
         except _Refusal as refusal:
+            if fault is not None and fault.kind != "echo_auth":
+                owner._requeue(fault)  # a response fault hits the next request that succeeds
             owner._record(LoggedRequest(self.path, batch_size, refusal.status,
                                         fault.kind if fault else ""), port)
             self._problem(refusal)
