@@ -140,6 +140,7 @@ def test_persistent_server_errors_dead_letter_retryable(nvclip_server, nvclip_ap
     check_key_absent(nvclip_api_key, caplog, tmp_path)
 
 
+@pytest.mark.slow
 def test_bad_vectors_are_dead_lettered_never_stored(nvclip_server, nvclip_api_key, real_cxr_dir,
                                                     tmp_path, caplog):
     nvclip_server.inject(*[Fault.wrong_dimension()] * 10)

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "check-nvclip", help="check the NV-CLIP URL and NVIDIA_API_KEY with one tiny request",
-        description=__doc__.split("\n\n")[0])
+        description="Check an NV-CLIP URL and NVIDIA_API_KEY before a long run: readiness "
+                    "probe, then one tiny text embedding. Exit 0 if usable, else 1.")
     add_arguments(parser)
     parser.set_defaults(func=run)
 

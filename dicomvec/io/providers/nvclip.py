@@ -307,7 +307,7 @@ class NVClipProvider(EmbeddingProvider):
 
     def teardown(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
         if self._client is not None:
             self._client.close()
         self._pool = None
