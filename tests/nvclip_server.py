@@ -194,6 +194,10 @@ class NVClipContractServer:
         with self._lock:
             self._faults.extend(faults)
 
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
     def reject_image(self, data: bytes) -> None:
         """Answer 422 to any request that contains these image bytes."""
         self.reject_sha256.add(sha256_hex(data))

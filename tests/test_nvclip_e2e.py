@@ -20,6 +20,7 @@ import pytest
 from dicomvec.io.dead_letter import read_dead_letters
 from dicomvec.io.providers.base import FatalProviderError
 from dicomvec.io.stores import VectorStore
+from dicomvec.pipeline.reprocess import run_reprocess
 from dicomvec.pipeline.run import RunSummary, run_ingest
 from tests.nvclip_fixtures import nvclip_api_key, nvclip_server  # noqa: F401
 from tests.nvclip_server import Fault, NVClipContractServer, expected_vector
@@ -127,8 +128,8 @@ def test_fault_plus_one_rejected_image(nvclip_server, nvclip_api_key, real_cxr_d
 
 
 @pytest.mark.slow
-def test_persistent_server_errors_dead_letter_retryable(nvclip_server, nvclip_api_key,
-                                                        real_cxr_dir, tmp_path, caplog):
+def test_outage_dead_letters_retryable_and_reprocess_recovers(nvclip_server, nvclip_api_key,
+                                                              real_cxr_dir, tmp_path, caplog):
     nvclip_server.inject(*[Fault.http(503)] * 40)
     summary = run(nvclip_server, real_cxr_dir, tmp_path, "down", "--nvclip-max-attempts", "2")
     assert summary.stored == 0 and summary.rows_in_store == 0
@@ -137,6 +138,16 @@ def test_persistent_server_errors_dead_letter_retryable(nvclip_server, nvclip_ap
     assert len({row["image_id"] for row in rows}) == GOOD_FILES
     assert all(row["retryable"] and row["attempts"] == 2 and "503" in row["error_message"]
                for row in rows)
+
+    # the outage ends: the retryable dead letters are re-run and every image is stored once
+    nvclip_server.clear_faults()
+    report = run_reprocess([
+        "--sink", f"sqlite:///{tmp_path}/dicomvec.db", "--dead-letter",
+        str(tmp_path / "dead_letter"), "--provider", "nvclip", "--nvclip-url", nvclip_server.url,
+        "--run-id", "recovered", "--batch-size", "4"], stage="embed", retryable_only=True)
+    assert report.selected == GOOD_FILES and report.fixed == GOOD_FILES
+    assert report.run.stored == GOOD_FILES
+    check_own_vectors(stored_vectors(tmp_path), nvclip_server)
     check_key_absent(nvclip_api_key, caplog, tmp_path)
 
 
