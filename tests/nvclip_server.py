@@ -35,8 +35,10 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -417,3 +419,25 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, None, raw=b"<html>gateway hiccup</html>")
             return
         self._send_json(200, owner._response(inputs, fault))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the server in its own process (benchmarks: no GIL shared with the client):
+    ``python -m tests.nvclip_server --latency 0.3`` prints its URL on the first line."""
+    import argparse
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--model", default="nvidia/nvclip")
+    args = parser.parse_args(argv)
+    api_key = os.environ.get("NVCLIP_SERVER_API_KEY") or None
+    with NVClipContractServer(api_key=api_key, model=args.model, latency_s=args.latency) as srv:
+        print(srv.url, flush=True)
+        try:
+            sys.stdin.read()  # until the parent closes our stdin
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
