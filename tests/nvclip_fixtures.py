@@ -1,5 +1,5 @@
-"""pytest fixtures for the NV-CLIP contract server (a plugin module: list "tests.nvclip_fixtures" in
-``pytest_plugins`` of tests/conftest.py, or import the fixtures into a test module).
+"""pytest fixtures for the NV-CLIP contract server, a plugin module: test modules that use them
+say ``pytest_plugins = ["tests.nvclip_fixtures"]`` (or tests/conftest.py lists it once).
 
 * ``nvclip_api_key`` — a fresh secret, exported as ``NVIDIA_API_KEY`` for the test.
 * ``nvclip_server`` — a started ``NVClipContractServer`` that requires that key.

@@ -5,11 +5,9 @@ import argparse
 import io
 import socket
 
-import pytest
-
 from dicomvec.commands import check_nvclip
-from tests.nvclip_fixtures import nvclip_api_key, nvclip_server  # noqa: F401
-from tests.nvclip_server import NVClipContractServer
+
+pytest_plugins = ["tests.nvclip_fixtures"]  # server, key and settings fixtures
 
 
 def run_check(*argv: str):

@@ -22,8 +22,9 @@ from dicomvec.io.providers.base import FatalProviderError
 from dicomvec.io.stores import VectorStore
 from dicomvec.pipeline.reprocess import run_reprocess
 from dicomvec.pipeline.run import RunSummary, run_ingest
-from tests.nvclip_fixtures import nvclip_api_key, nvclip_server  # noqa: F401
 from tests.nvclip_server import Fault, NVClipContractServer, expected_vector
+
+pytest_plugins = ["tests.nvclip_fixtures"]  # server, key and settings fixtures
 
 GOOD_FILES = 5  # ../shared/testdata/cxr: six DICOMs, one of them corrupt (dead-lettered at decode)
 

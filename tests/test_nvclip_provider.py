@@ -8,7 +8,7 @@ import io
 import logging
 import pickle
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import pytest
@@ -19,8 +19,9 @@ from dicomvec.io.providers.base import EmbeddingResult, EncodedImage, FatalProvi
 from dicomvec.io.providers.nvclip import (NVClipProvider, NVClipSettings, approx_clip_tokens,
                                           cost_line, truncate_for_clip)
 from dicomvec.io.providers.registry import create_provider
-from tests.nvclip_fixtures import nvclip_api_key, nvclip_server, nvclip_settings  # noqa: F401
 from tests.nvclip_server import Fault, NVClipContractServer, expected_vector, image_input_string
+
+pytest_plugins = ["tests.nvclip_fixtures"]  # server, key and settings fixtures
 
 
 # -- helpers ----------------------------------------------------------------------------------
