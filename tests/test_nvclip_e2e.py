@@ -176,3 +176,14 @@ def test_wrong_key_stops_the_job_with_a_plain_message(nvclip_server, real_cxr_di
     assert "nvapi-WRONG-KEY-e2e-0123456789" not in text
     check_key_absent("nvapi-WRONG-KEY-e2e-0123456789", caplog, tmp_path)
     assert nvclip_server.request_count <= 4  # stopped at once, not once per image
+
+
+def test_batches_are_in_flight_together(nvclip_server, nvclip_api_key, real_cxr_dir, tmp_path,
+                                        caplog):
+    nvclip_server.latency_s = 0.3
+    summary = run(nvclip_server, real_cxr_dir, tmp_path, "overlap", "--batch-size", "1")
+    assert summary.stored == GOOD_FILES
+    assert nvclip_server.batch_sizes() == [1] * GOOD_FILES
+    assert nvclip_server.max_in_flight >= 2  # EmbedBatch keeps several batches pending
+    check_own_vectors(stored_vectors(tmp_path), nvclip_server)
+    check_key_absent(nvclip_api_key, caplog, tmp_path)
