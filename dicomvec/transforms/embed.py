@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import logging
-from typing import List
+from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
@@ -40,13 +40,15 @@ class BatchForEmbedding(beam.PTransform):
 
 class EmbedBatch(beam.DoFn):
     """Embeds each batch; with a provider that has ``submit_images`` (nvclip) up to
-    ``max_pending`` batches are in flight at once, so API latency overlaps (results are emitted
+    ``max_pending`` (default: the provider's ``concurrency``) batches are in flight at once, so API latency overlaps (results are emitted
     as they complete, the rest in ``finish_bundle``)."""
 
-    def __init__(self, provider_config: ProviderConfig, max_pending: int = 4):
+    def __init__(self, provider_config: ProviderConfig, max_pending: Optional[int] = None):
         super().__init__()
         self.provider_config = provider_config
-        self.max_pending = max(1, max_pending)
+        # default: as many batches as the provider has requests in flight (--nvclip-concurrency)
+        self.max_pending = max(1, int(max_pending or provider_config.settings.get(
+            "concurrency") or 4))
         self.provider = None
         self.embedded = counter("embed_ok")
         self.failed = counter("embed_failed")
