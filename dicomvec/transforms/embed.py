@@ -41,9 +41,10 @@ class BatchForEmbedding(beam.PTransform):
 
 
 class EmbedBatch(beam.DoFn):
-    """Embeds each batch; with a provider that has ``submit_images`` (nvclip) up to
-    ``max_pending`` (default: the provider's ``concurrency``) batches are in flight at once, so API latency overlaps (results are emitted
-    as they complete, the rest in ``finish_bundle``)."""
+    """Embeds each batch. With a provider that has ``submit_images`` (nvclip), up to
+    ``max_pending`` batches (default: the provider's ``concurrency``) are in flight at once, so
+    API latency overlaps; results are emitted as they complete, the rest in ``finish_bundle``
+    (a bundle never ends with a batch pending, so streaming windows and checkpoints hold)."""
 
     def __init__(self, provider_config: ProviderConfig, max_pending: Optional[int] = None):
         super().__init__()
