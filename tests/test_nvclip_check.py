@@ -7,7 +7,6 @@ import socket
 
 from dicomvec.commands import check_nvclip
 
-pytest_plugins = ["tests.nvclip_fixtures"]  # server, key and settings fixtures
 
 
 def run_check(*argv: str):

@@ -24,7 +24,6 @@ from dicomvec.pipeline.reprocess import run_reprocess
 from dicomvec.pipeline.run import RunSummary, run_ingest
 from tests.nvclip_server import Fault, NVClipContractServer, expected_vector
 
-pytest_plugins = ["tests.nvclip_fixtures"]  # server, key and settings fixtures
 
 GOOD_FILES = 5  # ../shared/testdata/cxr: six DICOMs, one of them corrupt (dead-lettered at decode)
 

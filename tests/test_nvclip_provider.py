@@ -21,7 +21,6 @@ from dicomvec.io.providers.nvclip import (NVClipProvider, NVClipSettings, approx
 from dicomvec.io.providers.registry import create_provider
 from tests.nvclip_server import Fault, NVClipContractServer, expected_vector, image_input_string
 
-pytest_plugins = ["tests.nvclip_fixtures"]  # server, key and settings fixtures
 
 
 # -- helpers ----------------------------------------------------------------------------------

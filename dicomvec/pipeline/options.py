@@ -66,8 +66,13 @@ class DicomvecOptions(PipelineOptions):
         parser.add_argument("--nvclip_model", "--nvclip-model", default="nvidia/nvclip")
         parser.add_argument("--nvclip_concurrency", "--nvclip-concurrency", type=int, default=4)
         parser.add_argument("--nvclip_max_requests_per_minute",
-                            "--nvclip-max-requests-per-minute", type=float, default=0,
-                            help="Client-side limit PER WORKER (0 = unlimited)")
+                            "--nvclip-max-requests-per-minute", type=float, default=None,
+                            help="Client-side limit PER WORKER process (default: 40 for the "
+                                 "hosted API, unlimited self-hosted; 0 = unlimited). A cluster "
+                                 "sends up to this × the number of worker processes")
+        parser.add_argument("--nvclip_cost_per_1k_images", "--nvclip-cost-per-1k-images",
+                            type=float, default=0.0,
+                            help="Price per 1,000 images, for the summary's cost estimate")
         parser.add_argument("--nvclip_timeout", "--nvclip-timeout", type=float, default=60.0)
         parser.add_argument("--nvclip_max_attempts", "--nvclip-max-attempts", type=int,
                             default=5)
@@ -88,4 +93,5 @@ class DicomvecOptions(PipelineOptions):
             "max_requests_per_minute": self.nvclip_max_requests_per_minute,
             "timeout_s": self.nvclip_timeout,
             "max_attempts": self.nvclip_max_attempts,
+            "cost_per_1k_images": self.nvclip_cost_per_1k_images,
         })

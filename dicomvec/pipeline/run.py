@@ -51,6 +51,7 @@ class RunSummary:
     embedding_model: str
     semantic: bool
     provider_stats: Dict[str, int]
+    cost_line: str = ""
 
     @property
     def dead_lettered_total(self) -> int:
@@ -77,8 +78,11 @@ class RunSummary:
         if not self.semantic:
             lines.append("                       NOTE: non-semantic descriptor, not CLIP: "
                          "image-to-image and dry runs only")
-        for name, value in sorted(self.provider_stats.items()):
-            lines.append(f"  provider {name:<12}{value}")
+        if self.cost_line:
+            lines.append(f"  {self.cost_line}")
+        else:
+            for name, value in sorted(self.provider_stats.items()):
+                lines.append(f"  provider {name + ' ':<12}{value}")
         lines += [
             f"  rows in store        {self.rows_in_store}  ({self.sink})",
             f"  dead letters         {self.dead_letter_dir}",
@@ -205,4 +209,6 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
         provider_stats={k[len("provider_"):]: v for k, v in counters.items()
                         if k.startswith("provider_")},
     )
+    if hasattr(provider, "cost_line"):
+        summary.cost_line = provider.cost_line(summary.provider_stats)
     return summary
