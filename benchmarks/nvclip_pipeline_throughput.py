@@ -11,63 +11,26 @@ for each and the ratios the issue asks for (nvclip ≥ 20× the naive client, �
 preprocessing-only rate). Usage:
 
     PYTHONPATH=. python benchmarks/nvclip_pipeline_throughput.py [--images 512] [--size 1024x1024]
-        [--latency 0.3] [--batch-sizes 64,256] [--workers 1] [--repeats 3]
+        [--latency 0.3] [--batch-sizes 64,256] [--workers 1] [--repeats 3] [--cache DIR]
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicomvec import synthetic  # noqa: E402
 from dicomvec.io.providers.base import EncodedImage, ProviderConfig  # noqa: E402
 from dicomvec.io.providers.nvclip import NVClipProvider  # noqa: E402
-from dicomvec.pipeline.run import run_ingest  # noqa: E402
-
-
-class _Server:
-    def __init__(self, url: str):
-        self.url = url
-
-
-@contextlib.contextmanager
-def server_process(latency: float) -> Iterator[_Server]:
-    """The contract server in its own process, as a real endpoint would be (no shared GIL)."""
-    repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-m", "tests.nvclip_server", "--latency",
-                             str(latency)], cwd=repo, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(repo)})
-    try:
-        yield _Server(proc.stdout.readline().strip())
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def pipeline_rate(work: Path, name: str, files: Path, batch_size: int, workers: int,
-                  *extra: str) -> Dict[str, float]:
-    summary = run_ingest([
-        "--input", str(files / "**" / "*.dcm"),
-        "--sink", f"sqlite:///{work}/{name}.db", "--dead-letter", str(work / f"dl-{name}"),
-        "--run-id", name, "--batch-size", str(batch_size),
-        "--direct_num_workers", str(workers), *extra])
-    return {"stored": summary.stored, "dead_lettered": summary.dead_lettered_total,
-            "wall_s": round(summary.wall_time_s, 2),
-            "img_s": round(summary.stored / summary.wall_time_s, 2)}
+from benchmarks.common import (Rounds, cached_archive, pipeline_rate,  # noqa: E402
+                               server_process)
 
 
 def naive_rate(url: str, count: int) -> float:
@@ -106,28 +69,27 @@ def main(argv: List[str] | None = None) -> int:
                         help="rounds; each configuration's best round is kept (shared "
                              "machines are noisy; rounds interleave the configurations)")
     parser.add_argument("--naive-images", type=int, default=20)
+    parser.add_argument("--cache", default=None,
+                        help="keep the synthetic archive in this folder and reuse it "
+                             "(default: a temp folder)")
     args = parser.parse_args(argv)
     os.environ.pop("NVIDIA_API_KEY", None)  # self-hosted style server: no key
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    best: Dict[str, Dict[str, float]] = {}
-
-    def keep(name: str, run: Dict[str, float]) -> None:
-        if name not in best or run["img_s"] > best[name]["img_s"]:
-            best[name] = run
+    rounds = Rounds()
 
     with tempfile.TemporaryDirectory(prefix="nvclip-bench-") as tmp:
         work = Path(tmp)
-        synthetic.generate(work / "archive", args.images, args.size, ["native"], 0, 0)
-        files = work / "archive" / "files"
+        files = cached_archive(Path(args.cache) if args.cache else work / "archive",
+                               args.images, args.size, ("native",), seed=0) / "files"
         with server_process(args.latency) as server:
             naive = naive_rate(server.url, args.naive_images)
             pipeline_rate(work, "warmup", files, 64, args.workers, "--provider", "thumbnail")
             for round_ in range(args.repeats):
                 for batch in batches:
-                    keep(f"thumbnail_batch{batch}", pipeline_rate(
+                    rounds.add(f"thumbnail_batch{batch}", pipeline_rate(
                         work, f"t{batch}-{round_}", files, batch, args.workers,
                         "--provider", "thumbnail"))
-                    keep(f"nvclip_batch{batch}", pipeline_rate(
+                    rounds.add(f"nvclip_batch{batch}", pipeline_rate(
                         work, f"n{batch}-{round_}", files, batch, args.workers,
                         "--provider", "nvclip", "--nvclip-url", server.url,
                         "--nvclip-concurrency", str(args.concurrency)))
@@ -136,7 +98,7 @@ def main(argv: List[str] | None = None) -> int:
                                  "repeats": args.repeats,
                                  "naive_client_img_s": round(naive, 2)}
     for batch in batches:
-        prep, nv = best[f"thumbnail_batch{batch}"], best[f"nvclip_batch{batch}"]
+        prep, nv = rounds.best(f"thumbnail_batch{batch}"), rounds.best(f"nvclip_batch{batch}")
         nv["vs_naive_client"] = round(nv["img_s"] / naive, 1)
         nv["vs_preprocessing_only"] = round(nv["img_s"] / prep["img_s"], 3)
         result[f"preprocessing_only_batch{batch}"] = prep

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicomvec import synthetic  # noqa: E402
 from dicomvec.pipeline.run import run_ingest  # noqa: E402
+from benchmarks.common import ingest_argv  # noqa: E402
 
 
 def make_archive(root: Path, count: int) -> int:
@@ -33,12 +34,8 @@ def make_archive(root: Path, count: int) -> int:
 
 
 def measure(root: Path, workers: int, tag: str) -> dict:
-    out = root / f"out-{tag}"
-    summary = run_ingest(["--input", str(root / "files" / "**" / "*.dcm"),
-                          "--sink", f"sqlite:///{out}/dicomvec.db",
-                          "--dead-letter", str(out / "dead_letter"), "--provider", "thumbnail",
-                          "--batch-size", "16", "--run-id", tag,
-                          "--direct_num_workers", str(workers)])
+    summary = run_ingest(ingest_argv(root / f"out-{tag}", tag, root / "files", 16, workers,
+                                     "--provider", "thumbnail"))
     assert summary.stored == summary.matched and summary.dead_lettered_total == 0, summary.render()
     return {"workers": workers, "images": summary.stored, "wall_s": round(summary.wall_time_s, 2),
             "images_per_s": round(summary.images_per_s, 3)}

@@ -25,8 +25,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,10 +33,10 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-import numpy as np
-
 from dicomvec import imaging, synthetic
 from dicomvec.imaging.reference import naive_preprocess
+
+from benchmarks.common import machine, status_mb as _status_mb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,15 +138,6 @@ def stage_profile(path: Path, size: int, repeat: int = 5) -> Dict[str, float]:
     return {k: round(statistics.median(v), 2) for k, v in stages.items()}
 
 
-def _status_mb(field: str) -> float:
-    """VmRSS / VmHWM of this process in MB (per address space: fresh after exec, unlike
-    ``ru_maxrss`` which a child inherits from its parent)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
-
-
 def rss_child(paths: List[str], size: int, batch: int, naive: bool) -> None:
     """Run in a fresh process: preprocess ``batch`` images, keep the encoded results, print RSS."""
     before = _status_mb("VmRSS")
@@ -169,23 +158,6 @@ def measure_rss(paths: List[Path], size: int, batch: int, naive: bool, cpu: int)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).stdout
     return json.loads(out.strip().splitlines()[-1])
-
-
-def machine() -> Dict[str, object]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import PIL
-    import pydicom
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "pillow": PIL.__version__, "pydicom": pydicom.__version__,
-            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "loadavg_start": os.getloadavg()}
 
 
 def main(argv=None) -> int:
