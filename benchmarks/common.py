@@ -81,6 +81,15 @@ def descendants(pid: int) -> List[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> Optional[float]:
+    """User + system CPU seconds a live process has used so far (``/proc/<pid>/stat``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def command_line(pid: int) -> List[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
@@ -149,7 +158,8 @@ def ingest_argv(work: Path, name: str, files: Path, batch_size: int, workers: in
                 *extra: str) -> List[str]:
     """``dicomvec run`` flags for one run over ``files/**/*.dcm`` into a fresh SQLite file."""
     return ["--input", str(Path(files) / "**" / "*.dcm"),
-            "--sink", f"sqlite:///{work}/{name}.db", "--dead-letter", str(Path(work) / f"dl-{name}"),
+            "--sink", f"sqlite:///{work}/{name}.db",
+            "--dead-letter", str(Path(work) / f"dl-{name}"),
             "--run-id", name, "--batch-size", str(batch_size),
             "--direct_num_workers", str(workers), *extra]
 
