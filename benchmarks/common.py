@@ -7,10 +7,12 @@ Nothing here times anything by itself; each benchmark measures its baseline in t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -126,23 +128,31 @@ def server_process(latency: float) -> Iterator[_Server]:
 # --------------------------------------------------------------------------- data
 
 
+def _generator_digest() -> str:
+    """Changes whenever the generator's code does (a cached archive from older code is stale)."""
+    from dicomvec import synthetic
+    return hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
+
+
 def cached_archive(cache: Path, count: int, size: Tuple[int, int],
                    syntaxes: Sequence[str] = ("native",), seed: int = 0) -> Path:
     """A synthetic archive (``dicomvec.synthetic``) of ``count`` good images under ``cache``,
-    generated once and reused while its manifest lists exactly those files. Returns the
-    archive root (the DICOMs are under ``<root>/files``)."""
+    generated once and reused while the generator's code is unchanged and every file its
+    manifest lists is there (else it is wiped and made again). Returns the archive root (the
+    DICOMs are under ``<root>/files``)."""
     from dicomvec import synthetic
     root = Path(cache) / f"{'-'.join(syntaxes)}-{size[0]}x{size[1]}-n{count}-seed{seed}"
-    manifest = root / synthetic.MANIFEST
-    done = root / "complete.json"
-    if done.exists() and manifest.exists():
+    stamp = {"count": count, "size": list(size), "syntaxes": list(syntaxes), "seed": seed,
+             "generator": _generator_digest()}
+    manifest, done = root / synthetic.MANIFEST, root / "complete.json"
+    if done.exists() and manifest.exists() and json.loads(done.read_text()) == stamp:
         listed = manifest.read_text().splitlines()[1:]
         if len(listed) == count and all(Path(line.split(",", 1)[0]).exists()
                                         for line in listed):
             return root
+    shutil.rmtree(root, ignore_errors=True)  # no stale files left for the input glob to match
     synthetic.generate(root, count, size, tuple(syntaxes), 0, seed=seed)
-    done.write_text(json.dumps({"count": count, "size": list(size), "syntaxes": list(syntaxes),
-                                "seed": seed}))
+    done.write_text(json.dumps(stamp))
     return root
 
 

@@ -45,3 +45,18 @@ def test_worker_processes_are_told_from_their_shell():
     assert end_to_end._is_worker(worker)
     assert not end_to_end._is_worker(shell)
     assert not end_to_end._is_worker(["/usr/bin/python3", "-m", "benchmarks.end_to_end"])
+
+
+def test_cached_archive_is_made_once_and_remade_when_incomplete(tmp_path):
+    from benchmarks.common import cached_archive, dicom_paths
+    root = cached_archive(tmp_path, 3, (32, 32), ("native",), seed=5)
+    files = dicom_paths(root)
+    assert len(files) == 3
+    made = {f: f.stat().st_mtime_ns for f in files}
+    assert cached_archive(tmp_path, 3, (32, 32), ("native",), seed=5) == root
+    assert {f: f.stat().st_mtime_ns for f in dicom_paths(root)} == made  # reused, not rewritten
+    files[0].unlink()
+    assert len(dicom_paths(cached_archive(tmp_path, 3, (32, 32), ("native",), seed=5))) == 3
+    (root / "complete.json").write_text('{"generator": "older code"}')
+    cached_archive(tmp_path, 3, (32, 32), ("native",), seed=5)
+    assert all(f.stat().st_mtime_ns != made[f] for f in files[1:])  # stale: made again
