@@ -66,9 +66,17 @@ class VectorStore:
     """
 
     def __init__(self, url: str, schema: str = DEFAULT_SCHEMA, table: str = DEFAULT_TABLE,
-                 max_attempts: int = 4, retry_delay_s: float = 0.5):
+                 max_attempts: int = 4, retry_delay_s: float = 0.5, spec=None):
         self.url = url
-        self.dialect: Dialect = dialect_for_url(url, schema=schema, table=table)
+        #: a ``tables.TableSpec`` for a table other than the images table (e.g. the reports
+        #: table): its SQL is rendered from the spec, the rest of the core is shared
+        self.spec = spec
+        if spec is not None:
+            from dicomvec.io.stores.tables import SpecDialect
+            self.dialect = SpecDialect(dialect_for_url(url, schema=schema, table=spec.table),
+                                       spec)
+        else:
+            self.dialect: Dialect = dialect_for_url(url, schema=schema, table=table)
         self.max_attempts = max_attempts
         self.retry_delay_s = retry_delay_s
         self._conn = None
@@ -165,8 +173,10 @@ class VectorStore:
 
     def _write(self, conn, rows: Sequence[ImageRow]) -> None:
         cur = conn.cursor()
-        sql = self.dialect.upsert_sql(COLUMNS, int(rows[0].Vector.shape[0]))
-        params = [self.dialect.row_params(row, COLUMNS) for row in rows]
+        columns = self.spec.write_columns(rows[0]) if self.spec is not None else COLUMNS
+        vector = rows[0].Vector
+        sql = self.dialect.upsert_sql(columns, 0 if vector is None else int(vector.shape[0]))
+        params = [self.dialect.row_params(row, columns) for row in rows]
         cur.executemany(sql, params)
         conn.commit()
 
