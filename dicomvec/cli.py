@@ -15,6 +15,8 @@ from typing import List, Optional
 
 COMMANDS = (
     "dicomvec.commands.run",
+    "dicomvec.commands.reports",
+    "dicomvec.commands.search",
 )
 
 
