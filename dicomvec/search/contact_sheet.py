@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 THUMB = 192
 PAD = 6
-CAPTION = 42
+CAPTION = 56
 HEADER = 26
 BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
@@ -66,6 +66,15 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     return text + "..."
 
 
+def _split_id(draw: ImageDraw.ImageDraw, image_id: str, font, width: int) -> List[str]:
+    """The ImageID on one line, or two (split at the dash nearest the middle) when too wide."""
+    if draw.textlength(image_id, font=font) <= width or "-" not in image_id:
+        return [image_id, ""]
+    dashes = [i for i, c in enumerate(image_id) if c == "-"]
+    cut = min(dashes, key=lambda i: abs(i - len(image_id) / 2))
+    return [image_id[:cut + 1], image_id[cut + 1:]]
+
+
 def render(result: SearchResult, columns: int = 5, normalization: str = "standard",
            thumbnails: Sequence[Image.Image] | None = None) -> Image.Image:
     """The sheet as a PIL image (``thumbnails`` overrides loading, for tests)."""
@@ -79,7 +88,8 @@ def render(result: SearchResult, columns: int = 5, normalization: str = "standar
     font = ImageFont.load_default()
     request = result.request
     query = f'"{request.text}"' if request.text else request.image.rsplit("/", 1)[-1]
-    header = f"{request.kind}: {query}   provider {result.provider}   top {len(items)}"
+    header = (f"{request.kind.replace('→', '->')}: {query}   provider {result.provider}   "
+              f"top {len(items)}")
     draw.text((PAD, 7), _fit(draw, header, font, width - 2 * PAD), fill=TEXT, font=font)
     cell_w, cell_h = THUMB + 2 * PAD, THUMB + CAPTION + 2 * PAD
     for index, item in enumerate(items):
@@ -90,7 +100,7 @@ def render(result: SearchResult, columns: int = 5, normalization: str = "standar
         sheet.paste(thumb.convert("RGB").resize((THUMB, THUMB)), (x, y))
         hit = item.hit
         lines = [(f"#{item.rank}  score {hit.score:.4f}", ACCENT),
-                 (hit.ImageID, TEXT),
+                 *[(part, TEXT) for part in _split_id(draw, hit.ImageID, font, THUMB)],
                  (f"view {hit.ViewPosition or '-'}  study {hit.StudyID}", TEXT)]
         for line_no, (text, colour) in enumerate(lines):
             draw.text((x, y + THUMB + 2 + 13 * line_no), _fit(draw, text, font, THUMB),

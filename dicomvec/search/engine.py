@@ -36,6 +36,8 @@ class SearchRequest:
             raise UserError(f"--target must be one of {TARGETS}")
         if isinstance(self.k, bool) or int(self.k) < 1:
             raise UserError(f"--k must be a positive integer, got {self.k}")
+        if self.view:
+            object.__setattr__(self, "view", self.view.strip().upper())
         if self.target == "reports" and self.view:
             raise UserError("--view filters images; it does not apply to --target reports")
 
@@ -61,7 +63,8 @@ class ImageResult:
         if self.joined:
             out["report"] = None if self.report is None else {
                 "StudyID": self.report.StudyID, "ReportPath": self.report.ReportPath,
-                "Findings": self.report.Findings, "Impression": self.report.Impression}
+                "Findings": self.report.Findings, "Impression": self.report.Impression,
+                "EmbeddedText": self.report.EmbeddedText}
         return out
 
 
@@ -108,6 +111,13 @@ def _store_error(exc: Exception, table: str, sink: str) -> UserError:
                      f"(run `dicomvec {'reports' if table == REPORTS.table else 'run'}` first?)")
 
 
+def _same_subject(report: Optional[ReportHit], hit: Hit) -> Optional[ReportHit]:
+    """The study's report, unless it belongs to another subject (a StudyID clash)."""
+    if report is not None and report.SubjectID != hit.SubjectID:
+        return None
+    return report
+
+
 def query_vector(request: SearchRequest, options, provider):
     if request.text:
         return embed_query_text(provider, request.text)
@@ -140,8 +150,7 @@ def run_search(request: SearchRequest, options) -> SearchResult:
         try:
             with VectorStore(options.sink, schema=options.sink_schema,
                              table=options.sink_table) as store:
-                hits = store.nearest(vector, request.k, provider.name,
-                                     request.view.upper() if request.view else None)
+                hits = store.nearest(vector, request.k, provider.name, request.view)
         except UserError:
             raise
         except Exception as exc:
@@ -154,7 +163,8 @@ def run_search(request: SearchRequest, options) -> SearchResult:
                     reports = lookup(store, [hit.StudyID for hit in hits])
             except Exception as exc:
                 raise _store_error(exc, REPORTS.table, options.sink) from None
-        results = [ImageResult(rank, hit, reports.get(hit.StudyID), request.with_reports)
+        results = [ImageResult(rank, hit, _same_subject(reports.get(hit.StudyID), hit),
+                               request.with_reports)
                    for rank, hit in enumerate(hits, start=1)]
     return SearchResult(request=request, provider=provider.name,
                         embedding_model=provider.model, semantic=provider.semantic,

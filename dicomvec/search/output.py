@@ -47,6 +47,9 @@ def to_text(result: SearchResult) -> str:
             if item.joined:
                 if item.report is None:
                     lines.append("      (no report stored for this study)")
+                elif not (item.report.Impression or item.report.Findings):
+                    lines.append(_wrapped("REPORT (no sections, tail)",
+                                          item.report.EmbeddedText))
                 else:
                     lines.append(_wrapped("IMPRESSION", item.report.Impression))
                     lines.append(_wrapped("FINDINGS", item.report.Findings))
