@@ -1,0 +1,122 @@
+"""The reports table on the shared sink core: idempotent upserts on StudyID, text-only rows that
+never erase a vector, bisection of bad rows, cosine search, lookups; SQL for every dialect."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dicomvec.io.stores import VectorStore
+from dicomvec.io.stores.dialects import dialect_for_url
+from dicomvec.io.stores.tables import REPORTS, ReportRow, SpecDialect, lookup
+
+DIM = 8
+
+
+def _unit(seed: int) -> np.ndarray:
+    vec = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    return vec / np.linalg.norm(vec)
+
+
+def _row(study: str, vector=None, provider="nvclip", text="text") -> ReportRow:
+    return ReportRow(SubjectID="10000001", StudyID=study, ReportPath=f"p10/p10000001/s{study}.txt",
+                     Findings=f"findings {study}", Impression=f"impression {study}",
+                     EmbeddedText=text, Vector=vector,
+                     EmbeddingModel="nvidia/nvclip" if vector is not None else None,
+                     Provider=provider if vector is not None else None)
+
+
+@pytest.fixture()
+def store(tmp_path):
+    with VectorStore(f"sqlite:///{tmp_path}/db.sqlite", spec=REPORTS) as store:
+        store.init_schema(DIM)
+        yield store
+
+
+def test_upsert_is_idempotent_on_study_id(store):
+    rows = [_row(str(50000000 + i), _unit(i)) for i in range(5)]
+    assert store.upsert(rows) == []
+    assert store.upsert(rows) == []
+    assert store.count() == 5
+    assert store.upsert([_row("50000001", _unit(99), text="new text")]) == []
+    assert store.count() == 5
+    assert lookup(store, ["50000001"])["50000001"].EmbeddedText == "new text"
+
+
+def test_text_only_rows_have_no_vector_and_never_erase_one(store):
+    assert store.upsert([_row("50000001", _unit(1)), _row("50000002", _unit(2))]) == []
+    assert store.upsert([_row("50000001", None, text="rewritten"),
+                         _row("50000003", None)]) == []
+    assert store.count() == 3 and store.count("nvclip") == 2
+    hits = store.nearest(_unit(1), k=5, provider="nvclip")
+    assert [h.StudyID for h in hits] == ["50000001", "50000002"]  # text-only row not searched
+    assert hits[0].EmbeddedText == "rewritten"  # text updated, vector kept
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert lookup(store, ["50000003"])["50000003"].Provider is None
+
+
+def test_nearest_ranks_by_cosine_and_filters_provider(store):
+    vectors = {str(50000000 + i): _unit(i) for i in range(6)}
+    store.upsert([_row(study, vec) for study, vec in vectors.items()])
+    store.upsert([_row("59999999", _unit(3), provider="other")])
+    query = vectors["50000003"] + 0.05 * _unit(42)
+    hits = store.nearest(query, k=3, provider="nvclip")
+    expected = sorted(vectors, key=lambda s: -float(vectors[s] @ query / np.linalg.norm(query)))
+    assert [h.StudyID for h in hits] == expected[:3]
+    assert hits[0].StudyID == "50000003"
+    assert all(h.Provider == "nvclip" for h in hits)
+    assert hits[0].score >= hits[1].score >= hits[2].score
+    with pytest.raises(ValueError, match="no view position"):
+        store.nearest(query, k=3, provider="nvclip", view_position="PA")
+
+
+def test_a_bad_row_is_isolated_and_good_neighbours_are_written(store):
+    rows = [_row(str(50000000 + i), _unit(i)) for i in range(6)]
+    rows[4] = _row("50000004", np.ones(DIM - 1, dtype=np.float32))  # wrong dimension
+    failed = store.upsert(rows)
+    assert [row.StudyID for row, _ in failed] == ["50000004"]
+    assert store.count() == 5
+
+
+def test_lookup_returns_only_known_studies(store):
+    store.upsert([_row("50000001", _unit(1)), _row("50000002", None)])
+    found = lookup(store, ["50000001", "50000002", "59999999", ""])
+    assert sorted(found) == ["50000001", "50000002"]
+    assert found["50000001"].Impression == "impression 50000001"
+
+
+def _dialect(url):
+    try:
+        return SpecDialect(dialect_for_url(url, schema="VectorSearch", table=REPORTS.table),
+                           REPORTS)
+    except (ValueError, ImportError) as exc:
+        pytest.skip(f"dialect for {url.split(':')[0]} not available here: {exc}")
+
+
+def test_iris_sql_uses_insert_or_update_to_vector_and_top():
+    dialect = _dialect("iris://demo@127.0.0.1:1972/USER")
+    ddl = "\n".join(dialect.create_table_statements(1024))
+    assert "CREATE TABLE IF NOT EXISTS VectorSearch.MIMICCXRReports" in ddl
+    assert "Vector VECTOR(DOUBLE, 1024)" in ddl and "PRIMARY KEY (StudyID)" in ddl
+    sql = dialect.upsert_sql(REPORTS.column_names, 1024)
+    assert sql.startswith("INSERT OR UPDATE INTO VectorSearch.MIMICCXRReports")
+    assert "TO_VECTOR(?, DOUBLE, 1024)" in sql and sql.count("?") == len(REPORTS.column_names)
+    text_only = dialect.upsert_sql(REPORTS.write_columns(_row("1")), 0)
+    assert ("(SubjectID, StudyID, ReportPath, Findings, Impression, EmbeddedText, CreatedAt) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)") in text_only
+    query, params = dialect.nearest_sql(_unit(0), 7, "nvclip")
+    assert query.startswith("SELECT TOP 7 StudyID")
+    assert "VECTOR_COSINE(Vector, TO_VECTOR(?, DOUBLE, 8)) AS score" in query
+    assert "ORDER BY score DESC" in query and params[-1] == "nvclip"
+
+
+def test_postgres_sql_uses_on_conflict_and_cosine_distance():
+    dialect = _dialect("postgresql://demo@127.0.0.1:5432/db")
+    ddl = dialect.create_table_statements(1024)
+    assert "CREATE EXTENSION IF NOT EXISTS vector" in ddl
+    assert any("Vector vector(1024)" in s and "PRIMARY KEY (StudyID)" in s for s in ddl)
+    sql = dialect.upsert_sql(REPORTS.column_names, 1024)
+    assert "ON CONFLICT (StudyID) DO UPDATE SET" in sql and "%b" in sql
+    assert "StudyID = EXCLUDED.StudyID" not in sql
+    query, params = dialect.nearest_sql(_unit(0), 3, "nvclip")
+    assert "1 - (Vector <=> %b) AS score" in query and query.endswith("LIMIT 3")
+    assert len(params) == 3
