@@ -15,6 +15,9 @@ from typing import List, Optional
 
 COMMANDS = (
     "dicomvec.commands.run",
+    "dicomvec.commands.reprocess",
+    "dicomvec.commands.dead_letters",
+    "dicomvec.commands.synth",
     "dicomvec.commands.reports",
     "dicomvec.commands.search",
 )
@@ -22,13 +25,24 @@ COMMANDS = (
 
 def build_parser() -> argparse.ArgumentParser:
     from dicomvec import __version__
-    parser = argparse.ArgumentParser(prog="dicomvec", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="dicomvec",
+        description="Chest X-ray DICOM archive → vectors for cross-modal search (Apache Beam).")
     parser.add_argument("--version", action="version", version=f"dicomvec {__version__}")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="level for dicomvec's own log")
+    parser.add_argument("--beam-log-level", default="WARNING",
+                        help="level for Beam and other libraries")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
         importlib.import_module(module).register(subparsers)
     return parser
+
+
+def configure_logging(own_level: str, library_level: str) -> None:
+    """dicomvec's messages at ``own_level``; Beam's chatty worker logs at ``library_level``."""
+    logging.basicConfig(level=getattr(logging, library_level.upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("dicomvec").setLevel(getattr(logging, own_level.upper(), logging.INFO))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -37,8 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.beam_log_level)
     from dicomvec.errors import USER_ERRORS
     try:
         return int(args.func(args, extra) or 0)

@@ -50,9 +50,13 @@ def test_real_files_store_five_and_dead_letter_the_corrupt_one(real_cxr_dir, tmp
     assert len({v.tobytes() for v in vectors.values()}) == 5
 
     again = _run(real_cxr_dir / "*.dcm", tmp_path, "second")
-    assert again.stored == 5
+    assert again.skipped_existing == 5 and again.stored == 0  # nothing re-embedded
     assert again.rows_in_store == 5
     assert len(read_dead_letters(str(tmp_path / "dead_letter"))) == 2  # one per generation
+
+    forced = _run(real_cxr_dir / "*.dcm", tmp_path, "forced", "--force")
+    assert forced.skipped_existing == 0 and forced.stored == 5
+    assert forced.rows_in_store == 5  # upserts: no duplicates
 
 
 def test_copies_of_one_image_are_one_row(real_cxr_dir, tmp_path):

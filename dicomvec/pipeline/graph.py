@@ -1,10 +1,13 @@
 """Assemble the ingestion graph.
 
-files (fileio.MatchFiles + ReadMatches) → IdentifyDicom → KeepFirstPerImageID → DecodePixels →
+files (fileio.MatchFiles, or listed paths, + ReadMatches) → IdentifyDicom → KeepFirstPerImageID → SkipStored
+(unless --force) → DecodePixels →
 NormalizePixels → ResizeAndEncode → BatchForEmbedding (GroupIntoBatches, sharded keys) →
 EmbedBatch → WriteToStore; every stage's ``failed`` output → Flatten → WriteDeadLetters.
 """
 from __future__ import annotations
+
+from typing import Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -12,9 +15,11 @@ from apache_beam.io.filesystem import CompressionTypes
 
 from dicomvec.io.dead_letter import WriteDeadLetters
 from dicomvec.pipeline.options import DicomvecOptions
+from dicomvec.record import ImageRecord
 from dicomvec.transforms.dedupe import KeepFirstPerImageID
+from dicomvec.transforms.resume import SkipStored
 from dicomvec.transforms.embed import BatchForEmbedding, EmbedBatch
-from dicomvec.transforms.identify import IdentifyDicom
+from dicomvec.transforms.identify import IdentifyDicom, MatchPath
 from dicomvec.transforms.preprocess import DecodePixels, NormalizePixels, ResizeAndEncode
 from dicomvec.transforms.stage import FAILED
 from dicomvec.transforms.write import WriteToStore
@@ -26,17 +31,31 @@ def _stage(pcoll, label, dofn, failures):
     return outputs.ok
 
 
-def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str):
-    """Add the ingestion transforms to ``pipeline``; returns the PCollection of stored counts."""
+def match_input(pipeline: beam.Pipeline, options: DicomvecOptions, paths, failures):
+    """PCollection of FileMetadata: the ``--input`` pattern, or exactly ``paths`` (reprocess);
+    a listed path that no longer exists becomes a ``read`` dead letter."""
+    if paths is None:
+        return pipeline | "MatchFiles" >> fileio.MatchFiles(
+            options.input, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+    listed = pipeline | "ListedPaths" >> beam.Create(sorted(paths))
+    return _stage(listed, "MatchPaths", MatchPath(), failures)
+
+
+def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str, paths=None):
+    """Add the ingestion transforms to ``pipeline`` (reading ``options.input``, or the given
+    ``paths``); returns the PCollection of stored counts."""
     failures = []
-    files = (pipeline
-             | "MatchFiles" >> fileio.MatchFiles(
-                 options.input, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+    files = (match_input(pipeline, options, paths, failures)
              | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
     records = _stage(files, "Identify", IdentifyDicom(), failures)
     unique = (records
               | "KeyByImageID" >> beam.Map(lambda record: (record.image_id, record))
+              .with_output_types(Tuple[str, ImageRecord])
               | "KeepFirstPerImageID" >> beam.ParDo(KeepFirstPerImageID()))
+    if not options.force:
+        unique = unique | "SkipStored" >> SkipStored(
+            options.sink, options.sink_schema, options.sink_table, options.provider,
+            options.preprocess_version())
     decoded = _stage(unique, "Decode", DecodePixels(options.image_size), failures)
     normalized = _stage(decoded, "Normalize", NormalizePixels(options.normalization), failures)
     encoded = _stage(normalized, "Resize",
@@ -45,7 +64,7 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str)
     embedded = _stage(batches, "Embed", EmbedBatch(options.provider_config()), failures)
     stored = _stage(embedded, "Write",
                     WriteToStore(options.sink, options.sink_schema, options.sink_table,
-                                 options.progress_every), failures)
+                                 options.preprocess_version(), options.progress_every), failures)
     (failures
      | "AllFailures" >> beam.Flatten()
      | "DeadLetters" >> WriteDeadLetters(options.dead_letter, run_id))

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 
-from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+from apache_beam.options.pipeline_options import (DirectOptions, WorkerOptions,
+                                                  StandardOptions)
 
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ def configure_local_engine(options) -> str:
         standard.runner = "DirectRunner"
         return standard.runner
     standard.runner = FN_API_RUNNER
+    worker = options.view_as(WorkerOptions)
+    if worker.default_sdk_harness_log_level is None:
+        worker.default_sdk_harness_log_level = "WARNING"  # worker processes' gRPC chatter
     direct = options.view_as(DirectOptions)
     if (direct.direct_num_workers or 1) > 1 and direct.direct_running_mode == "in_memory":
         direct.direct_running_mode = "multi_processing"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from dicomvec import PREPROCESS_VERSION
 from dicomvec.io.providers.base import ProviderConfig
 
 
@@ -40,6 +41,9 @@ class DicomvecOptions(PipelineOptions):
                                  "dead-letter generation folder")
         parser.add_argument("--progress_every", "--progress-every", type=int, default=500,
                             help="Log progress every N images per worker")
+        parser.add_argument("--force", action="store_true", default=False,
+                            help="Re-embed images already stored for this provider and "
+                                 "preprocessing version (default: skip them, pay nothing twice)")
         # NV-CLIP provider settings (key comes from NVIDIA_API_KEY, never a flag)
         parser.add_argument("--nvclip_url", "--nvclip-url",
                             default="https://integrate.api.nvidia.com/v1")
@@ -51,6 +55,13 @@ class DicomvecOptions(PipelineOptions):
         parser.add_argument("--nvclip_timeout", "--nvclip-timeout", type=float, default=60.0)
         parser.add_argument("--nvclip_max_attempts", "--nvclip-max-attempts", type=int,
                             default=5)
+
+    def preprocess_version(self) -> str:
+        """What made the model input, stored per row (≤ 20 chars): code version, normalization,
+        size and format. A resumed run skips only rows made the same way."""
+        method = {"standard": "std", "mimic-jpg": "mjpg"}.get(self.normalization,
+                                                              self.normalization)
+        return f"{PREPROCESS_VERSION}-{method}-{self.image_size}-{self.image_format}"[:20]
 
     def provider_config(self) -> ProviderConfig:
         """The provider's name and settings (no secrets) for workers to build it from."""

@@ -38,6 +38,7 @@ class RunSummary:
     run_id: str
     matched: int
     duplicate_files: int
+    skipped_existing: int
     stored: int
     dead_lettered: Dict[str, int]
     wall_time_s: float
@@ -63,6 +64,8 @@ class RunSummary:
             f"  files matched        {self.matched}",
             f"  duplicate files      {self.duplicate_files}  (same ImageID as another file; "
             f"one row kept, see the log)",
+            f"  already stored       {self.skipped_existing}  (skipped: same provider and "
+            f"preprocessing; --force re-embeds)",
             f"  images stored        {self.stored}",
             f"  dead-lettered        {self.dead_lettered_total}" + "".join(
                 f"\n    {stage:<18} {n}" for stage, n in self.dead_lettered.items() if n),
@@ -105,11 +108,13 @@ def default_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def run_ingest(argv: List[str]) -> RunSummary:
+def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary:
+    """Run the job over ``--input`` (or over exactly ``paths``, for reprocessing)."""
     options = PipelineOptions(argv)
     configure_local_engine(options)
     dv = options.view_as(DicomvecOptions)
-    check_input(dv.input)
+    if paths is None:
+        check_input(dv.input)
     run_id = dv.run_id or default_run_id()
     provider = create_provider(dv.provider_config())
     if not provider.semantic:
@@ -120,7 +125,7 @@ def run_ingest(argv: List[str]) -> RunSummary:
 
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
-    build_ingest(pipeline, dv, run_id)
+    build_ingest(pipeline, dv, run_id, paths=paths)
     result = pipeline.run()
     result.wait_until_finish()
     wall = time.monotonic() - started
@@ -132,6 +137,7 @@ def run_ingest(argv: List[str]) -> RunSummary:
         run_id=run_id,
         matched=counters.get("matched", 0),
         duplicate_files=counters.get("duplicate_files", 0),
+        skipped_existing=counters.get("skipped_existing", 0),
         stored=counters.get("write_ok", 0),
         dead_lettered={stage: counters.get(f"{stage}_failed", 0) for stage in STAGES},
         wall_time_s=wall,

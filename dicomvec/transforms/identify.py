@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from dicomvec import imaging
 from dicomvec.io.files import identify
@@ -15,6 +16,29 @@ from dicomvec.record import Failure, ImageRecord
 from dicomvec.transforms.stage import FAILED, counter
 
 log = logging.getLogger(__name__)
+
+
+class MatchPath(beam.DoFn):
+    """In: one path (str). Out: its ``FileMetadata``, or a Failure at stage ``read`` when the
+    file is gone. Used when the input is a list of files (reprocessing dead letters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.matched = counter("matched")
+        self.read_failed = counter("read_failed")
+
+    def process(self, path: str):
+        try:
+            found = FileSystems.match([path])[0].metadata_list
+            if not found:
+                raise FileNotFoundError(f"file not found: {path}")
+        except Exception as exc:
+            self.matched.inc()
+            self.read_failed.inc()
+            yield beam.pvalue.TaggedOutput(
+                FAILED, Failure.from_exception(ImageRecord(path=path), "read", exc))
+            return
+        yield from found
 
 
 class IdentifyDicom(beam.DoFn):

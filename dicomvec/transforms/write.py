@@ -13,7 +13,6 @@ from typing import List
 
 import apache_beam as beam
 
-import dicomvec
 from dicomvec.io.stores import ImageRow, VectorStore
 from dicomvec.record import Failure, ImageRecord
 from dicomvec.transforms.stage import FAILED, counter
@@ -21,17 +20,19 @@ from dicomvec.transforms.stage import FAILED, counter
 log = logging.getLogger(__name__)
 
 
-def to_row(record: ImageRecord) -> ImageRow:
+def to_row(record: ImageRecord, preprocess_version: str) -> ImageRow:
     return ImageRow(SubjectID=record.subject_id, StudyID=record.study_id,
                     ImageID=record.image_id, ImagePath=record.path, DicomFile=record.dicom_file,
                     ViewPosition=record.view_position, Vector=record.vector,
                     EmbeddingModel=record.embedding_model, Provider=record.provider,
-                    PreprocessVersion=dicomvec.PREPROCESS_VERSION)
+                    PreprocessVersion=preprocess_version)
 
 
 class WriteToStore(beam.DoFn):
-    def __init__(self, sink_url: str, schema: str, table: str, progress_every: int = 500):
+    def __init__(self, sink_url: str, schema: str, table: str, preprocess_version: str,
+                 progress_every: int = 500):
         super().__init__()
+        self.preprocess_version = preprocess_version
         self.sink_url = sink_url
         self.schema = schema
         self.table = table
@@ -54,7 +55,8 @@ class WriteToStore(beam.DoFn):
         by_id = {}
         for record in batch:
             by_id[record.image_id] = record
-        failed = self.store.upsert([to_row(record) for record in by_id.values()])
+        failed = self.store.upsert([to_row(record, self.preprocess_version)
+                                   for record in by_id.values()])
         for row, exc in failed:
             self.failed.inc()
             yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(

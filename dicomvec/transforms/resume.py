@@ -1,0 +1,54 @@
+"""Resume: drop images already stored for this provider and preprocessing version, before any
+pixel is decoded or any embedding is paid for.
+
+In: ImageRecord. Out: the records with no matching row. The lookup is batched (``BatchElements``
+then one ``existing_ids`` query per batch of up to 500 IDs) — no per-image query and no
+whole-table side input. Counter ``skipped_existing``.
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+
+from dicomvec.io.stores import VectorStore
+from dicomvec.transforms.stage import counter
+
+
+class _DropStored(beam.DoFn):
+    def __init__(self, sink_url, schema, table, provider, preprocess_version):
+        super().__init__()
+        self.args = (sink_url, schema, table)
+        self.provider = provider
+        self.preprocess_version = preprocess_version
+        self.store = None
+        self.skipped = counter("skipped_existing")
+
+    def setup(self):
+        sink_url, schema, table = self.args
+        self.store = VectorStore(sink_url, schema=schema, table=table).open()
+
+    def teardown(self):
+        if self.store is not None:
+            self.store.close()
+
+    def process(self, records):
+        stored = self.store.existing_ids([r.image_id for r in records], self.provider,
+                                         self.preprocess_version)
+        for record in records:
+            if record.image_id in stored:
+                self.skipped.inc()
+            else:
+                yield record
+
+
+class SkipStored(beam.PTransform):
+    def __init__(self, sink_url, schema, table, provider, preprocess_version,
+                 max_batch_size: int = 500):
+        super().__init__()
+        self.dofn = _DropStored(sink_url, schema, table, provider, preprocess_version)
+        self.max_batch_size = max_batch_size
+
+    def expand(self, records):
+        return (records
+                | "BatchIDs" >> beam.BatchElements(min_batch_size=1,
+                                                   max_batch_size=self.max_batch_size)
+                | "DropStored" >> beam.ParDo(self.dofn))
