@@ -84,6 +84,10 @@ def test_query_image_goes_through_the_ingestion_preprocessing(archive):
         result = run_search(SearchRequest(image=stored.path, k=1), _options(sink))
         assert result.results[0].hit.ImageID == stored.dicom_id
         assert result.results[0].score == pytest.approx(1.0, abs=1e-6)
+    # the check is sharp: preprocessing the query differently from ingestion is visible
+    for flags in (["--image-size", "224"], ["--normalization", "mimic-jpg"]):
+        other = run_search(SearchRequest(image=files[0].path, k=1), _options(sink, *flags))
+        assert other.results[0].score < 1.0 - 1e-5, flags
 
 
 def test_view_filter_and_k(archive):
