@@ -26,6 +26,9 @@ def report_tree(tmp_path):
     (files / "p10" / "p10000000" / "s59999999.txt").write_text("\n  FINAL REPORT\n ___\n")
     (files / "p10" / "p10000000" / "notes.txt").write_text("IMPRESSION: not a report file\n")
     (files / "p10" / "p10000000" / "snotes.txt").write_text("IMPRESSION: no study id\n")
+    clash = files / "p19" / "p19999999"  # a second file for study 50000001
+    clash.mkdir(parents=True)
+    (clash / "s50000001.txt").write_text("IMPRESSION: same study ID, other subject.\n")
     return tmp_path, len(texts)
 
 
@@ -40,16 +43,20 @@ def _run(tmp_path, run_id, *extra):
 def test_reports_are_stored_once_per_study_and_failures_dead_lettered(report_tree):
     tmp_path, n = report_tree
     summary = _run(tmp_path, "first")
-    assert summary.matched == n + 2  # notes.txt does not match s*.txt
+    assert summary.matched == n + 3  # notes.txt does not match s*.txt
+    assert summary.duplicate_studies == 1
     assert summary.stored == n and summary.text_only == n and summary.embedded == 0
-    assert summary.dead_lettered == {"read": 0, "decode": 2, "embed": 0, "write": 0}
+    assert summary.dead_lettered == {"read": 0, "decode": 3, "embed": 0, "write": 0}
     assert summary.rows_in_table == n and summary.vectors_in_table == 0
     assert "no text tower" in summary.render()
 
     dead = read_dead_letters(str(tmp_path / "dead_letter"), "first")
     assert sorted((row["stage"], row["path"].rsplit("/", 1)[-1], row["image_id"])
-                  for row in dead) == [("decode", "s59999999.txt", "59999999"),
+                  for row in dead) == [("decode", "s50000001.txt", "50000001"),
+                                       ("decode", "s59999999.txt", "59999999"),
                                        ("decode", "snotes.txt", "")]
+    duplicate = next(row for row in dead if row["image_id"] == "50000001")
+    assert "duplicate StudyID 50000001" in duplicate["error_message"]
     assert all(row["error_message"] for row in dead)
 
     with VectorStore(f"sqlite:///{tmp_path}/dicomvec.db", spec=REPORTS) as store:

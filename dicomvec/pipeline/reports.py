@@ -1,7 +1,7 @@
 """The reports job (``dicomvec reports``): MIMIC-CXR report files → the reports table.
 
-Graph: fileio.MatchFiles + ReadMatches → ParseReportFile → BatchForEmbedding (GroupIntoBatches,
-sharded keys) → EmbedReportBatch (texts, same provider as the images) → WriteReports (upsert on
+Graph: fileio.MatchFiles + ReadMatches → ParseReportFile → KeepFirstPerStudy (keyed state) →
+BatchForEmbedding (GroupIntoBatches, sharded keys) → EmbedReportBatch (texts, same provider as the images) → WriteReports (upsert on
 StudyID through the shared sink core) ; every ``failed`` output → Flatten → WriteDeadLetters.
 
 In: a command line with the same flags as ``dicomvec run`` (``--input 'files/**/s*.txt'``,
@@ -29,7 +29,8 @@ from dicomvec.pipeline.local_engine import configure_local_engine
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline.run import _counters, check_input, default_run_id
 from dicomvec.reports.parsing import CONTEXT_TOKENS, TOKEN_BUDGET
-from dicomvec.reports.transforms import EmbedReportBatch, ParseReportFile, WriteReports
+from dicomvec.reports.transforms import (EmbedReportBatch, KeepFirstPerStudy, ParseReportFile,
+                                        WriteReports)
 from dicomvec.transforms.embed import BatchForEmbedding
 from dicomvec.transforms.stage import FAILED
 
@@ -49,7 +50,9 @@ def build_reports(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str
              | "MatchReports" >> fileio.MatchFiles(
                  options.input, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
              | "ReadReports" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
-    reports = _stage(files, "ParseReports", ParseReportFile(), failures)
+    parsed = _stage(files, "ParseReports", ParseReportFile(), failures)
+    reports = _stage(parsed | "KeyByStudyID" >> beam.Map(lambda report: (report.study_id, report)),
+                     "KeepFirstPerStudy", KeepFirstPerStudy(), failures)
     batches = reports | "BatchReports" >> BatchForEmbedding(options.batch_size, key="reports")
     rows = _stage(batches, "EmbedReports", EmbedReportBatch(options.provider_config()), failures)
     stored = _stage(rows, "WriteReports", WriteReports(options.sink, options.sink_schema),
@@ -64,6 +67,7 @@ def build_reports(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str
 class ReportsSummary:
     run_id: str
     matched: int
+    duplicate_studies: int
     stored: int
     embedded: int
     text_only: int
@@ -86,6 +90,8 @@ class ReportsSummary:
         lines = [
             f"dicomvec reports {self.run_id}",
             f"  report files matched {self.matched}",
+            f"  duplicate StudyIDs   {self.duplicate_studies}  (another file already gave that "
+            f"study's report; dead-lettered)",
             f"  reports stored       {self.stored}  ({self.embedded} with a text vector, "
             f"{self.text_only} text only)",
             f"  dead-lettered        {self.dead_lettered_total}" + "".join(
@@ -137,12 +143,14 @@ def run_reports(argv: List[str]) -> ReportsSummary:
     return ReportsSummary(
         run_id=run_id,
         matched=counters.get("reports_matched", 0),
+        duplicate_studies=counters.get("reports_duplicate_study", 0),
         stored=counters.get("reports_write_ok", 0),
         embedded=counters.get("reports_embed_ok", 0),
         text_only=counters.get("reports_text_only", 0),
         dead_lettered={
             "read": counters.get("reports_read_failed", 0),
-            "decode": counters.get("reports_parse_failed", 0),
+            "decode": counters.get("reports_parse_failed", 0)
+            + counters.get("reports_duplicate_study", 0),
             "embed": counters.get("reports_embed_failed", 0),
             "write": counters.get("reports_write_failed", 0),
         },

@@ -2,6 +2,8 @@
 
 - ``ParseReportFile``: ``fileio.ReadableFile`` → ``Report``; unreadable file → Failure stage
   ``read``; no MIMIC identity in the path or no text → Failure stage ``decode``.
+- ``KeepFirstPerStudy``: one report per StudyID; another file with the same StudyID → Failure
+  stage ``decode``.
 - ``EmbedReportBatch``: list[Report] → list[ReportRow] with text vectors (one provider call per
   batch); a text the provider refuses → Failure stage ``embed``. A provider without a text tower
   (``thumbnail``) gives text-only rows (Vector NULL), so ``--with-reports`` and the images
@@ -18,6 +20,8 @@ import logging
 from typing import List
 
 import apache_beam as beam
+from apache_beam.coders import StrUtf8Coder
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from dicomvec.io.providers import (FatalProviderError, ProviderConfig, TextNotSupportedError,
                                    create_provider)
@@ -68,6 +72,34 @@ class ParseReportFile(beam.DoFn):
             return
         self.parsed.inc()
         yield report
+
+
+class KeepFirstPerStudy(beam.DoFn):
+    """In: ``(study_id, Report)``. Out: the first report seen per StudyID (the table's key).
+
+    Another file with the same StudyID is counted (``reports_duplicate_study``), named in the
+    log and dead-lettered (stage ``decode``), so no report is dropped silently. Keyed state:
+    the same on batch and streaming runners.
+    """
+
+    FIRST_PATH = ReadModifyWriteStateSpec("first_path", StrUtf8Coder())
+
+    def __init__(self):
+        super().__init__()
+        self.duplicates = counter("reports_duplicate_study")
+
+    def process(self, element, first_path=beam.DoFn.StateParam(FIRST_PATH)):
+        study_id, report = element
+        seen = first_path.read()
+        if seen is None:
+            first_path.write(report.path)
+            yield report
+            return
+        self.duplicates.inc()
+        log.warning("duplicate StudyID %s: %s and %s; kept the first", study_id, seen,
+                    report.path)
+        yield beam.pvalue.TaggedOutput(FAILED, _failure(report.path, "decode", ValueError(
+            f"duplicate StudyID {study_id}: already read from {seen}")))
 
 
 def text_only_row(report: Report) -> ReportRow:
