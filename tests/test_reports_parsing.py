@@ -120,3 +120,18 @@ def test_sample_reports_are_laid_next_to_study_folders(tmp_path):
     assert write_sample_reports(tmp_path) == []  # existing reports are kept
     with pytest.raises(ValueError, match="no MIMIC-layout study folders"):
         write_sample_reports(tmp_path / "p10" / "p10000001" / "s50000001")
+
+
+def test_sample_reports_ship_in_the_sdist(tmp_path):
+    """Beam's --setup_file builds an sdist: the sample texts must travel with the package."""
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)],
+                   cwd=repo, check=True, capture_output=True)
+    (archive,) = tmp_path.glob("dicomvec-*.tar.gz")
+    names = tarfile.open(archive).getnames()
+    for name in sample_texts():
+        assert any(n.endswith(f"dicomvec/reports/samples/{name}.txt") for n in names), name
