@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -28,7 +28,7 @@ from dicomvec.io.stores.tables import REPORTS
 from dicomvec.pipeline.local_engine import configure_local_engine
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline.run import _counters, check_input, default_run_id
-from dicomvec.reports.parsing import CONTEXT_TOKENS, TOKEN_BUDGET
+from dicomvec.reports.parsing import CONTEXT_TOKENS, TOKEN_BUDGET, Report
 from dicomvec.reports.transforms import (EmbedReportBatch, KeepFirstPerStudy, ParseReportFile,
                                         WriteReports)
 from dicomvec.transforms.embed import BatchForEmbedding
@@ -51,8 +51,9 @@ def build_reports(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str
                  options.input, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
              | "ReadReports" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
     parsed = _stage(files, "ParseReports", ParseReportFile(), failures)
-    reports = _stage(parsed | "KeyByStudyID" >> beam.Map(lambda report: (report.study_id, report)),
-                     "KeepFirstPerStudy", KeepFirstPerStudy(), failures)
+    keyed = parsed | "KeyByStudyID" >> beam.Map(
+        lambda report: (report.study_id, report)).with_output_types(Tuple[str, Report])
+    reports = _stage(keyed, "KeepFirstPerStudy", KeepFirstPerStudy(), failures)
     batches = reports | "BatchReports" >> BatchForEmbedding(options.batch_size, key="reports")
     rows = _stage(batches, "EmbedReports", EmbedReportBatch(options.provider_config()), failures)
     stored = _stage(rows, "WriteReports", WriteReports(options.sink, options.sink_schema),

@@ -60,6 +60,7 @@ class ImageResult:
 
     def to_dict(self) -> dict:
         out = {"rank": self.rank, **dataclasses.asdict(self.hit)}
+        out["score"] = round(out["score"], 6)
         if self.joined:
             out["report"] = None if self.report is None else {
                 "StudyID": self.report.StudyID, "ReportPath": self.report.ReportPath,
@@ -78,7 +79,9 @@ class ReportResult:
         return self.hit.score
 
     def to_dict(self) -> dict:
-        return {"rank": self.rank, **dataclasses.asdict(self.hit)}
+        out = {"rank": self.rank, **dataclasses.asdict(self.hit)}
+        out["score"] = round(out["score"], 6)
+        return out
 
 
 @dataclasses.dataclass

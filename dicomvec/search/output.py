@@ -25,7 +25,7 @@ def _query_line(result: SearchResult) -> str:
 
 def _wrapped(label: str, text: str, width: int = 100) -> str:
     if not text:
-        return f"      {label}: —"
+        return f"      {label}: (no such section)"
     return textwrap.fill(text, width=width, initial_indent=f"      {label}: ",
                          subsequent_indent=" " * (8 + len(label)))
 
@@ -50,6 +50,8 @@ def to_text(result: SearchResult) -> str:
                 elif not (item.report.Impression or item.report.Findings):
                     lines.append(_wrapped("REPORT (no sections, tail)",
                                           item.report.EmbeddedText))
+                elif item.report.Impression == item.report.Findings:
+                    lines.append(_wrapped("FINDINGS AND IMPRESSION", item.report.Impression))
                 else:
                     lines.append(_wrapped("IMPRESSION", item.report.Impression))
                     lines.append(_wrapped("FINDINGS", item.report.Findings))
