@@ -28,18 +28,29 @@ COUNT = 8
 SIZE = (384, 320)
 
 
-def _sink_urls():
-    return ["sqlite"]
+try:  # the PostgreSQL + pgvector test server (sinks work); absent: SQLite only
+    from tests.pg_fixtures import postgres_server  # noqa: F401  (fixture for this module)
+    SINKS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+except ImportError:
+    SINKS = ["sqlite"]
 
 
-@pytest.fixture(scope="module", params=_sink_urls())
+def _sink_url(name: str, request, root: Path) -> str:
+    if name == "sqlite":
+        return f"sqlite:///{root}/dicomvec.db"
+    server = request.getfixturevalue("postgres_server")
+    return server.create_database(f"search_{root.name.replace('-', '_').lower()}")
+
+
+@pytest.fixture(scope="module", params=SINKS)
 def archive(request, tmp_path_factory):
     """COUNT synthetic images ingested with the thumbnail provider, plus their sample reports
-    (text-only rows, since thumbnail has no text tower). Returns (root, sink URL, files)."""
+    (text-only rows, since thumbnail has no text tower), on each available sink.
+    Returns (root, sink URL, files)."""
     root = tmp_path_factory.mktemp("search")
     files = [f for f in generate(root / "sample", COUNT, size=SIZE, syntaxes=("native", "rle"),
                                  seed=11) if not f.broken]
-    sink = f"sqlite:///{root}/dicomvec.db"
+    sink = _sink_url(request.param, request, root)
     common = ["--sink", sink, "--dead-letter", str(root / "dead_letter"),
               "--provider", "thumbnail", "--image-size", "160"]
     summary = run_ingest(["--input", f"{root}/sample/files/**/*.dcm", "--run-id", "ingest",
