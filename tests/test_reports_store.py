@@ -25,9 +25,22 @@ def _row(study: str, vector=None, provider="nvclip", text="text") -> ReportRow:
                      Provider=provider if vector is not None else None)
 
 
-@pytest.fixture()
-def store(tmp_path):
-    with VectorStore(f"sqlite:///{tmp_path}/db.sqlite", spec=REPORTS) as store:
+try:  # the PostgreSQL + pgvector test server (sinks work); absent: SQLite only
+    from tests.pg_fixtures import postgres_server  # noqa: F401  (fixture for this module)
+    SINKS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+except ImportError:
+    SINKS = ["sqlite"]
+
+
+@pytest.fixture(params=SINKS)
+def store(request, tmp_path):
+    """A fresh reports table on each available database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/db.sqlite"
+    else:
+        server = request.getfixturevalue("postgres_server")
+        url = server.create_database(f"reports_{tmp_path.name.replace('-', '_').lower()}")
+    with VectorStore(url, spec=REPORTS) as store:
         store.init_schema(DIM)
         yield store
 
@@ -120,3 +133,13 @@ def test_postgres_sql_uses_on_conflict_and_cosine_distance():
     query, params = dialect.nearest_sql(_unit(0), 3, "nvclip")
     assert "1 - (Vector <=> %b) AS score" in query and query.endswith("LIMIT 3")
     assert len(params) == 3
+
+
+def test_a_mixed_batch_writes_text_only_rows_without_touching_vectors(store):
+    assert store.upsert([_row("50000001", _unit(1))]) == []
+    assert store.upsert([_row("50000001", None, text="text only"), _row("50000002", _unit(2)),
+                         _row("50000003", None)]) == []
+    assert store.count() == 3 and store.count("nvclip") == 2
+    hit = store.nearest(_unit(1), k=1, provider="nvclip")[0]
+    assert (hit.StudyID, hit.EmbeddedText) == ("50000001", "text only")
+    assert hit.score == pytest.approx(1.0, abs=1e-5)

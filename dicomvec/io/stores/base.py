@@ -172,11 +172,16 @@ class VectorStore:
             return self.upsert(rows[:middle]) + self.upsert(rows[middle:])
 
     def _write(self, conn, rows: Sequence[ImageRow]) -> None:
+        if self.spec is not None:  # rows with and without a vector write different columns
+            for columns, group in self.spec.column_groups(rows):
+                vector = next((r.Vector for r in group if r.Vector is not None), None)
+                self.dialect.write_batch(conn, group, columns,
+                                         0 if vector is None else int(np.size(vector)))
+            conn.commit()
+            return
         cur = conn.cursor()
-        columns = self.spec.write_columns(rows[0]) if self.spec is not None else COLUMNS
-        vector = rows[0].Vector
-        sql = self.dialect.upsert_sql(columns, 0 if vector is None else int(vector.shape[0]))
-        params = [self.dialect.row_params(row, columns) for row in rows]
+        sql = self.dialect.upsert_sql(COLUMNS, int(rows[0].Vector.shape[0]))
+        params = [self.dialect.row_params(row, COLUMNS) for row in rows]
         cur.executemany(sql, params)
         conn.commit()
 

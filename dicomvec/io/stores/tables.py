@@ -71,6 +71,17 @@ class TableSpec:
     def column_names(self) -> List[str]:
         return [c.name for c in self.columns]
 
+    def column_groups(self, rows: Sequence) -> List[Tuple[List[str], list]]:
+        """``rows`` grouped by the columns they write (with / without a vector), in order."""
+        groups: dict = {}
+        for row in rows:
+            groups.setdefault(tuple(self.write_columns(row)), []).append(row)
+        return [(list(columns), group) for columns, group in groups.items()]
+
+    def row_label(self, row) -> str:
+        """The row's key, for messages."""
+        return "/".join(str(getattr(row, k)) for k in self.key)
+
     def write_columns(self, row) -> List[str]:
         """The columns one upsert writes: all of them, or all but the vector columns when the
         row has no vector."""
@@ -202,6 +213,12 @@ class SpecDialect:
             return f"INSERT OR UPDATE {head}"
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in self.spec.key)
         return f"INSERT {head} ON CONFLICT ({', '.join(self.spec.key)}) DO UPDATE SET {updates}"
+
+    def write_batch(self, conn, rows: Sequence, columns: Sequence[str], dimension: int) -> None:
+        """One parametrised upsert, ``executemany`` over ``rows`` (the core commits)."""
+        cur = conn.cursor()
+        cur.executemany(self.upsert_sql(columns, dimension),
+                        [self.row_params(row, columns) for row in rows])
 
     def row_params(self, row, columns: Sequence[str]) -> list:
         return [self.base.encode_vector(getattr(row, c)) if c == self.spec.vector
