@@ -209,6 +209,15 @@ def test_thumbnail_provider_refuses_text_queries_with_one_line_and_exit_2(tmp_pa
     assert "thumbnail" in errors[0] and "non-semantic" in errors[0] and "nvclip" in errors[0]
 
 
+def test_thumbnail_provider_refuses_report_search(archive, capsys):
+    root, sink, files = archive
+    rc = cli.main(["search", "--image", files[0].path, "--target", "reports", "--sink", sink,
+                   "--provider", "thumbnail"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "searching reports needs a semantic model" in err and "Traceback" not in err
+
+
 def test_bad_query_image_and_missing_table_are_user_errors(tmp_path, capsys):
     not_dicom = tmp_path / "scan.dcm"
     not_dicom.write_bytes(b"not a dicom file at all")

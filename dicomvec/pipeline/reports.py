@@ -82,6 +82,7 @@ class ReportsSummary:
     provider: str
     embedding_model: str
     semantic: bool
+    provider_stats: Dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def dead_lettered_total(self) -> int:
@@ -105,6 +106,8 @@ class ReportsSummary:
         if not self.semantic:
             lines.append("                       NOTE: this provider has no text tower: reports "
                          "were stored as text only (no vectors); use nvclip for text search")
+        for name, value in sorted(self.provider_stats.items()):
+            lines.append(f"  provider {name + ' ':<12}{value}")
         lines += [
             f"  rows in table        {self.rows_in_table}  ({self.table}; {self.vectors_in_table}"
             f" with a {self.provider} vector; {self.sink})",
@@ -164,4 +167,6 @@ def run_reports(argv: List[str]) -> ReportsSummary:
         provider=provider.name,
         embedding_model=provider.model,
         semantic=provider.semantic,
+        provider_stats={k[len("provider_"):]: v for k, v in counters.items()
+                        if k.startswith("provider_")},
     )

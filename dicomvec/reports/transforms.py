@@ -119,6 +119,18 @@ class EmbedReportBatch(beam.DoFn):
         self.embedded = counter("reports_embed_ok")
         self.text_only = counter("reports_text_only")
         self.failed = counter("reports_embed_failed")
+        self.stat_counters = {}
+        self._reported_stats = {}
+
+    def _report_stats(self):
+        """Provider stats (requests, retries, ...) → Beam counters ``provider_*``, as deltas."""
+        for name, value in self.provider.stats().items():
+            delta = int(value) - self._reported_stats.get(name, 0)
+            if delta:
+                if name not in self.stat_counters:
+                    self.stat_counters[name] = counter(f"provider_{name}")
+                self.stat_counters[name].inc(delta)
+                self._reported_stats[name] = int(value)
 
     def setup(self):
         self.provider = create_provider(self.provider_config)
@@ -158,6 +170,7 @@ class EmbedReportBatch(beam.DoFn):
                     error_type=result.error_type, error_message=result.error_message[:2000],
                     attempts=result.attempts, retryable=result.retryable))
         self.embedded.inc(len(rows))
+        self._report_stats()
         if rows:
             yield rows
 

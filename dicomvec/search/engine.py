@@ -11,7 +11,7 @@ import dataclasses
 from typing import List, Optional, Union
 
 from dicomvec.errors import UserError
-from dicomvec.io.providers import create_provider
+from dicomvec.io.providers import TextNotSupportedError, create_provider
 from dicomvec.io.stores import Hit, VectorStore
 from dicomvec.io.stores.dialects import redact_url
 from dicomvec.io.stores.tables import REPORTS, ReportHit, lookup
@@ -132,6 +132,10 @@ def query_vector(request: SearchRequest, options, provider):
 def run_search(request: SearchRequest, options) -> SearchResult:
     """Embed the query with ``options``' provider and search ``request.target``."""
     provider = create_provider(options.provider_config())
+    if request.target == "reports" and not provider.semantic:
+        raise TextNotSupportedError(
+            f"searching reports needs a semantic model: the {provider.name!r} provider is a "
+            "non-semantic image descriptor and stores no report vectors; use --provider nvclip")
     provider.setup()
     try:
         vector = query_vector(request, options, provider)
