@@ -1,4 +1,4 @@
-"""``dicomvec search``: text → image, image → image, image/text → report, from the command line.
+"""``dicomvec search``: text → image, image → image, image/text → report, from the shell.
 
 Examples::
 

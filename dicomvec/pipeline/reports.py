@@ -1,8 +1,9 @@
 """The reports job (``dicomvec reports``): MIMIC-CXR report files → the reports table.
 
 Graph: fileio.MatchFiles + ReadMatches → ParseReportFile → KeepFirstPerStudy (keyed state) →
-BatchForEmbedding (GroupIntoBatches, sharded keys) → EmbedReportBatch (texts, same provider as the images) → WriteReports (upsert on
-StudyID through the shared sink core) ; every ``failed`` output → Flatten → WriteDeadLetters.
+BatchForEmbedding (GroupIntoBatches, sharded keys) → EmbedReportBatch (texts, same provider as
+the images) → WriteReports (upsert on StudyID through the shared sink core); every ``failed``
+output → Flatten → WriteDeadLetters.
 
 In: a command line with the same flags as ``dicomvec run`` (``--input 'files/**/s*.txt'``,
 ``--sink``, ``--provider``, ``--dead-letter``, ``--batch-size``, Beam flags). Out: a

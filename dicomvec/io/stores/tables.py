@@ -156,6 +156,8 @@ class SpecDialect:
         self.spec = spec
 
     def __getattr__(self, name: str) -> Any:  # connect, prepare, is_transient, count_sql, ...
+        if name in ("base", "spec"):  # not set yet (copy/unpickle): no recursion
+            raise AttributeError(name)
         return getattr(self.base, name)
 
     @property
