@@ -30,8 +30,8 @@ setup(
     ],
     extras_require={
         "iris": ["intersystems-irispython>=5.1"],
-        "postgres": ["psycopg[binary]>=3.1"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "pgserver==0.1.4",
+        "postgres": ["psycopg[binary]>=3.1", "pgvector>=0.5"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pgserver==0.1.4", "pgvector>=0.5",
                  "psycopg[binary]>=3.1", "intersystems-irispython>=5.1"],
     },
     entry_points={"console_scripts": ["dicomvec=dicomvec.cli:main"]},

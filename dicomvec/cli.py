@@ -18,6 +18,8 @@ COMMANDS = (
     "dicomvec.commands.reprocess",
     "dicomvec.commands.dead_letters",
     "dicomvec.commands.synth",
+    "dicomvec.commands.init_db",
+    "dicomvec.commands.create_index",
     "dicomvec.commands.reports",
     "dicomvec.commands.search",
 )

@@ -9,7 +9,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 REAL_CXR = Path(os.environ.get("DICOMVEC_TESTDATA", REPO.parent / "shared" / "testdata" / "cxr"))
 
-pytest_plugins = []
+pytest_plugins = ["tests.pg_fixtures"]  # postgres_server: PostgreSQL + pgvector from pgserver
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +18,15 @@ def real_cxr_dir() -> Path:
     if not REAL_CXR.is_dir() or not list(REAL_CXR.glob("*.dcm")):
         pytest.skip(f"real test DICOMs not present at {REAL_CXR}")
     return REAL_CXR
+
+
+@pytest.fixture(scope="session")
+def streaming_runner():
+    """Extra flags for a local streaming run (Prism, built by scripts/prism/install.sh)."""
+    from dicomvec.pipeline.local_engine import PrismNotFoundError, find_prism
+    try:
+        return ["--prism_location", find_prism()]
+    except PrismNotFoundError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))

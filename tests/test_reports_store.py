@@ -25,11 +25,8 @@ def _row(study: str, vector=None, provider="nvclip", text="text") -> ReportRow:
                      Provider=provider if vector is not None else None)
 
 
-try:  # the PostgreSQL + pgvector test server (sinks work); absent: SQLite only
-    from tests.pg_fixtures import postgres_server  # noqa: F401  (fixture for this module)
-    SINKS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-except ImportError:
-    SINKS = ["sqlite"]
+# PostgreSQL + pgvector comes from the ``postgres_server`` fixture (tests/pg_fixtures.py)
+SINKS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(params=SINKS)

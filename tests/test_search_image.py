@@ -28,11 +28,8 @@ COUNT = 8
 SIZE = (384, 320)
 
 
-try:  # the PostgreSQL + pgvector test server (sinks work); absent: SQLite only
-    from tests.pg_fixtures import postgres_server  # noqa: F401  (fixture for this module)
-    SINKS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-except ImportError:
-    SINKS = ["sqlite"]
+# PostgreSQL + pgvector comes from the ``postgres_server`` fixture (tests/pg_fixtures.py)
+SINKS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 def _sink_url(name: str, request, root: Path) -> str:

@@ -1,6 +1,7 @@
 """Parquet dead letters: one row per failed image, written with Beam's ``WriteToParquet``.
 
-Layout: ``<dead_letter_dir>/run=<run_id>/dead_letter-SSSSS-of-NNNNN.parquet``. Each run is a new
+Layout: ``<dead_letter_dir>/run=<run_id>/dead_letter-SSSSS-of-NNNNN.parquet`` (streaming: one
+file per triggering period, ``dead_letter-<window start>-<window end>-SSSSS-of-NNNNN.parquet``). Each run is a new
 generation folder; nothing is overwritten. Rows hold paths, IDs and reasons — never pixels or
 patient names.
 """
@@ -44,8 +45,9 @@ def failure_to_row(failure: Failure, run_id: str) -> Dict:
 class WriteDeadLetters(beam.PTransform):
     """PCollection[Failure] → Parquet files in this run's generation folder."""
 
-    def __init__(self, dead_letter_dir: str, run_id: str):
+    def __init__(self, dead_letter_dir: str, run_id: str, triggering_frequency: float = None):
         super().__init__()
+        self.triggering_frequency = triggering_frequency  # streaming: write every N seconds
         self.prefix = os.path.join(generation_dir(dead_letter_dir, run_id), "dead_letter")
         self.run_id = run_id
 
@@ -53,8 +55,15 @@ class WriteDeadLetters(beam.PTransform):
         run_id = self.run_id
         return (failures
                 | "ToRow" >> beam.Map(failure_to_row, run_id)
-                | "Parquet" >> beam.io.WriteToParquet(
-                    self.prefix, SCHEMA, file_name_suffix=".parquet"))
+                | "Parquet" >> beam.io.WriteToParquet(self.prefix, SCHEMA,
+                                                      file_name_suffix=".parquet",
+                                                      **self._streaming_args()))
+
+    def _streaming_args(self):
+        if not self.triggering_frequency:
+            return {}
+        return {"triggering_frequency": int(max(1, self.triggering_frequency)), "num_shards": 1,
+                "shard_name_template": "-V-SSSSS-of-NNNNN"}
 
 
 def read_dead_letters(dead_letter_dir: str, run_id: str = "*") -> List[Dict]:

@@ -22,6 +22,7 @@ from dicomvec.transforms.embed import BatchForEmbedding, EmbedBatch
 from dicomvec.transforms.identify import IdentifyDicom, MatchPath
 from dicomvec.transforms.preprocess import DecodePixels, NormalizePixels, ResizeAndEncode
 from dicomvec.transforms.stage import FAILED
+from dicomvec.transforms.watch import WatchForCompleteFiles
 from dicomvec.transforms.write import WriteToStore
 
 
@@ -31,9 +32,15 @@ def _stage(pcoll, label, dofn, failures):
     return outputs.ok
 
 
-def match_input(pipeline: beam.Pipeline, options: DicomvecOptions, paths, failures):
-    """PCollection of FileMetadata: the ``--input`` pattern, or exactly ``paths`` (reprocess);
-    a listed path that no longer exists becomes a ``read`` dead letter."""
+def match_input(pipeline: beam.Pipeline, options: DicomvecOptions, paths, failures,
+                streaming: bool):
+    """PCollection of FileMetadata: the ``--input`` pattern (watched continuously when
+    streaming), or exactly ``paths`` (reprocess); a listed path that no longer exists becomes a
+    ``read`` dead letter."""
+    if paths is None and streaming:
+        interval = options.watch_interval
+        return pipeline | "WatchInput" >> WatchForCompleteFiles(
+            options.input, interval, options.settle_seconds or interval / 4)
     if paths is None:
         return pipeline | "MatchFiles" >> fileio.MatchFiles(
             options.input, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
@@ -41,11 +48,12 @@ def match_input(pipeline: beam.Pipeline, options: DicomvecOptions, paths, failur
     return _stage(listed, "MatchPaths", MatchPath(), failures)
 
 
-def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str, paths=None):
+def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str, paths=None,
+                 streaming: bool = False):
     """Add the ingestion transforms to ``pipeline`` (reading ``options.input``, or the given
     ``paths``); returns the PCollection of stored counts."""
     failures = []
-    files = (match_input(pipeline, options, paths, failures)
+    files = (match_input(pipeline, options, paths, failures, streaming)
              | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
     records = _stage(files, "Identify", IdentifyDicom(), failures)
     unique = (records
@@ -60,12 +68,15 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
     normalized = _stage(decoded, "Normalize", NormalizePixels(options.normalization), failures)
     encoded = _stage(normalized, "Resize",
                      ResizeAndEncode(options.image_size, options.image_format), failures)
-    batches = encoded | "Batch" >> BatchForEmbedding(options.batch_size)
+    batch_wait = (options.batch_wait or options.watch_interval / 2) if streaming else None
+    batches = encoded | "Batch" >> BatchForEmbedding(options.batch_size, batch_wait)
     embedded = _stage(batches, "Embed", EmbedBatch(options.provider_config()), failures)
     stored = _stage(embedded, "Write",
                     WriteToStore(options.sink, options.sink_schema, options.sink_table,
                                  options.preprocess_version(), options.progress_every), failures)
     (failures
      | "AllFailures" >> beam.Flatten()
-     | "DeadLetters" >> WriteDeadLetters(options.dead_letter, run_id))
+     | "DeadLetters" >> WriteDeadLetters(
+         options.dead_letter, run_id,
+         triggering_frequency=options.dead_letter_frequency if streaming else None))
     return stored

@@ -7,16 +7,40 @@ dicomvec instead runs batch jobs on Beam's FnApiRunner, the engine behind the Di
 fast path: it fuses stages, supports state and GroupIntoBatches' end-of-window flush, and with
 ``--direct_num_workers N`` (N > 1) runs N worker processes (``multi_processing`` mode).
 Pass ``--runner BundleBasedDirectRunner`` (or any other runner) to override.
+
+Streaming (``--streaming``) runs on Beam's Prism runner: the Python DirectRunner cannot run the
+splittable ``MatchContinuously`` together with GroupIntoBatches in streaming mode (its transform
+overrides fail), and Beam only downloads Prism from GitHub at run time, which fails offline. The
+binary is built from Beam's Go module by ``scripts/prism/install.sh`` into ``.cache/prism`` and
+found there, through ``DICOMVEC_PRISM``, ``--prism_location`` or ``prism`` on PATH.
 """
 from __future__ import annotations
 
 import logging
 
-from apache_beam.options.pipeline_options import (DirectOptions, WorkerOptions,
-                                                  StandardOptions)
+import os
+import shutil
+from pathlib import Path
+
+from apache_beam.options.pipeline_options import (DirectOptions, PrismRunnerOptions,
+                                                  StandardOptions, WorkerOptions)
 
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 log = logging.getLogger(__name__)
+REPO_PRISM = Path(__file__).resolve().parents[2] / ".cache" / "prism" / "prism"
+
+
+class PrismNotFoundError(ValueError):
+    """Streaming locally needs the Prism binary."""
+
+
+def find_prism() -> str:
+    for candidate in (os.environ.get("DICOMVEC_PRISM"), str(REPO_PRISM), shutil.which("prism")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise PrismNotFoundError(
+        "streaming on the local runner needs Beam's Prism binary: build it with "
+        "scripts/prism/install.sh (needs Go), then re-run, or pass --prism_location PATH")
 
 
 def configure_local_engine(options) -> str:
@@ -26,7 +50,9 @@ def configure_local_engine(options) -> str:
     if standard.runner not in (None, "DirectRunner", "direct", "directrunner"):
         return standard.runner
     if standard.streaming:
-        standard.runner = "DirectRunner"
+        prism = options.view_as(PrismRunnerOptions)
+        prism.prism_location = prism.prism_location or find_prism()
+        standard.runner = "PrismRunner"
         return standard.runner
     standard.runner = FN_API_RUNNER
     worker = options.view_as(WorkerOptions)

@@ -44,6 +44,21 @@ class DicomvecOptions(PipelineOptions):
         parser.add_argument("--force", action="store_true", default=False,
                             help="Re-embed images already stored for this provider and "
                                  "preprocessing version (default: skip them, pay nothing twice)")
+        # streaming (with Beam's --streaming)
+        parser.add_argument("--watch_interval", "--watch-interval", type=float, default=30.0,
+                            help="streaming: seconds between polls of --input")
+        parser.add_argument("--settle_seconds", "--settle-seconds", type=float, default=None,
+                            help="streaming: a file is read once its size and mtime have not "
+                                 "changed for this long (default: a quarter of the interval)")
+        parser.add_argument("--batch_wait", "--batch-wait", type=float, default=None,
+                            help="streaming: flush a partial batch after this many seconds "
+                                 "(default: half the watch interval)")
+        parser.add_argument("--dead_letter_frequency", "--dead-letter-frequency", type=float,
+                            default=60.0,
+                            help="streaming: seconds between dead-letter file writes")
+        parser.add_argument("--stop_after_idle", "--stop-after-idle", type=float, default=0.0,
+                            help="streaming: stop once nothing is in flight and nothing new "
+                                 "arrived for this many seconds (0 = run until a signal)")
         # NV-CLIP provider settings (key comes from NVIDIA_API_KEY, never a flag)
         parser.add_argument("--nvclip_url", "--nvclip-url",
                             default="https://integrate.api.nvidia.com/v1")

@@ -8,13 +8,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
+import signal
 import time
 from typing import Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from dicomvec.io.dead_letter import generation_dir
 from dicomvec.io.providers import create_provider
@@ -104,6 +106,51 @@ def check_input(pattern: Optional[str]) -> int:
     return len(matched)
 
 
+def in_flight(counters: Dict[str, int]) -> int:
+    """Files seen arriving or matched but not yet stored, skipped, merged as duplicates or
+    dead-lettered."""
+    settled = (counters.get("write_ok", 0) + counters.get("skipped_existing", 0)
+               + counters.get("duplicate_files", 0)
+               + sum(counters.get(f"{stage}_failed", 0) for stage in STAGES))
+    arriving = counters.get("arriving", 0) - counters.get("arrived", 0)
+    return counters.get("matched", 0) - settled + arriving
+
+
+def watch_streaming_run(result, options: DicomvecOptions, poll_s: float = 1.0) -> Dict[str, int]:
+    """Wait for a streaming job; cancel it on SIGINT/SIGTERM, or once nothing is in flight and
+    the counters have not moved for ``--stop-after-idle`` seconds (at least two dead-letter
+    periods, so the last dead letters are written first). Returns the final counters."""
+    stop = {"signal": None}
+
+    def request_stop(signum, _frame):
+        stop["signal"] = signum
+        log.warning("signal %s: stopping the streaming job", signum)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    idle_limit = (max(options.stop_after_idle, 2 * options.dead_letter_frequency + 1)
+                  if options.stop_after_idle else None)
+    last, last_change = None, time.monotonic()
+    try:
+        while stop["signal"] is None:
+            time.sleep(poll_s)
+            if PipelineState.is_terminal(result.state):
+                result.wait_until_finish()  # raises if the job failed
+                return _counters(result)
+            counters = _counters(result)
+            log.debug("streaming counters: %s", counters)
+            if counters != last:
+                last, last_change = counters, time.monotonic()
+            elif (idle_limit and in_flight(counters) <= 0
+                  and time.monotonic() - last_change >= idle_limit):
+                log.info("idle for %.0f s with nothing in flight: stopping", idle_limit)
+                break
+        result.cancel()
+        return _counters(result)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def default_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
@@ -123,14 +170,18 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table) as store:
         store.init_schema(provider.dimension)
 
+    streaming = options.view_as(StandardOptions).streaming and paths is None
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
-    build_ingest(pipeline, dv, run_id, paths=paths)
+    build_ingest(pipeline, dv, run_id, paths=paths, streaming=streaming)
     result = pipeline.run()
-    result.wait_until_finish()
+    if streaming:
+        counters = watch_streaming_run(result, dv)
+    else:
+        result.wait_until_finish()
+        counters = _counters(result)
     wall = time.monotonic() - started
 
-    counters = _counters(result)
     with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table) as store:
         rows = store.count(provider.name)
     summary = RunSummary(

@@ -22,16 +22,18 @@ log = logging.getLogger(__name__)
 
 
 class BatchForEmbedding(beam.PTransform):
-    def __init__(self, batch_size: int, key: str = "embed"):
+    def __init__(self, batch_size: int, max_wait_s: float = None, key: str = "embed"):
         super().__init__()
         self.batch_size = batch_size
+        self.max_wait_s = max_wait_s  # streaming: flush partial batches after this long
         self.key = key
 
     def expand(self, records):
         key = self.key
         return (records
                 | "Key" >> beam.Map(lambda record: (key, record))
-                | "GroupIntoBatches" >> beam.GroupIntoBatches.WithShardedKey(self.batch_size)
+                | "GroupIntoBatches" >> beam.GroupIntoBatches.WithShardedKey(
+                    self.batch_size, max_buffering_duration_secs=self.max_wait_s)
                 | "DropKey" >> beam.Map(lambda keyed: list(keyed[1])))
 
 

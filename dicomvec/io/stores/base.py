@@ -8,6 +8,7 @@ per primary key (ImageID, Provider).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as _dt
 import logging
@@ -16,7 +17,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from dicomvec.io.stores.dialects import Dialect, dialect_for_url
+from dicomvec.io.stores.dialects import REPORTS_TABLE, Dialect, dialect_for_url, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,17 @@ class VectorStore:
     connections are not shared across threads.
     """
 
+    #: ImageIDs per ``existing_ids`` query
+    id_chunk = 500
+
     def __init__(self, url: str, schema: str = DEFAULT_SCHEMA, table: str = DEFAULT_TABLE,
-                 max_attempts: int = 4, retry_delay_s: float = 0.5, spec=None):
+                 max_attempts: int = 4, retry_delay_s: float = 0.5,
+                 dimension: Optional[int] = None, spec=None):
+        """``dimension``: the table's vector length, when known (IRIS needs it as a literal in
+        ``TO_VECTOR``); otherwise it comes from ``init_schema``, the catalog, or the batch.
+        ``spec``: a ``tables.TableSpec`` for a table other than the images table (the reports
+        table): its SQL is rendered from the spec, the rest of the core is shared."""
         self.url = url
-        #: a ``tables.TableSpec`` for a table other than the images table (e.g. the reports
-        #: table): its SQL is rendered from the spec, the rest of the core is shared
         self.spec = spec
         if spec is not None:
             from dicomvec.io.stores.tables import SpecDialect
@@ -79,13 +86,24 @@ class VectorStore:
             self.dialect: Dialect = dialect_for_url(url, schema=schema, table=table)
         self.max_attempts = max_attempts
         self.retry_delay_s = retry_delay_s
+        self.dimension = int(dimension) if dimension else None
         self._conn = None
+        self._catalog_checked = False
         self.reconnects = 0
+
+    def __repr__(self) -> str:
+        return f"VectorStore({redact_url(self.url)!r}, table={self.dialect.qualified_table!r})"
 
     # -- connection ------------------------------------------------------------------------
     def open(self) -> "VectorStore":
         if self._conn is None:
-            self._conn = self.dialect.connect()
+            conn = self.dialect.connect()
+            try:
+                self.dialect.prepare(conn)
+            except Exception:
+                conn.close()
+                raise
+            self._conn = conn
         return self
 
     def close(self) -> None:
@@ -107,9 +125,10 @@ class VectorStore:
         return self.open()._conn
 
     def _reconnect(self) -> None:
+        """Drop the (broken) connection; the next attempt opens a new one, so a server that is
+        still unreachable counts as another failed attempt rather than escaping the retries."""
         self.close()
         self.reconnects += 1
-        self.open()
 
     def _with_retry(self, action, what: str):
         """Run ``action(conn)``; on a transient error reconnect and run it again (bounded)."""
@@ -120,8 +139,9 @@ class VectorStore:
                 self._rollback_quietly()
                 if not self.dialect.is_transient(exc) or attempt == self.max_attempts:
                     raise
-                log.warning("%s: transient database error (%s), reconnecting (attempt %d/%d)",
-                            what, type(exc).__name__, attempt, self.max_attempts)
+                log.warning("%s on %s: transient database error (%s: %s), reconnecting "
+                            "(attempt %d/%d)", what, redact_url(self.url), type(exc).__name__,
+                            str(exc).strip()[:200], attempt, self.max_attempts)
                 time.sleep(self.retry_delay_s * attempt)
                 self._reconnect()
 
@@ -133,21 +153,76 @@ class VectorStore:
             log.debug("rollback failed", exc_info=True)
 
     # -- schema ----------------------------------------------------------------------------
-    def init_schema(self, dimension: int, with_report_fk: bool = False) -> None:
-        """Create schema and table if missing (idempotent)."""
+    def init_schema(self, dimension: int, with_report_fk: bool = False) -> bool:
+        """Create schema and table if missing (idempotent). Returns True when the foreign key
+        to the reports table was declared (asked for and that table exists)."""
+        dimension = int(dimension)
+        if dimension < 1:
+            raise ValueError(f"vector dimension must be positive, got {dimension}")
+
         def action(conn):
+            add_fk = with_report_fk and self._reports_table_exists(conn)
             cur = conn.cursor()
-            for statement in self.dialect.create_table_statements(dimension, with_report_fk):
+            for statement in self.dialect.create_table_statements(dimension, add_fk):
                 cur.execute(statement)
             conn.commit()
-        self._with_retry(action, "init_schema")
+            self.dialect.prepare(conn)
+            return add_fk
+        added = self._with_retry(action, "init_schema")
+        if with_report_fk and not added:
+            log.warning("no foreign key on StudyID: %s does not exist yet (create the reports "
+                        "table first, then re-create the images table to add it)",
+                        self.dialect.reports_table)
+        self.dimension = dimension
+        return added
+
+    def _reports_table_exists(self, conn) -> bool:
+        sql, params = self.dialect.table_exists_sql(self.dialect.schema, REPORTS_TABLE)
+        cur = conn.cursor()
+        cur.execute(sql, params)
+        return cur.fetchone() is not None
+
+    def _index_exists(self, conn) -> bool:
+        """True when the dialect can tell the index exists (dialects whose DDL has no
+        IF NOT EXISTS); an unanswerable catalog query means "try to create it"."""
+        exists_sql = getattr(self.dialect, "index_exists_sql", None)
+        if exists_sql is None:
+            return False
+        sql, params = exists_sql()
+        try:
+            cur = conn.cursor()
+            cur.execute(sql, params)
+            return cur.fetchone() is not None
+        except Exception as exc:
+            if self.dialect.is_transient(exc):
+                raise
+            log.debug("index catalog query failed; creating the index", exc_info=True)
+            self._rollback_quietly()
+            return False
 
     def create_index(self) -> None:
+        """Build the approximate nearest-neighbour index (after a bulk load); idempotent."""
+        statements = self.dialect.create_index_statements()
+        if not statements:
+            log.info("%s has no vector index to build: search is an exact scan",
+                     self.dialect.name)
+            return
+
         def action(conn):
+            self.dialect.check_index_support(conn)
+            if self._index_exists(conn):
+                log.info("vector index already exists on %s", self.dialect.qualified_table)
+                return
             cur = conn.cursor()
-            for statement in self.dialect.create_index_statements():
-                cur.execute(statement)
-            conn.commit()
+            try:
+                for statement in statements:
+                    cur.execute(statement)
+                conn.commit()
+            except Exception as exc:
+                if self.dialect.is_transient(exc) or not hasattr(self.dialect, "index_error"):
+                    raise
+                self._rollback_quietly()
+                raise self.dialect.index_error(exc, conn) from exc
         self._with_retry(action, "create_index")
 
     # -- writes ----------------------------------------------------------------------------
@@ -160,8 +235,27 @@ class VectorStore:
         """
         if not rows:
             return []
+        dimension = self._dimension_for(rows)
+        failed: List[Tuple[ImageRow, Exception]] = []
+        good: List[ImageRow] = []
+        for row in rows:
+            if self.spec is not None and row.Vector is None:
+                good.append(row)  # a text-only row of a spec table: no vector to check
+                continue
+            problem = vector_problem(row.Vector, dimension)
+            if problem:
+                label = row.ImageID if self.spec is None else self.spec.row_label(row)
+                failed.append((row, ValueError(f"{label}: {problem}")))
+            else:
+                good.append(row)
+        return failed + self._upsert_valid(good, dimension)
+
+    def _upsert_valid(self, rows: Sequence[ImageRow],
+                      dimension: int) -> List[Tuple[ImageRow, Exception]]:
+        if not rows:
+            return []
         try:
-            self._with_retry(lambda conn: self._write(conn, rows), "upsert")
+            self._with_retry(lambda conn: self._write(conn, rows, dimension), "upsert")
             return []
         except Exception as exc:
             if self.dialect.is_transient(exc):
@@ -169,20 +263,31 @@ class VectorStore:
             if len(rows) == 1:
                 return [(rows[0], exc)]
             middle = len(rows) // 2
-            return self.upsert(rows[:middle]) + self.upsert(rows[middle:])
+            return (self._upsert_valid(rows[:middle], dimension)
+                    + self._upsert_valid(rows[middle:], dimension))
 
-    def _write(self, conn, rows: Sequence[ImageRow]) -> None:
-        if self.spec is not None:  # rows with and without a vector write different columns
+    def _dimension_for(self, rows: Sequence[ImageRow]) -> int:
+        """The table's vector length: given, learned by init_schema, read from the catalog, or
+        (last resort) the most common length in the batch."""
+        if self.dimension is None and not self._catalog_checked:
+            try:  # one attempt: the write that follows has its own retries
+                self.dimension = self.dialect.table_dimension(self.conn)
+                self._catalog_checked = True
+            except Exception:
+                log.debug("could not read the vector dimension from the catalog", exc_info=True)
+                self._rollback_quietly()
+        if self.dimension is not None:
+            return self.dimension
+        lengths = collections.Counter(int(np.size(row.Vector)) for row in rows
+                                      if row.Vector is not None)
+        return lengths.most_common(1)[0][0] if lengths else 0
+
+    def _write(self, conn, rows: Sequence[ImageRow], dimension: int) -> None:
+        if self.spec is None:
+            self.dialect.write_batch(conn, rows, COLUMNS, dimension)
+        else:  # rows with and without a vector write different columns
             for columns, group in self.spec.column_groups(rows):
-                vector = next((r.Vector for r in group if r.Vector is not None), None)
-                self.dialect.write_batch(conn, group, columns,
-                                         0 if vector is None else int(np.size(vector)))
-            conn.commit()
-            return
-        cur = conn.cursor()
-        sql = self.dialect.upsert_sql(COLUMNS, int(rows[0].Vector.shape[0]))
-        params = [self.dialect.row_params(row, COLUMNS) for row in rows]
-        cur.executemany(sql, params)
+                self.dialect.write_batch(conn, group, columns, dimension)
         conn.commit()
 
     # -- reads -----------------------------------------------------------------------------
@@ -191,15 +296,15 @@ class VectorStore:
         """Which of ``image_ids`` already have a row for ``provider`` (and version)."""
         ids = list(dict.fromkeys(image_ids))
         found: Set[str] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+        for start in range(0, len(ids), self.id_chunk):
+            chunk = ids[start:start + self.id_chunk]
             sql, params = self.dialect.existing_sql(chunk, provider, preprocess_version)
 
             def action(conn, sql=sql, params=params):
                 cur = conn.cursor()
                 cur.execute(sql, params)
                 return [r[0] for r in cur.fetchall()]
-            found.update(self._with_retry(action, "existing_ids"))
+            found.update(self._read(action, "existing_ids"))
         return found
 
     def count(self, provider: Optional[str] = None) -> int:
@@ -209,25 +314,53 @@ class VectorStore:
             cur = conn.cursor()
             cur.execute(sql, params)
             return int(cur.fetchone()[0])
-        return self._with_retry(action, "count")
+        return self._read(action, "count")
 
     def vectors(self, image_ids: Sequence[str], provider: str) -> Dict[str, np.ndarray]:
         """Stored vectors by ImageID (for checks and image → image search by ID)."""
+        if not image_ids:
+            return {}
         sql, params = self.dialect.vectors_sql(list(image_ids), provider)
 
         def action(conn):
             cur = conn.cursor()
             cur.execute(sql, params)
             return {r[0]: self.dialect.decode_vector(r[1]) for r in cur.fetchall()}
-        return self._with_retry(action, "vectors")
+        return self._read(action, "vectors")
 
     def nearest(self, vector: np.ndarray, k: int = 10, provider: Optional[str] = None,
                 view_position: Optional[str] = None) -> List[Hit]:
         """The ``k`` rows most cosine-similar to ``vector``, best first."""
-        return self._with_retry(
+        return self._read(
             lambda conn: self.dialect.nearest(conn, np.asarray(vector, dtype=np.float32), k,
                                               provider, view_position),
             "nearest")
+
+    def _read(self, action, what: str):
+        """``_with_retry`` for a query, ending its transaction afterwards so an idle worker
+        holds no snapshot or read lock (which would block DDL, VACUUM, WAL checkpoints)."""
+        def read(conn):
+            result = action(conn)
+            conn.rollback()
+            return result
+        return self._with_retry(read, what)
+
+
+def vector_problem(vector, dimension: int) -> Optional[str]:
+    """Why ``vector`` cannot be stored in a ``dimension``-long column, or None when it can."""
+    if vector is None:
+        return "no vector"
+    try:
+        array = np.asarray(vector, dtype=np.float64)
+    except (TypeError, ValueError):
+        return "vector is not numeric"
+    if array.ndim != 1:
+        return f"vector must be one-dimensional, got shape {array.shape}"
+    if array.shape[0] != dimension:
+        return f"vector has {array.shape[0]} dimensions, the table stores {dimension}"
+    if not np.all(np.isfinite(array)):
+        return "vector has non-finite values"
+    return None
 
 
 def open_store(url: str, **kwargs) -> VectorStore:

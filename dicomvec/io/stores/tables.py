@@ -37,7 +37,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-REPORTS_TABLE = "MIMICCXRReports"
+from dicomvec.io.stores.dialects import REPORTS_TABLE  # the images table's FK target
 
 
 def _now() -> str:

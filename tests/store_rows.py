@@ -1,0 +1,24 @@
+"""Rows and vectors for the store tests: deterministic, MIMIC-shaped identifiers."""
+from __future__ import annotations
+
+import numpy as np
+
+from dicomvec.io.stores import ImageRow
+
+DIM = 1024
+
+
+def unit(seed: int, dim: int = DIM) -> np.ndarray:
+    vec = np.random.default_rng(seed).standard_normal(dim)
+    return (vec / np.linalg.norm(vec)).astype(np.float32)
+
+
+def make_row(i: int, provider: str = "nvclip", view: str = "PA", vector=None,
+             version: str = "v1", **changes) -> ImageRow:
+    values = dict(SubjectID=f"1{i:07d}", StudyID=f"5{i:07d}", ImageID=f"img-{i:05d}",
+                  ImagePath=f"files/p10/p1{i:07d}/s5{i:07d}/img-{i:05d}.dcm",
+                  DicomFile=f"img-{i:05d}.dcm", ViewPosition=view,
+                  Vector=unit(i) if vector is None else vector, EmbeddingModel="nvclip-test",
+                  Provider=provider, PreprocessVersion=version)
+    values.update(changes)
+    return ImageRow(**values)

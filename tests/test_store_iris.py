@@ -1,0 +1,208 @@
+"""The IRIS dialect, statement by statement (no IRIS server can be installed here).
+
+What IRIS itself does with these statements is covered by the contract suite
+(``test_store_contract.py``), which runs against a live IRIS when ``DICOMVEC_IRIS_URL`` is set.
+Here: the exact SQL text, how parameters are bound, URL/password rules, and how the real driver's
+errors are classified.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from dicomvec.io.stores import VectorStore
+from dicomvec.io.stores.base import COLUMNS
+from dicomvec.io.stores.dialects import dialect_for_url
+from dicomvec.io.stores.iris import (IrisDialect, parse_zversion, read_password, require_hnsw,
+                                     sqlcode)
+from tests.store_rows import make_row, unit
+
+URL = "iris://dicomvec@iris.example.org:1972/MIMIC"
+
+
+@pytest.fixture
+def iris_env(monkeypatch):
+    monkeypatch.setenv("DICOMVEC_IRIS_PASSWORD", "s3cret-Pw")
+    monkeypatch.delenv("DICOMVEC_IRIS_PASSWORD_FILE", raising=False)
+
+
+def dialect(url: str = URL, schema: str = "VectorSearch",
+            table: str = "MIMICCXRImages") -> IrisDialect:
+    d = dialect_for_url(url, schema=schema, table=table)
+    assert isinstance(d, IrisDialect)
+    return d
+
+
+def test_url_parts_and_defaults():
+    d = dialect()
+    assert (d.username, d.hostname, d.port, d.namespace) == ("dicomvec", "iris.example.org",
+                                                            1972, "MIMIC")
+    bare = dialect("iris://_SYSTEM@localhost")
+    assert (bare.port, bare.namespace) == (1972, "USER")
+    assert d.qualified_table == "VectorSearch.MIMICCXRImages"
+
+
+def test_password_in_url_is_refused_without_echoing_it():
+    with pytest.raises(ValueError) as err:
+        dialect("iris://dicomvec:hunter2@host:1972/USER")
+    message = str(err.value)
+    assert "hunter2" not in message
+    assert "DICOMVEC_IRIS_PASSWORD" in message and "***" in message
+
+
+@pytest.mark.parametrize("url", ["iris://host:1972/USER", "iris://u@:1972/USER",
+                                 "iris://u@host:1972/A/B"])
+def test_malformed_urls_are_refused(url):
+    with pytest.raises(ValueError):
+        dialect(url)
+
+
+@pytest.mark.parametrize("schema,table", [("VectorSearch;DROP", "T"), ("S", "T x"), ("", "T")])
+def test_names_are_validated(schema, table):
+    with pytest.raises(ValueError):
+        dialect(schema=schema, table=table)
+
+
+def test_password_from_env_or_file(monkeypatch, tmp_path):
+    monkeypatch.delenv("DICOMVEC_IRIS_PASSWORD", raising=False)
+    monkeypatch.delenv("DICOMVEC_IRIS_PASSWORD_FILE", raising=False)
+    with pytest.raises(ValueError, match="DICOMVEC_IRIS_PASSWORD"):
+        read_password()
+    secret = tmp_path / "iris.pw"
+    secret.write_text("from-file\n")
+    monkeypatch.setenv("DICOMVEC_IRIS_PASSWORD_FILE", str(secret))
+    assert read_password() == "from-file"
+    monkeypatch.setenv("DICOMVEC_IRIS_PASSWORD", "from-env")
+    assert read_password() == "from-env"
+    monkeypatch.delenv("DICOMVEC_IRIS_PASSWORD")
+    secret.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        read_password()
+
+
+def test_create_table_ddl():
+    schema_sql, table_sql = dialect().create_table_statements(1024, with_report_fk=False)
+    assert schema_sql == "CREATE SCHEMA IF NOT EXISTS VectorSearch"
+    assert table_sql.startswith("CREATE TABLE IF NOT EXISTS VectorSearch.MIMICCXRImages (")
+    assert "  Vector VECTOR(DOUBLE, 1024) NOT NULL," in table_sql
+    assert "PRIMARY KEY (ImageID, Provider)" in table_sql
+    for column in COLUMNS:
+        assert re.search(rf"^  {column} ", table_sql, re.M), column
+    assert "FOREIGN KEY" not in table_sql
+    _, with_fk = dialect().create_table_statements(512, with_report_fk=True)
+    assert "VECTOR(DOUBLE, 512)" in with_fk
+    assert "FOREIGN KEY (StudyID) REFERENCES VectorSearch.MIMICCXRReports(StudyID)" in with_fk
+
+
+def test_upsert_is_insert_or_update_with_bound_to_vector():
+    sql = dialect().upsert_sql(COLUMNS, 1024)
+    assert sql.startswith("INSERT OR UPDATE INTO VectorSearch.MIMICCXRImages (")
+    listed = re.search(r"\(([^)]*)\) VALUES", sql).group(1).split(", ")
+    assert listed == COLUMNS
+    values = sql.split(" VALUES (", 1)[1][:-1]
+    markers = re.findall(r"TO_VECTOR\(\?, DOUBLE, 1024\)|\?", values)
+    assert len(markers) == len(COLUMNS)
+    assert markers[COLUMNS.index("Vector")] == "TO_VECTOR(?, DOUBLE, 1024)"
+    assert values.count("TO_VECTOR") == 1
+    assert "%NOCHECK" not in sql and "ON CONFLICT" not in sql
+
+
+def test_vector_is_a_bound_string_never_inlined():
+    d = dialect()
+    row = make_row(3)
+    params = d.row_params(row, COLUMNS)
+    assert len(params) == len(COLUMNS)
+    bound = params[COLUMNS.index("Vector")]
+    assert isinstance(bound, str) and len(bound.split(",")) == 1024
+    # float32 values survive the text round trip exactly
+    np.testing.assert_array_equal(np.array(bound.split(","), dtype=np.float32), row.Vector)
+    np.testing.assert_array_equal(d.decode_vector("[" + bound + "]"), row.Vector)
+    sql = d.upsert_sql(COLUMNS, 1024)
+    assert bound[:12] not in sql and len(sql) < 1000
+    assert [p for i, p in enumerate(params) if i != COLUMNS.index("Vector")] == \
+        [getattr(row, c) for c in COLUMNS if c != "Vector"]
+
+
+def test_nearest_uses_top_and_vector_cosine():
+    d = dialect()
+    query = unit(1)
+    sql, params = d.nearest_sql(query, 5, "nvclip", "PA")
+    assert sql == ("SELECT TOP 5 ImageID, SubjectID, StudyID, ImagePath, ViewPosition, Provider,"
+                   " VECTOR_COSINE(Vector, TO_VECTOR(?, DOUBLE, 1024)) AS score "
+                   "FROM VectorSearch.MIMICCXRImages WHERE Provider = ? AND ViewPosition = ? "
+                   "ORDER BY score DESC")
+    assert params[1:] == ["nvclip", "PA"]
+    np.testing.assert_array_equal(d.decode_vector(params[0]), query)
+    unfiltered, params = d.nearest_sql(query, 3, None, None)
+    assert " WHERE " not in unfiltered and unfiltered.startswith("SELECT TOP 3 ") \
+        and len(params) == 1
+    for bad_k in (0, -1, 2.5, True):
+        with pytest.raises(ValueError):
+            d.nearest_sql(query, bad_k, None, None)
+
+
+def test_hnsw_index_ddl_and_version_gate():
+    d = dialect()
+    assert d.create_index_statements() == [
+        "CREATE INDEX MIMICCXRImagesHNSW ON TABLE VectorSearch.MIMICCXRImages (Vector) "
+        "AS HNSW(Distance='Cosine')"]
+    assert parse_zversion("IRIS for UNIX (Ubuntu Server LTS for x86-64 Containers) 2024.1 "
+                          "(Build 267.2U) Tue Apr 30 2024 16:06:39 EDT") == (2024, 1)
+    assert parse_zversion("IRIS for UNIX (Ubuntu Server LTS for ARM64 Containers) 2025.1 "
+                          "(Build 223U) Tue Mar 11 2025 18:14:42 EDT") == (2025, 1)
+    assert parse_zversion("something else") is None
+    with pytest.raises(RuntimeError, match=r"2024\.3.*2025\.1 or newer"):
+        require_hnsw((2024, 3))
+    require_hnsw((2025, 1))
+    require_hnsw(None)  # unknown: try, and explain if CREATE INDEX fails
+    message = str(d.index_error(Exception("[SQLCODE: <-1>:<Invalid SQL statement>]"), conn=None))
+    assert "2025.1" in message and "SQLCODE: <-1>" in message
+
+
+def test_other_statements_use_qmark_parameters():
+    d = dialect()
+    sql, params = d.existing_sql(["a", "b"], "nvclip", "v1")
+    assert sql == ("SELECT ImageID FROM VectorSearch.MIMICCXRImages WHERE Provider = ? AND "
+                   "ImageID IN (?, ?) AND PreprocessVersion = ?")
+    assert params == ["nvclip", "a", "b", "v1"]
+    sql, params = d.table_exists_sql("VectorSearch", "MIMICCXRReports")
+    assert "INFORMATION_SCHEMA.TABLES" in sql and params == ["VectorSearch", "MIMICCXRReports"]
+
+
+def test_error_classification():
+    import iris.dbapi
+    assert sqlcode(iris.dbapi.OperationalError("[SQLCODE: <-114>:<One or more matching rows "
+                                               "is locked by another user>]")) == -114
+    d = dialect()
+    assert d.is_transient(iris.dbapi.OperationalError(
+        "[SQLCODE: <-114>:<One or more matching rows is locked by another user>]"))
+    assert d.is_transient(iris.dbapi.OperationalError("<COMMUNICATION LINK ERROR> Failed to "
+                                                      "send message"))
+    assert not d.is_transient(iris.dbapi.IntegrityError(
+        "[SQLCODE: <-119>:<UNIQUE or PRIMARY KEY Constraint failed uniqueness check>]"))
+    assert not d.is_transient(iris.dbapi.ProgrammingError("[SQLCODE: <-30>:<Table not found>]"))
+
+
+def test_real_driver_connection_failure_is_retried_then_dead_lettered(iris_env):
+    """Nothing listens on the port: the official driver raises its COMMUNICATION LINK ERROR,
+    the store reconnects up to max_attempts, then hands every row back as failed (transient)."""
+    from tests.pg_fixtures import free_port
+    store = VectorStore(f"iris://_SYSTEM@127.0.0.1:{free_port()}/USER", max_attempts=2,
+                        retry_delay_s=0.01, dimension=1024)
+    rows = [make_row(i) for i in range(3)]
+    failed = store.upsert(rows)
+    assert [row for row, _ in failed] == rows
+    exc = failed[0][1]
+    assert "COMMUNICATION LINK ERROR" in str(exc) and store.dialect.is_transient(exc)
+    assert "s3cret" not in repr(store) and "s3cret" not in str(exc)
+    assert store.reconnects == 1
+
+
+def test_store_refuses_wrong_dimension_before_sending(iris_env):
+    """With the table dimension known, a wrong-length vector never reaches TO_VECTOR."""
+    store = VectorStore(URL, dimension=1024)
+    failed = store.upsert([make_row(1, vector=unit(1, 768))])
+    assert len(failed) == 1 and "768 dimensions" in str(failed[0][1])
+    assert store._conn is None  # nothing was sent: no connection was even opened
