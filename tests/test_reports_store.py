@@ -140,3 +140,21 @@ def test_a_mixed_batch_writes_text_only_rows_without_touching_vectors(store):
     hit = store.nearest(_unit(1), k=1, provider="nvclip")[0]
     assert (hit.StudyID, hit.EmbeddedText) == ("50000001", "text only")
     assert hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_reports_table_is_the_images_tables_foreign_key_target(store):
+    """The images table can declare FOREIGN KEY (StudyID) REFERENCES the reports table."""
+    from dicomvec.io.stores import ImageRow
+    store.upsert([_row("50000001", _unit(1))])
+    schema = store.dialect.base.schema or "VectorSearch"
+    with VectorStore(store.url, schema=schema) as images:
+        assert images.init_schema(DIM, with_report_fk=True) is True
+
+        def image(image_id, study):
+            return ImageRow(SubjectID="10000001", StudyID=study, ImageID=image_id,
+                            ImagePath=f"{image_id}.dcm", DicomFile=f"{image_id}.dcm",
+                            ViewPosition="PA", Vector=_unit(7), EmbeddingModel="m",
+                            Provider="nvclip", PreprocessVersion="pp1")
+        failed = images.upsert([image("with-report", "50000001"), image("orphan", "59999999")])
+        assert [row.ImageID for row, _ in failed] == ["orphan"]
+        assert images.count() == 1
