@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: installs everything the tests need (venv, packages, Flink jars) and runs
+# The test command: installs everything the tests need (venv, packages, Prism, Flink jars) and runs
 # the whole suite. `./run_tests.sh --fast` runs only the fast tests (-m "not slow").
 # Other arguments go to pytest.
 set -euo pipefail
@@ -9,8 +9,10 @@ marker=()
 if [ "${1:-}" = "--fast" ]; then
   shift
   marker=(-m "not slow")
-elif [ -f scripts/flink/setup.sh ]; then
-  bash scripts/flink/setup.sh >&2
+else
+  # slow suites: the local streaming engine (Prism) and the Flink cluster's jars
+  scripts/prism/install.sh >/dev/null
+  [ -f scripts/flink/setup.sh ] && bash scripts/flink/setup.sh >&2
 fi
 set +e
 "$VENV/bin/python" -m pytest "${marker[@]}" "$@"

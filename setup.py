@@ -27,6 +27,7 @@ setup(
         "pillow>=10.3",
         "pyarrow>=14",
         "requests>=2.31",
+        "tenacity>=8.2",
     ],
     extras_require={
         "iris": ["intersystems-irispython>=5.1"],

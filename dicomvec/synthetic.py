@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import numpy as np
-import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless,

@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pydicom
 import pytest
+from pydicom.encaps import generate_frames
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from dicomvec.imaging import PixelDecodeError, decode_pixels, read_dataset
@@ -70,6 +71,19 @@ def test_lossless_syntaxes_decode_to_the_native_values(syntax, tmp_path):
     assert compressed.file_meta.TransferSyntaxUID.is_compressed
     decoded = decode_pixels(compressed, target_size=100)
     np.testing.assert_array_equal(decoded.array, expected)
+    if syntax == "rle":
+        assert decoded.decoder.startswith("rle+")  # the direct pylibjpeg-rle path
+
+
+def test_rle_with_dirty_high_bits_is_masked_like_pydicom(tmp_path):
+    ds = synthetic_dataset(size=(200, 150), bits_stored=12)
+    dirty = np.frombuffer(ds.PixelData, np.uint16).reshape(200, 150) | np.uint16(0x5000)
+    ds.PixelData = dirty.tobytes()
+    compressed = roundtrip(ds, "rle", tmp_path)
+    decoded = decode_pixels(compressed, target_size=1000)
+    assert decoded.decoder == "rle"
+    np.testing.assert_array_equal(decoded.array, compressed.pixel_array)
+    assert decoded.array.max() < 4096
 
 
 @pytest.mark.parametrize("bits_stored", [12, 16])
@@ -134,10 +148,67 @@ def test_every_real_file_decodes_except_the_corrupt_one(real_cxr_dir):
         assert decoded.array.std() > 1, path.name
 
 
-def test_real_lossy_j2k_steps_down_to_a_level_the_codestream_allows(real_cxr_dir):
+def test_real_lossy_j2k_with_odd_size_decodes_at_the_deepest_level(real_cxr_dir):
     ds = read_dataset((real_cxr_dir / "cxr_mono1_j2k_lossy_1955x1841.dcm").read_bytes())
-    decoded = decode_pixels(ds, 224)  # level 3 is refused by this codestream, level 2 works
-    assert decoded.decoder.startswith("pillow-j2k/")
-    full = block_mean(ds.pixel_array, decoded.reduction).astype(np.float64)
-    h, w = min(full.shape[0], decoded.array.shape[0]), min(full.shape[1], decoded.array.shape[1])
-    assert np.abs(decoded.array[:h, :w] - full[:h, :w]).mean() < 0.01 * 2 ** 15
+    decoded = decode_pixels(ds, 224)
+    # 1841 / 8 = 230.1: OpenJPEG gives 231 columns, Pillow's own im.reduce expects 230 and refuses
+    assert decoded.decoder == "pillow-j2k/8" and decoded.array.shape == (245, 231)
+    full = block_mean(ds.pixel_array, 8).astype(np.float64)
+    assert np.abs(decoded.array[:244, :230] - full).mean() < 0.01 * 2 ** 15
+
+
+@pytest.mark.parametrize("level, size", [(3, (1025, 851)), (2, (601, 450))])
+def test_j2k_reduced_size_uses_openjpeg_rounding(level, size, tmp_path):
+    from dicomvec.imaging.decoding import _pillow_j2k, j2k_header
+    ds = roundtrip(synthetic_dataset(size=size, bits_stored=12, seed=3), "j2k", tmp_path)
+    codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
+    header = j2k_header(codestream)
+    assert (header.width, header.height, header.precision) == (size[1], size[0], 12)
+    arr = _pillow_j2k(codestream, level, header)
+    p = 1 << level
+    assert arr.shape == (-(-size[0] // p), -(-size[1] // p))
+    area = block_mean(ds.pixel_array, p).astype(np.float64)
+    h, w = area.shape
+    assert np.abs(arr[:h, :w] - area).mean() < 0.01 * 4096
+
+
+def test_failed_decode_does_not_spam_the_log_and_leaves_logging_alone(tmp_path, caplog):
+    import logging
+    ds = roundtrip(synthetic_dataset(size=(120, 100)), "rle", tmp_path)
+    ds.PixelData = ds.PixelData[:64] + b"\x00" * (len(ds.PixelData) - 64)
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(PixelDecodeError):
+            decode_pixels(ds, 224)
+        assert not [r for r in caplog.records if r.name.startswith("pydicom")]
+        logging.getLogger("pydicom.pixels.decoders.base").warning("still logged afterwards")
+    assert any("still logged" in r.getMessage() for r in caplog.records)
+
+
+def test_real_jpeg_baseline_uses_the_dct_downscale(real_cxr_dir):
+    ds = read_dataset((real_cxr_dir / "cr_mono2_jpeg_baseline_1024.dcm").read_bytes())
+    decoded = decode_pixels(ds, 224)
+    assert decoded.decoder == "pillow-jpeg/4" and decoded.array.shape == (256, 256)
+    area = block_mean(ds.pixel_array, 4).astype(np.float64)
+    assert np.abs(decoded.array - area).mean() < 2.0  # 8-bit gray levels
+    full = decode_pixels(ds, 1024)  # no reduction wanted: the general full decode
+    assert full.decoder == "pydicom" and full.array.shape == (1024, 1024)
+
+
+@pytest.mark.parametrize("dtype, top, k", [(np.uint16, 4095, 7), (np.uint16, 65535, 7),
+                                           (np.uint8, 255, 5), (np.uint16, 8191, 8)])
+def test_block_mean_narrow_accumulators_do_not_overflow(dtype, top, k):
+    arr = np.full((k * 9, k * 5), top, dtype=dtype)  # worst case: every value at the maximum
+    arr[:k, :k] = 0
+    got = block_mean(arr, k, top)
+    assert got.dtype == dtype and got[0, 0] == 0
+    assert np.all(got.ravel()[1:] == top)
+
+
+def test_multi_frame_native_gives_the_first_frame():
+    ds = synthetic_dataset(size=(120, 100), bits_stored=12)
+    first = np.frombuffer(ds.PixelData, np.uint16).reshape(120, 100)
+    second = (4095 - first).astype(np.uint16)
+    ds.PixelData = first.tobytes() + second.tobytes()
+    ds.NumberOfFrames = 2
+    decoded = decode_pixels(ds, target_size=224)
+    np.testing.assert_array_equal(decoded.array, first)

@@ -173,3 +173,12 @@ def test_real_jpeg_baseline_and_implicit_vr_normalise(real_cxr_dir):
         assert out.dtype == np.uint8 and out.ndim == 2 and out.std() > 20, name
     ds, decoded, out = real(real_cxr_dir, "cr_mono2_jpeg_baseline_1024.dcm")
     assert corr(out, decoded.array) > 0.9
+
+
+def test_first_of_several_windows_is_used():
+    arr = ramp(0, 4095)
+    ds = header(WindowCenter=[1000, 3000], WindowWidth=[500, 800])
+    out = normalize_pixels(ds, decoded_of(arr))
+    assert out[arr <= 750].max() == 0 and out[arr >= 1250].min() == 255
+    expected = np.rint(window(arr.astype(float), 1000, 500)).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)

@@ -85,3 +85,69 @@ def test_every_real_file_reads(real_cxr_dir):
         assert ds.Rows > 0 and "TransferSyntaxUID" in ds.file_meta, path.name
         with path.open("rb") as fh:
             assert read_dataset(fh, stop_before_pixels=True).Rows == ds.Rows
+
+
+# ------------------------------------------------------------ seekable streams: the one-copy route
+
+
+def big_native(tmp_path, implicit_no_meta=False, trailing=False, syntax="native"):
+    from dicomvec.synthetic import write_image
+    ds = synthetic_dataset(size=(400, 300), bits_stored=16, seed=6)  # 240 KB > HEAD_BYTES
+    path = tmp_path / "big.dcm"
+    if trailing:
+        ds.add_new(0xFFFCFFFC, "OB", b"\x00" * 16)  # Data Set Trailing Padding after Pixel Data
+    if implicit_no_meta:
+        bare = pydicom.Dataset()
+        bare.update(ds)
+        path.write_bytes(to_bytes(bare, implicit_vr=True, little_endian=True))
+    else:
+        write_image(ds, path, syntax)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["explicit", "implicit-no-meta", "trailing", "j2k", "rle"])
+def test_file_stream_reads_the_same_dataset_as_bytes(tmp_path, kind):
+    from dicomvec.imaging.reading import HEAD_BYTES
+    path = big_native(tmp_path, implicit_no_meta=kind == "implicit-no-meta",
+                      trailing=kind == "trailing",
+                      syntax=kind if kind in ("j2k", "rle") else "native")
+    assert path.stat().st_size > HEAD_BYTES or kind in ("j2k", "rle")
+    expected = read_dataset(path.read_bytes())
+    with path.open("rb") as fh:
+        got = read_dataset(fh)
+    assert bytes(got.PixelData) == bytes(expected.PixelData)
+    assert got.file_meta.TransferSyntaxUID == expected.file_meta.TransferSyntaxUID
+    assert sorted(got.keys()) == sorted(expected.keys())  # trailing elements kept too
+    np.testing.assert_array_equal(decode_pixels(got, 64).array,
+                                  decode_pixels(expected, 64).array)
+    with path.open("rb") as fh:
+        header = read_dataset(fh, stop_before_pixels=True)
+    assert "PixelData" not in header and header.SOPInstanceUID == expected.SOPInstanceUID
+
+
+def test_file_cut_inside_pixel_data_gives_a_clear_error(tmp_path):
+    from dicomvec.imaging import PixelDecodeError
+    path = big_native(tmp_path)
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(path.read_bytes()[:150_000])
+    with cut.open("rb") as fh:
+        try:
+            ds = read_dataset(fh)
+        except DicomReadError:
+            return  # a clear read error is fine
+    with pytest.raises(PixelDecodeError):
+        decode_pixels(ds, 224)
+
+
+def test_plain_native_file_takes_the_one_copy_route_and_trailing_data_the_full_parse(
+        tmp_path, monkeypatch):
+    from dicomvec.imaging import reading
+    calls = []
+    real_parse = reading._parse
+    monkeypatch.setattr(reading, "_parse", lambda *a: calls.append(1) or real_parse(*a))
+    with big_native(tmp_path).open("rb") as fh:
+        assert len(read_dataset(fh).PixelData) == 400 * 300 * 2
+    assert calls == []  # header probe + one read of the pixel data, no full parse
+    with big_native(tmp_path, trailing=True).open("rb") as fh:
+        assert 0xFFFCFFFC in read_dataset(fh)
+    assert calls == [1]

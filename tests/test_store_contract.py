@@ -150,7 +150,7 @@ def test_writer_that_did_not_create_the_table(backend):
         assert writer.dimension == DIM  # read from pg_attribute
 
 
-@pytest.mark.parametrize("column,value", [("ImageID", "x" * 51), ("ViewPosition", "V" * 21)])
+@pytest.mark.parametrize("column,value", [("ImageID", "x" * 65), ("ViewPosition", "V" * 21)])
 def test_overlong_text_fails_alone(backend, column, value):
     if backend.name == "sqlite":
         pytest.skip("SQLite does not enforce VARCHAR lengths")

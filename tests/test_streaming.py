@@ -37,6 +37,7 @@ def test_files_arriving_during_the_run_are_all_stored(real_cxr_dir, tmp_path, st
         time.sleep(3 * WATCH_INTERVAL)
         shutil.copy(real_cxr_dir / "cxr_mono1_implicit_440.dcm", watched / "copied.dcm")
         arrivals["copied.dcm"] = time.time()
+        shutil.copy(real_cxr_dir / "dx_mono1_j2k_lossless_CORRUPT.dcm", watched / "bad.dcm")
         _write_slowly(real_cxr_dir / "cxr_mono1_j2k_lossy_1955x1841.dcm", watched / "slow.dcm")
         arrivals["slow.dcm"] = time.time()
         _write_slowly(real_cxr_dir / "dx_mono1_inverse_explicit_small.dcm",
@@ -56,7 +57,10 @@ def test_files_arriving_during_the_run_are_all_stored(real_cxr_dir, tmp_path, st
         "--stop-after-idle", "8",
     ])
     writer.join()
-    assert read_dead_letters(str(tmp_path / "dl")) == []  # nothing read half-written
+    # only the corrupt file is dead-lettered: nothing was read half-written
+    dead = read_dead_letters(str(tmp_path / "dl"))
+    assert [(row["stage"], row["path"].rsplit("/", 1)[-1]) for row in dead] == [
+        ("decode", "bad.dcm")]
     with VectorStore(f"sqlite:///{tmp_path}/db.sqlite") as store:
         rows = dict(store.conn.execute("SELECT DicomFile, CreatedAt FROM MIMICCXRImages"))
     assert set(rows) == {"first.dcm", "copied.dcm", "slow.dcm", "slow2.dcm"}

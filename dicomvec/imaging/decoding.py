@@ -7,7 +7,9 @@ Fast paths keep the work proportional to the *output* size wherever the codec al
   most about ``2 × target_size`` per side. Integer arithmetic only: no full-resolution float.
 * JPEG 2000 (unsigned, one sample): Pillow/OpenJPEG reduced-resolution decode (discard the
   finest wavelet levels, ``im.reduce = k``); if a codestream refuses it, a full decode.
-* everything else (RLE, JPEG, JPEG-LS, deflated, big endian...): pydicom's decoders on the first
+* RLE lossless: pylibjpeg-rle decodes the first frame straight into a buffer, then the block mean.
+* 8-bit grayscale JPEG baseline: Pillow's DCT-domain downscale (``draft``) to >= the target.
+* everything else (JPEG, JPEG-LS, deflated, big endian...): pydicom's decoders on the first
   frame, then the same block mean.
 
 The array holds stored values (block means rounded to the stored integer type), so the
@@ -21,17 +23,20 @@ import dataclasses
 import io
 import logging
 import math
-from typing import Optional, Tuple
+import threading
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 import pydicom
-from PIL import Image
+from PIL import Image, ImageFile
 from pydicom.encaps import generate_frames
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID, JPEG2000, JPEG2000Lossless
+from pydicom.uid import UID, JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 from dicomvec.imaging.errors import PixelDecodeError
 
+#: pydicom tries plugins in its own order; pylibjpeg-rle is several times faster than pydicom's
+_PREFERRED_PLUGIN = {RLELossless: "pylibjpeg"}
 #: JPEG 2000 syntaxes whose codestreams Pillow (OpenJPEG) can decode at reduced resolution
 _J2K_SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000})
 
@@ -53,24 +58,41 @@ class DecodedPixels:
 # --------------------------------------------------------------------------- helpers
 
 
-def block_mean(arr: np.ndarray, k: int) -> np.ndarray:
+def _accumulator(max_total: int) -> np.dtype:
+    for dtype in (np.uint16, np.uint32, np.uint64):
+        if max_total <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError("block too large")
+
+
+def block_mean(arr: np.ndarray, k: int, max_value: Optional[int] = None) -> np.ndarray:
     """Area-average ``arr`` (2-D integer) over k×k blocks; a ragged edge (< k pixels) is dropped.
 
-    Sums in uint32/int64 one block row/column at a time (strided adds of reduced-size arrays),
-    then rounds back to ``arr``'s dtype. ``k <= 1`` returns ``arr`` unchanged.
+    Sums one block row, then one block column, at a time (strided adds of reduced-size arrays)
+    in the narrowest unsigned type that cannot overflow given ``max_value`` (the largest value
+    ``arr`` may hold; default: its dtype's maximum), then rounds back to ``arr``'s dtype.
+    ``k <= 1`` returns ``arr`` unchanged.
     """
     if k <= 1:
         return arr
     h, w = (arr.shape[0] // k) * k, (arr.shape[1] // k) * k
     if h == 0 or w == 0:
         return arr
-    acc_dtype = np.uint32 if arr.dtype.kind == "u" and arr.dtype.itemsize <= 2 else np.int64
-    rows = arr[0:h:k, :w].astype(acc_dtype)
-    for i in range(1, k):
+    if arr.dtype.kind == "u":
+        top = int(np.iinfo(arr.dtype).max if max_value is None else max_value)
+        row_dtype, acc_dtype = _accumulator(k * top), _accumulator(k * k * top)
+    else:
+        row_dtype = acc_dtype = np.dtype(np.int64)
+    if row_dtype == arr.dtype:
+        rows = np.add(arr[0:h:k, :w], arr[1:h:k, :w])
+    else:
+        rows = arr[0:h:k, :w].astype(row_dtype)
+        np.add(rows, arr[1:h:k, :w], out=rows, casting="unsafe")
+    for i in range(2, k):
         np.add(rows, arr[i:h:k, :w], out=rows, casting="unsafe")
-    acc = rows[:, 0::k].copy()
+    acc = rows[:, 0::k].astype(acc_dtype)
     for j in range(1, k):
-        np.add(acc, rows[:, j::k], out=acc)
+        np.add(acc, rows[:, j::k], out=acc, casting="unsafe")
     n = k * k
     if acc.dtype.kind == "u":
         acc += n // 2
@@ -108,23 +130,41 @@ def _one_line(exc: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+_QUIET = threading.local()
+
+
+class _DropWhileDecoding(logging.Filter):
+    """Drops pydicom's per-plugin tracebacks while *this thread* is inside ``_quiet_decoders``
+    (our own PixelDecodeError carries the reasons). Thread-safe, unlike changing log levels."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_QUIET, "active", False)
+
+
+for _name in ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.utils"):
+    _logger = logging.getLogger(_name)
+    if not any(isinstance(f, _DropWhileDecoding) for f in _logger.filters):
+        _logger.addFilter(_DropWhileDecoding())
+
+
 @contextlib.contextmanager
 def _quiet_decoders():
-    """Silence pydicom's per-plugin error logging while a decode is attempted."""
-    logger = logging.getLogger("pydicom")
-    previous = logger.level
-    logger.setLevel(logging.CRITICAL)
+    """Silence pydicom's decoder error logging for this thread while a decode is attempted."""
+    previous = getattr(_QUIET, "active", False)
+    _QUIET.active = True
     try:
         yield
     finally:
-        logger.setLevel(previous)
+        _QUIET.active = previous
 
 
 # --------------------------------------------------------------------------- native
 
 
-def _decode_native(ds: pydicom.Dataset, target_size: int) -> Optional[DecodedPixels]:
-    """Zero-copy little-endian native path; None when the layout needs pydicom's general code."""
+def _stored_layout(ds: pydicom.Dataset) -> Optional[Tuple[int, int, np.dtype, int, int]]:
+    """(rows, columns, dtype, bits_stored, bits_allocated) when one-sample 8/16-bit values can
+    be viewed directly; None when pydicom's general code is needed (colour, 1/32-bit, signed
+    values that need sign extension)."""
     bits_allocated = int(ds.BitsAllocated)
     bits_stored = int(ds.get("BitsStored", bits_allocated))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
@@ -132,50 +172,132 @@ def _decode_native(ds: pydicom.Dataset, target_size: int) -> Optional[DecodedPix
         return None
     if signed and bits_stored != bits_allocated:
         return None  # needs sign extension: pydicom does it
-    rows, columns = int(ds.Rows), int(ds.Columns)
     dtype = np.dtype(("<i" if signed else "<u") + str(bits_allocated // 8))
+    return int(ds.Rows), int(ds.Columns), dtype, bits_stored, bits_allocated
+
+
+def _reduce_stored(buffer, layout, target_size: int, name: str) -> DecodedPixels:
+    """View ``buffer`` as the first frame, mask unused high bits (as pydicom does), block-mean."""
+    rows, columns, dtype, bits_stored, bits_allocated = layout
+    arr = np.frombuffer(buffer, dtype=dtype, count=rows * columns).reshape(rows, columns)
+    top = None
+    if dtype.kind == "u" and bits_stored < bits_allocated:
+        if int(arr.max()) >> bits_stored:
+            arr = arr & np.array((1 << bits_stored) - 1, dtype=dtype)
+        top = (1 << bits_stored) - 1  # lets 12-bit data sum in uint16
+    k = reduction_factor(rows, columns, target_size)
+    return DecodedPixels(block_mean(arr, k, top), k, name + (f"+mean{k}" if k > 1 else ""))
+
+
+def _decode_native(ds: pydicom.Dataset, target_size: int) -> Optional[DecodedPixels]:
+    """Zero-copy little-endian native path; None when the layout needs pydicom's general code."""
+    layout = _stored_layout(ds)
+    if layout is None:
+        return None
+    rows, columns, dtype, _, bits_allocated = layout
     expected = rows * columns * dtype.itemsize
     data = ds.PixelData
     if len(data) < expected:
         raise PixelDecodeError(
             f"pixel data truncated: {len(data)} bytes, the first frame needs {expected} "
             f"({rows}x{columns}, {bits_allocated}-bit)")
-    arr = np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
-    if not signed and bits_stored < bits_allocated and int(arr.max()) >> bits_stored:
-        arr = arr & np.array((1 << bits_stored) - 1, dtype=dtype)  # pydicom masks unused bits
-    k = reduction_factor(rows, columns, target_size)
-    return DecodedPixels(block_mean(arr, k), k, f"native+mean{k}" if k > 1 else "native")
+    return _reduce_stored(data, layout, target_size, "native")
+
+
+def _decode_rle(ds: pydicom.Dataset, target_size: int) -> Optional[DecodedPixels]:
+    """pylibjpeg-rle straight into a buffer (pydicom's wrapper adds ~2x for copies)."""
+    layout = _stored_layout(ds)
+    if layout is None:
+        return None
+    try:
+        from rle.utils import decode_pixel_data
+    except ImportError:
+        return None
+    rows, columns, dtype, _, bits_allocated = layout
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=frames))
+        buffer = decode_pixel_data(frame, version=2, rows=rows, columns=columns,
+                                   bits_allocated=bits_allocated, samples_per_pixel=1,
+                                   byteorder="<")
+    except Exception:
+        return None  # pydicom's decoders give the error message
+    if len(buffer) < rows * columns * dtype.itemsize:
+        return None
+    return _reduce_stored(buffer, layout, target_size, "rle")
 
 
 # --------------------------------------------------------------------------- JPEG 2000
 
 
-def j2k_header(codestream: bytes) -> Tuple[int, bool, int]:
-    """(precision, signed, decomposition levels) from a J2K codestream's SIZ and COD markers."""
-    if codestream[:4] != b"\xff\x4f\xff\x51":
+class J2KHeader(NamedTuple):
+    """What the fast path needs from a J2K codestream's SIZ and COD markers."""
+
+    precision: int
+    signed: bool
+    levels: int  # wavelet decomposition levels (COD)
+    width: int  # Xsiz - XOsiz
+    height: int
+    x0: int  # image offset on the reference grid (XOsiz, YOsiz)
+    y0: int
+
+    def reduced_size(self, level: int) -> Tuple[int, int]:
+        """(width, height) OpenJPEG produces at ``level``: ceil over the offset grid."""
+        p = 1 << level
+
+        def span(origin, extent):
+            return -(-(origin + extent) // p) - (-(-origin // p))
+        return span(self.x0, self.width), span(self.y0, self.height)
+
+
+def j2k_header(codestream: bytes) -> J2KHeader:
+    """Parse SIZ (size, offset, first component's precision/sign) and COD (levels)."""
+    if codestream[:4] != b"\xff\x4f\xff\x51" or len(codestream) < 43:
         raise ValueError("not a JPEG 2000 codestream (no SOC/SIZ)")
+    x1, y1, x0, y0 = (int.from_bytes(codestream[i:i + 4], "big") for i in (8, 12, 16, 20))
     ssiz = codestream[42]
-    precision, signed = (ssiz & 0x7F) + 1, bool(ssiz & 0x80)
     pos = 4 + int.from_bytes(codestream[4:6], "big")
-    while pos + 4 <= len(codestream):
+    while pos + 10 <= len(codestream):
         marker = int.from_bytes(codestream[pos:pos + 2], "big")
         length = int.from_bytes(codestream[pos + 2:pos + 4], "big")
         if marker == 0xFF52:  # COD: Lcod, Scod, SGcod(4), SPcod: levels first
-            return precision, signed, codestream[pos + 9]
+            return J2KHeader((ssiz & 0x7F) + 1, bool(ssiz & 0x80), codestream[pos + 9],
+                             x1 - x0, y1 - y0, x0, y0)
         if marker == 0xFF90:  # SOT: main header over, no COD seen
             break
         pos += 2 + length
     raise ValueError("JPEG 2000 codestream has no COD marker in its main header")
 
 
-def _pillow_j2k(codestream: bytes, level: int, precision: int) -> np.ndarray:
+def _pillow_j2k(codestream: bytes, level: int, header: J2KHeader) -> np.ndarray:
+    """Decode at resolution ``level`` (0 = full) with Pillow's OpenJPEG.
+
+    Pillow's own ``im.reduce`` sizes the output as round((n)/2**level) where OpenJPEG produces
+    ceil(n/2**level), so e.g. 1841 px at level 2 is refused as a "broken data stream". The
+    tile is therefore set up with OpenJPEG's size; if that Pillow-internal layout ever changes,
+    the public ``im.reduce`` route is used instead.
+    """
+    width, height = header.reduced_size(level)
     with Image.open(io.BytesIO(codestream)) as im:
-        im.reduce = level  # Jpeg2KImageFile: decode only the coarser resolution levels
-        im.load()
-        arr = np.asarray(im)
+        try:
+            tile = im.tile[0]
+            args = (tile[3][0], level, 0, tile[3][3], tile[3][4])  # codec, reduce, layers, fd, len
+            extents = (0, 0, width, height)
+            make = getattr(ImageFile, "_Tile", None)
+            im.tile = [make(tile[0], extents, tile[2], args) if make
+                       else (tile[0], extents, tile[2], args)]
+            im._size = (width, height)
+            ImageFile.ImageFile.load(im)
+        except Exception:
+            with Image.open(io.BytesIO(codestream)) as again:
+                again.reduce = level
+                again.load()
+                arr = np.asarray(again)
+        else:
+            arr = np.asarray(im)
     if arr.ndim != 2:
         raise ValueError(f"unexpected decoded shape {arr.shape}")
-    shift = arr.dtype.itemsize * 8 - precision  # Pillow scales N-bit samples up to 8/16 bits
+    shift = arr.dtype.itemsize * 8 - header.precision  # Pillow scales N-bit samples to 8/16
     if shift > 0:
         arr = arr >> shift
     return arr
@@ -191,32 +313,64 @@ def _decode_j2k(ds: pydicom.Dataset, target_size: int) -> Optional[DecodedPixels
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         codestream = next(generate_frames(ds.PixelData, number_of_frames=frames))
-        precision, signed, levels = j2k_header(codestream)
+        header = j2k_header(codestream)
     except Exception:
         return None  # let pydicom report the problem
-    if signed or precision > 16:
+    if header.signed or header.precision > 16:
         return None
-    level = min(levels, int(math.floor(math.log2(longest / target_size))))
+    level = min(header.levels, int(math.floor(math.log2(longest / target_size))))
     if level < 1:
         return None
     end = codestream.rfind(b"\xff\xd9")
     if end > 0:
         codestream = codestream[:end + 2]  # Pillow rejects padding after EOC
     arr = None
-    for level in range(level, 0, -1):  # some codestreams refuse deep levels: step down
+    for level in range(level, 0, -1):  # a codestream may refuse deep levels: step down
         try:
-            arr = _pillow_j2k(codestream, level, precision)
+            arr = _pillow_j2k(codestream, level, header)
             break
         except Exception:
             continue
     if arr is None:
         return None  # no reduced decode possible: full decode by pydicom
     scale = 1 << level
-    if abs(arr.shape[0] - math.ceil(rows / scale)) > 1 or \
-            abs(arr.shape[1] - math.ceil(columns / scale)) > 1:
+    if arr.shape != header.reduced_size(level)[::-1] or \
+            abs(arr.shape[0] * scale - rows) >= scale or abs(arr.shape[1] * scale - columns) >= scale:
         return None
     k = reduction_factor(arr.shape[0], arr.shape[1], target_size)
     name = f"pillow-j2k/{scale}" + (f"+mean{k}" if k > 1 else "")
+    return DecodedPixels(block_mean(arr, k, (1 << header.precision) - 1), scale * k, name)
+
+
+# --------------------------------------------------------------------------- JPEG baseline
+
+
+def _decode_jpeg_baseline(ds: pydicom.Dataset, target_size: int) -> Optional[DecodedPixels]:
+    """8-bit grayscale JPEG: Pillow's DCT-domain downscale (``draft``, 1/2..1/8) to >= target."""
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or int(ds.BitsAllocated) != 8 or \
+            int(ds.get("PixelRepresentation", 0)) != 0:
+        return None
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    scale = 1
+    while scale < 8 and max(rows, columns) / (scale * 2) >= target_size:
+        scale *= 2
+    if scale == 1:
+        return None
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        frame = next(generate_frames(ds.PixelData, number_of_frames=frames))
+        with Image.open(io.BytesIO(frame)) as im:
+            if im.mode != "L":
+                return None
+            im.draft("L", (-(-columns // scale), -(-rows // scale)))
+            arr = np.asarray(im)
+    except Exception:
+        return None  # pydicom's decoders give the error message
+    if arr.ndim != 2 or abs(arr.shape[0] * scale - rows) > scale or \
+            abs(arr.shape[1] * scale - columns) > scale:
+        return None
+    k = reduction_factor(arr.shape[0], arr.shape[1], target_size)
+    name = f"pillow-jpeg/{scale}" + (f"+mean{k}" if k > 1 else "")
     return DecodedPixels(block_mean(arr, k), scale * k, name)
 
 
@@ -232,9 +386,17 @@ def _decode_general(ds: pydicom.Dataset, ts: UID, target_size: int) -> DecodedPi
     if not decoder.is_available:
         raise PixelDecodeError(
             f"no installed plugin can decode {ts.name}: {sorted(decoder.missing_dependencies)}")
+    preferred = _PREFERRED_PLUGIN.get(ts, "")
+    if preferred not in decoder.available_plugins:
+        preferred = ""
     try:
         with _quiet_decoders():
-            arr, _ = decoder.as_array(ds, index=0)
+            try:
+                arr, _ = decoder.as_array(ds, index=0, decoding_plugin=preferred)
+            except Exception:
+                if not preferred:
+                    raise
+                arr, _ = decoder.as_array(ds, index=0)  # every other installed plugin
     except Exception as exc:
         raise PixelDecodeError(f"cannot decode {ts.name} pixel data: {_one_line(exc)}") \
             from None
@@ -263,6 +425,10 @@ def decode_pixels(ds: pydicom.Dataset, target_size: int) -> DecodedPixels:
             decoded = _decode_native(ds, target_size)
         elif ts in _J2K_SYNTAXES:
             decoded = _decode_j2k(ds, target_size)
+        elif ts == RLELossless:
+            decoded = _decode_rle(ds, target_size)
+        elif ts == JPEGBaseline8Bit:
+            decoded = _decode_jpeg_baseline(ds, target_size)
         else:
             decoded = None
     except PixelDecodeError:

@@ -2,8 +2,9 @@
 
 ``fit_and_encode`` resizes (Lanczos; area-like when shrinking) so the longer side equals
 ``size``, pads the shorter side symmetrically with 0 (black), optionally replicates the gray
-channel to RGB, and encodes PNG (default) or JPEG at that final size. The encoded bytes must stay
-under the NV-CLIP hosted inline limit: base64 length < ``MAX_BASE64_CHARS``.
+channel to RGB, and encodes PNG (default; fast zlib level, retried at level 9 only if the result
+would be too big) or JPEG at that final size. The encoded bytes must stay under the NV-CLIP
+hosted inline limit: base64 length < ``MAX_BASE64_CHARS``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from PIL import Image
 
 #: NV-CLIP hosted API: an inline data URL's base64 payload must be shorter than this
 MAX_BASE64_CHARS = 180_000
+
+#: zlib level for PNG: 1 is ~4x faster than the default 6 and ~30 % larger, far under the limit
+PNG_FAST_LEVEL = 1
+JPEG_QUALITY = 95
 
 _FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"),
             "jpg": ("JPEG", "image/jpeg")}
@@ -56,6 +61,15 @@ def fit_to_square(gray: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def _encode(image: Image.Image, pil_format: str, png_level: int) -> bytes:
+    buffer = io.BytesIO()
+    if pil_format == "PNG":
+        image.save(buffer, format="PNG", compress_level=png_level)
+    else:
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
 def fit_and_encode(gray: np.ndarray, size: int = 224, image_format: str = "png",
                    rgb: bool = True) -> EncodedPixels:
     """2-D uint8 → ``EncodedPixels`` at size×size. Raises ValueError if the base64 would reach
@@ -68,12 +82,9 @@ def fit_and_encode(gray: np.ndarray, size: int = 224, image_format: str = "png",
     image = Image.fromarray(pixels)
     if rgb:
         image = image.convert("RGB")
-    buffer = io.BytesIO()
-    if pil_format == "PNG":
-        image.save(buffer, format="PNG", compress_level=6)
-    else:
-        image.save(buffer, format="JPEG", quality=95)
-    data = buffer.getvalue()
+    data = _encode(image, pil_format, PNG_FAST_LEVEL)
+    if pil_format == "PNG" and base64_length(len(data)) >= MAX_BASE64_CHARS:
+        data = _encode(image, pil_format, 9)  # rare busy image: spend time to fit the limit
     encoded_len = base64_length(len(data))
     if encoded_len >= MAX_BASE64_CHARS:
         raise ValueError(

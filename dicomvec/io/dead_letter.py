@@ -1,7 +1,7 @@
 """Parquet dead letters: one row per failed image, written with Beam's ``WriteToParquet``.
 
 Layout: ``<dead_letter_dir>/run=<run_id>/dead_letter-SSSSS-of-NNNNN.parquet`` (streaming: one
-file per triggering period, ``dead_letter-<window start>-<window end>-SSSSS-of-NNNNN.parquet``). Each run is a new
+file per bundle that had failures, ``dead_letter-<UTC time>-<id>.parquet``). Each run is a new
 generation folder; nothing is overwritten. Rows hold paths, IDs and reasons — never pixels or
 patient names.
 """
@@ -12,7 +12,11 @@ import glob
 import os
 from typing import Dict, List
 
+import time
+import uuid
+
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 import pyarrow as pa
 
 import dicomvec
@@ -52,18 +56,57 @@ class WriteDeadLetters(beam.PTransform):
         self.run_id = run_id
 
     def expand(self, failures):
-        run_id = self.run_id
-        return (failures
-                | "ToRow" >> beam.Map(failure_to_row, run_id)
-                | "Parquet" >> beam.io.WriteToParquet(self.prefix, SCHEMA,
-                                                      file_name_suffix=".parquet",
-                                                      **self._streaming_args()))
+        rows = failures | "ToRow" >> beam.Map(failure_to_row, self.run_id)
+        if self.triggering_frequency:
+            return rows | "ParquetEveryBundle" >> beam.ParDo(
+                _WriteParquetPerBundle(self.prefix, self.triggering_frequency))
+        return rows | "Parquet" >> beam.io.WriteToParquet(self.prefix, SCHEMA,
+                                                          file_name_suffix=".parquet")
 
-    def _streaming_args(self):
-        if not self.triggering_frequency:
-            return {}
-        return {"triggering_frequency": int(max(1, self.triggering_frequency)), "num_shards": 1,
-                "shard_name_template": "-V-SSSSS-of-NNNNN"}
+
+class _WriteParquetPerBundle(beam.DoFn):
+    """Streaming dead letters: rows → one Parquet file per bundle (or per ``max_wait_s`` within
+    a long bundle), written to a temporary name and renamed into place.
+
+    Beam's ``WriteToParquet(triggering_frequency=…)`` writes nothing on the local streaming
+    engine (Prism) before the job is cancelled, and a streaming job here ends by cancellation;
+    flushing at every bundle end means a dead letter is on disk as soon as its bundle commits.
+    """
+
+    def __init__(self, prefix: str, max_wait_s: float):
+        super().__init__()
+        self.prefix = prefix
+        self.max_wait_s = max_wait_s
+
+    def start_bundle(self):
+        self.rows = []
+        self.started = time.monotonic()
+
+    def process(self, row):
+        self.rows.append(row)
+        if time.monotonic() - self.started >= self.max_wait_s:
+            self._flush()
+
+    def finish_bundle(self):
+        self._flush()
+
+    def _flush(self):
+        if not self.rows:
+            return
+        import pyarrow.parquet as pq
+        final = f"{self.prefix}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
+        temporary = final.replace("dead_letter-", ".tmp-dead_letter-")
+        directory = os.path.dirname(final)
+        if not FileSystems.exists(directory):
+            try:
+                FileSystems.mkdirs(directory)
+            except IOError:  # another worker made it first
+                pass
+        with FileSystems.create(temporary) as handle:
+            pq.write_table(pa.Table.from_pylist(self.rows, schema=SCHEMA), handle)
+        FileSystems.rename([temporary], [final])
+        self.rows = []
+        self.started = time.monotonic()
 
 
 def read_dead_letters(dead_letter_dir: str, run_id: str = "*") -> List[Dict]:

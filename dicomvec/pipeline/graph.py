@@ -14,6 +14,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
 from dicomvec.io.dead_letter import WriteDeadLetters
+from dicomvec.io.providers import create_provider
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.record import ImageRecord
 from dicomvec.transforms.dedupe import KeepFirstPerImageID
@@ -40,7 +41,7 @@ def match_input(pipeline: beam.Pipeline, options: DicomvecOptions, paths, failur
     if paths is None and streaming:
         interval = options.watch_interval
         return pipeline | "WatchInput" >> WatchForCompleteFiles(
-            options.input, interval, options.settle_seconds or interval / 4)
+            options.input, interval, options.settle_seconds or interval / 2)
     if paths is None:
         return pipeline | "MatchFiles" >> fileio.MatchFiles(
             options.input, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
@@ -71,9 +72,11 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
     batch_wait = (options.batch_wait or options.watch_interval / 2) if streaming else None
     batches = encoded | "Batch" >> BatchForEmbedding(options.batch_size, batch_wait)
     embedded = _stage(batches, "Embed", EmbedBatch(options.provider_config()), failures)
+    dimension = create_provider(options.provider_config()).dimension
     stored = _stage(embedded, "Write",
                     WriteToStore(options.sink, options.sink_schema, options.sink_table,
-                                 options.preprocess_version(), options.progress_every), failures)
+                                 options.preprocess_version(), dimension,
+                                 options.progress_every), failures)
     (failures
      | "AllFailures" >> beam.Flatten()
      | "DeadLetters" >> WriteDeadLetters(

@@ -49,7 +49,8 @@ class DicomvecOptions(PipelineOptions):
                             help="streaming: seconds between polls of --input")
         parser.add_argument("--settle_seconds", "--settle-seconds", type=float, default=None,
                             help="streaming: a file is read once its size and mtime have not "
-                                 "changed for this long (default: a quarter of the interval)")
+                                 "changed for this long; make it longer than the pauses of the "
+                                 "slowest writer (default: half the watch interval)")
         parser.add_argument("--batch_wait", "--batch-wait", type=float, default=None,
                             help="streaming: flush a partial batch after this many seconds "
                                  "(default: half the watch interval)")
@@ -65,8 +66,13 @@ class DicomvecOptions(PipelineOptions):
         parser.add_argument("--nvclip_model", "--nvclip-model", default="nvidia/nvclip")
         parser.add_argument("--nvclip_concurrency", "--nvclip-concurrency", type=int, default=4)
         parser.add_argument("--nvclip_max_requests_per_minute",
-                            "--nvclip-max-requests-per-minute", type=float, default=0,
-                            help="Client-side limit PER WORKER (0 = unlimited)")
+                            "--nvclip-max-requests-per-minute", type=float, default=None,
+                            help="Client-side limit PER WORKER process (default: 40 for the "
+                                 "hosted API, unlimited self-hosted; 0 = unlimited). A cluster "
+                                 "sends up to this × the number of worker processes")
+        parser.add_argument("--nvclip_cost_per_1k_images", "--nvclip-cost-per-1k-images",
+                            type=float, default=0.0,
+                            help="Price per 1,000 images, for the summary's cost estimate")
         parser.add_argument("--nvclip_timeout", "--nvclip-timeout", type=float, default=60.0)
         parser.add_argument("--nvclip_max_attempts", "--nvclip-max-attempts", type=int,
                             default=5)
@@ -87,4 +93,5 @@ class DicomvecOptions(PipelineOptions):
             "max_requests_per_minute": self.nvclip_max_requests_per_minute,
             "timeout_s": self.nvclip_timeout,
             "max_attempts": self.nvclip_max_attempts,
+            "cost_per_1k_images": self.nvclip_cost_per_1k_images,
         })

@@ -51,6 +51,7 @@ class RunSummary:
     embedding_model: str
     semantic: bool
     provider_stats: Dict[str, int]
+    cost_line: str = ""
 
     @property
     def dead_lettered_total(self) -> int:
@@ -77,8 +78,11 @@ class RunSummary:
         if not self.semantic:
             lines.append("                       NOTE: non-semantic descriptor, not CLIP: "
                          "image-to-image and dry runs only")
-        for name, value in sorted(self.provider_stats.items()):
-            lines.append(f"  provider {name:<12}{value}")
+        if self.cost_line:
+            lines.append(f"  {self.cost_line}")
+        else:
+            for name, value in sorted(self.provider_stats.items()):
+                lines.append(f"  provider {name + ' ':<12}{value}")
         lines += [
             f"  rows in store        {self.rows_in_store}  ({self.sink})",
             f"  dead letters         {self.dead_letter_dir}",
@@ -86,7 +90,11 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _counters(result) -> Dict[str, int]:
+def _counters(result, live: bool = False) -> Dict[str, int]:
+    """dicomvec's counters summed over steps. ``live``: a fresh reading of a running job (the
+    portable runners' result caches its first metrics response, so drop that cache)."""
+    if live and hasattr(result, "_metrics"):
+        result._metrics = None
     totals: Dict[str, int] = {}
     for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
@@ -136,7 +144,7 @@ def watch_streaming_run(result, options: DicomvecOptions, poll_s: float = 1.0) -
             if PipelineState.is_terminal(result.state):
                 result.wait_until_finish()  # raises if the job failed
                 return _counters(result)
-            counters = _counters(result)
+            counters = _counters(result, live=True)
             log.debug("streaming counters: %s", counters)
             if counters != last:
                 last, last_change = counters, time.monotonic()
@@ -201,4 +209,6 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
         provider_stats={k[len("provider_"):]: v for k, v in counters.items()
                         if k.startswith("provider_")},
     )
+    if hasattr(provider, "cost_line"):
+        summary.cost_line = provider.cost_line(summary.provider_stats)
     return summary

@@ -27,7 +27,7 @@ class KeepFirstPerImageID(beam.DoFn):
     def process(self, element, first_path=beam.DoFn.StateParam(FIRST_PATH)):
         image_id, record = element
         seen = first_path.read()
-        if seen is None:
+        if seen is None or seen == record.path:  # first file, or the same file again (updated)
             first_path.write(record.path)
             yield record
             return

@@ -8,10 +8,13 @@ work at all (bad key, no credits) raises ``FatalProviderError`` and stops the jo
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures as cf
 import logging
-from typing import List
+from typing import List, Optional
 
 import apache_beam as beam
+from apache_beam.utils.windowed_value import WindowedValue
 
 from dicomvec.io.providers import (EncodedImage, FatalProviderError, ProviderConfig,
                                    create_provider)
@@ -38,15 +41,24 @@ class BatchForEmbedding(beam.PTransform):
 
 
 class EmbedBatch(beam.DoFn):
-    def __init__(self, provider_config: ProviderConfig):
+    """Embeds each batch. With a provider that has ``submit_images`` (nvclip), up to
+    ``max_pending`` batches (default: the provider's ``concurrency``) are in flight at once, so
+    API latency overlaps; results are emitted as they complete, the rest in ``finish_bundle``
+    (a bundle never ends with a batch pending, so streaming windows and checkpoints hold)."""
+
+    def __init__(self, provider_config: ProviderConfig, max_pending: Optional[int] = None):
         super().__init__()
         self.provider_config = provider_config
+        # default: as many batches as the provider has requests in flight (--nvclip-concurrency)
+        self.max_pending = max(1, int(max_pending or provider_config.settings.get(
+            "concurrency") or 4))
         self.provider = None
         self.embedded = counter("embed_ok")
         self.failed = counter("embed_failed")
         self.batches = counter("embed_batches")
         self.stat_counters = {}
         self._reported_stats = {}
+        self._pending = collections.deque()
 
     def setup(self):
         self.provider = create_provider(self.provider_config)
@@ -55,6 +67,9 @@ class EmbedBatch(beam.DoFn):
     def teardown(self):
         if self.provider is not None:
             self.provider.teardown()
+
+    def start_bundle(self):
+        self._pending = collections.deque()
 
     def _report_stats(self):
         """Provider stats (requests, retries, ...) → Beam counters, as deltas."""
@@ -66,15 +81,47 @@ class EmbedBatch(beam.DoFn):
                 self.stat_counters[name].inc(delta)
                 self._reported_stats[name] = int(value)
 
-    def process(self, batch: List[ImageRecord]):
+    def _submit(self, images: List[EncodedImage]) -> cf.Future:
+        submit = getattr(self.provider, "submit_images", None)
+        if submit is not None:
+            return submit(images)
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(self.provider.embed_images(images))
+        except FatalProviderError:
+            raise
+        except Exception as exc:  # reported per image in _outputs
+            future.set_exception(exc)
+        return future
+
+    def process(self, batch: List[ImageRecord], window=beam.DoFn.WindowParam,
+                timestamp=beam.DoFn.TimestampParam):
         self.batches.inc()
         images = [EncodedImage(record.encoded, record.mime) for record in batch]
+        self._pending.append((batch, self._submit(images), window, timestamp))
+        while self._pending and (len(self._pending) > self.max_pending
+                                 or self._pending[0][1].done()):
+            done_batch, future, _, _ = self._pending.popleft()
+            yield from self._outputs(done_batch, future)
+
+    def finish_bundle(self):
+        while self._pending:
+            batch, future, window, timestamp = self._pending.popleft()
+            for out in self._outputs(batch, future):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(
+                        out.tag, WindowedValue(out.value, timestamp, [window]))
+                else:
+                    yield WindowedValue(out, timestamp, [window])
+
+    def _outputs(self, batch: List[ImageRecord], future: cf.Future):
         try:
-            results = self.provider.embed_images(images)
+            results = future.result()
         except FatalProviderError:
             raise
         except Exception as exc:  # a provider bug must not lose the batch
-            log.exception("provider %s raised for a batch of %d", self.provider.name, len(batch))
+            log.error("provider %s raised for a batch of %d: %s", self.provider.name,
+                      len(batch), exc)
             results = None
             failure_exc = exc
         embedded = []

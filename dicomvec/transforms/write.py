@@ -30,8 +30,9 @@ def to_row(record: ImageRecord, preprocess_version: str) -> ImageRow:
 
 class WriteToStore(beam.DoFn):
     def __init__(self, sink_url: str, schema: str, table: str, preprocess_version: str,
-                 progress_every: int = 500):
+                 dimension: int, progress_every: int = 500):
         super().__init__()
+        self.dimension = dimension
         self.preprocess_version = preprocess_version
         self.sink_url = sink_url
         self.schema = schema
@@ -42,7 +43,8 @@ class WriteToStore(beam.DoFn):
         self.failed = counter("write_failed")
 
     def setup(self):
-        self.store = VectorStore(self.sink_url, schema=self.schema, table=self.table).open()
+        self.store = VectorStore(self.sink_url, schema=self.schema, table=self.table,
+                                 dimension=self.dimension).open()
         self._started = time.monotonic()
         self._written = 0
         self._next_report = self.progress_every

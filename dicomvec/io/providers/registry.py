@@ -9,6 +9,7 @@ from dicomvec.io.providers.base import EmbeddingProvider, ProviderConfig
 # name -> "module:Class"; imported lazily so optional dependencies stay optional.
 _PROVIDERS: Dict[str, str] = {
     "thumbnail": "dicomvec.io.providers.thumbnail:ThumbnailProvider",
+    "nvclip": "dicomvec.io.providers.nvclip:NVClipProvider",
 }
 
 

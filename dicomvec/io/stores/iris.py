@@ -140,9 +140,9 @@ class IrisDialect(Dialect):
               if with_report_fk else "")
         return [f"CREATE SCHEMA IF NOT EXISTS {self.schema}",
                 f"""CREATE TABLE IF NOT EXISTS {self.qualified_table} (
-  SubjectID VARCHAR(50) NOT NULL,
-  StudyID VARCHAR(50) NOT NULL,
-  ImageID VARCHAR(50) NOT NULL,
+  SubjectID VARCHAR(64) NOT NULL,
+  StudyID VARCHAR(64) NOT NULL,
+  ImageID VARCHAR(64) NOT NULL,
   ImagePath VARCHAR(500),
   DicomFile VARCHAR(255),
   ViewPosition VARCHAR(20),

@@ -79,9 +79,9 @@ class PostgresDialect(Dialect):
         fk = (f",\n  FOREIGN KEY (StudyID) REFERENCES {self.reports_table} (StudyID)"
               if with_report_fk else "")
         statements.append(f"""CREATE TABLE IF NOT EXISTS {self.qualified_table} (
-  SubjectID VARCHAR(50) NOT NULL,
-  StudyID VARCHAR(50) NOT NULL,
-  ImageID VARCHAR(50) NOT NULL,
+  SubjectID VARCHAR(64) NOT NULL,
+  StudyID VARCHAR(64) NOT NULL,
+  ImageID VARCHAR(64) NOT NULL,
   ImagePath VARCHAR(500),
   DicomFile VARCHAR(255),
   ViewPosition VARCHAR(20),

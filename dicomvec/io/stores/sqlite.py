@@ -29,7 +29,10 @@ class SQLiteDialect(Dialect):
     def connect(self):
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=60)
+        # Beam runs one bundle at a time per DoFn instance, but not always on the thread that
+        # ran setup() (portable runners such as Prism): the connection is never shared
+        # concurrently, so the same-thread check is off.
+        conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=60000")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -45,9 +48,9 @@ class SQLiteDialect(Dialect):
         fk = (f",\n  FOREIGN KEY (StudyID) REFERENCES {self.reports_table}(StudyID)"
               if with_report_fk else "")
         return [f"""CREATE TABLE IF NOT EXISTS {self.qualified_table} (
-  SubjectID VARCHAR(50) NOT NULL,
-  StudyID VARCHAR(50) NOT NULL,
-  ImageID VARCHAR(50) NOT NULL,
+  SubjectID VARCHAR(64) NOT NULL,
+  StudyID VARCHAR(64) NOT NULL,
+  ImageID VARCHAR(64) NOT NULL,
   ImagePath VARCHAR(500),
   DicomFile VARCHAR(255),
   ViewPosition VARCHAR(20),
