@@ -3,30 +3,24 @@
 The server's vectors are deterministic functions of each input string (``expected_vector``), so
 the test computes on its own which stored image (or report) the server made closest to a query
 and checks the search ranks it first — for text → image, image → report and text → report.
-Skips while the nvclip provider or ``tests/nvclip_server.py`` is not in this checkout.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dicomvec.io.providers import available_providers
-
-nvclip_server = pytest.importorskip("tests.nvclip_server",
-                                    reason="tests/nvclip_server.py not in this checkout")
-if "nvclip" not in available_providers():
-    pytest.skip("the nvclip provider is not in this checkout", allow_module_level=True)
-
-from dicomvec.io.stores import VectorStore  # noqa: E402
-from dicomvec.io.stores.tables import REPORTS, lookup  # noqa: E402
-from dicomvec.pipeline.options import DicomvecOptions  # noqa: E402
-from dicomvec.pipeline.reports import run_reports  # noqa: E402
-from dicomvec.pipeline.run import run_ingest  # noqa: E402
-from dicomvec.reports import parse_report  # noqa: E402
-from dicomvec.reports.samples import sample_texts, write_sample_reports  # noqa: E402
-from dicomvec.search import SearchRequest, run_search  # noqa: E402
-from dicomvec.search.queries import image_record  # noqa: E402
-from dicomvec.synthetic import generate  # noqa: E402
+from dicomvec.io.providers.nvclip import truncate_for_clip
+from dicomvec.io.stores import VectorStore
+from dicomvec.io.stores.tables import REPORTS, lookup
+from dicomvec.pipeline.options import DicomvecOptions
+from dicomvec.pipeline.reports import run_reports
+from dicomvec.pipeline.run import run_ingest
+from dicomvec.reports import parse_report
+from dicomvec.reports.samples import sample_texts, write_sample_reports
+from dicomvec.search import SearchRequest, run_search
+from dicomvec.search.queries import image_record
+from dicomvec.synthetic import generate
+from tests import nvclip_server as contract
 
 COUNT = 6
 QUERIES = ("right lower lobe consolidation", "large right pneumothorax", "no acute process")
@@ -34,7 +28,7 @@ QUERIES = ("right lower lobe consolidation", "large right pneumothorax", "no acu
 
 @pytest.fixture(scope="module")
 def server():
-    with nvclip_server.NVClipContractServer() as srv:
+    with contract.NVClipContractServer() as srv:
         yield srv
 
 
@@ -59,7 +53,7 @@ def archive(server, tmp_path_factory):
 def _image_vector(path: str) -> np.ndarray:
     """The server's vector for an image, computed from the ingestion's model input."""
     record = image_record(path, 224, "standard", "png")
-    return nvclip_server.expected_vector(nvclip_server.image_input_string(record.encoded,
+    return contract.expected_vector(contract.image_input_string(record.encoded,
                                                                           record.mime))
 
 
@@ -71,7 +65,7 @@ def test_text_to_image_returns_the_image_the_server_made_closest(archive):
     for image_id, vector in images.items():  # what ingestion stored is what the server made
         np.testing.assert_allclose(stored[image_id], vector, atol=1e-6)
     for text in QUERIES:
-        query = nvclip_server.expected_vector(text)
+        query = contract.expected_vector(text)
         expected = sorted(images, key=lambda i: -float(images[i] @ query))
         result = run_search(SearchRequest(text=text, k=COUNT), options)
         assert [r.hit.ImageID for r in result.results] == expected, text
@@ -86,14 +80,14 @@ def test_image_to_report_and_text_to_report(archive):
         rows = store.conn.execute("SELECT StudyID FROM MIMICCXRReports").fetchall()
         reports = lookup(store, [r[0] for r in rows])
     assert count == len(reports) > 1
-    texts = {study: nvclip_server.expected_vector(hit.EmbeddedText)
+    texts = {study: contract.expected_vector(hit.EmbeddedText)
              for study, hit in reports.items()}
     query = _image_vector(files[0].path)
     expected = sorted(texts, key=lambda s: -float(texts[s] @ query))
     result = run_search(SearchRequest(image=files[0].path, target="reports", k=len(texts)),
                         options)
     assert [r.hit.StudyID for r in result.results] == expected
-    text_query = nvclip_server.expected_vector(QUERIES[0])
+    text_query = contract.expected_vector(QUERIES[0])
     result = run_search(SearchRequest(text=QUERIES[0], target="reports", k=1), options)
     assert result.results[0].hit.StudyID == max(texts, key=lambda s: float(texts[s] @ text_query))
 
@@ -108,7 +102,6 @@ def test_report_texts_are_embedded_exactly_as_stored(archive, server):
 
 
 def test_every_sample_fits_the_providers_own_token_limit():
-    from dicomvec.io.providers.nvclip import truncate_for_clip
     for name, text in sample_texts().items():
         embedded = parse_report(text, "files/p10/p10000001/s50000001.txt").embedded_text
         assert truncate_for_clip(embedded, 77) == (embedded, False), name
