@@ -22,6 +22,9 @@ TARGETS = ("images", "reports")
 
 @dataclasses.dataclass(frozen=True)
 class SearchRequest:
+    """One query: exactly one of ``text``/``image`` (a DICOM path), the table to search, how
+    many results, an optional ViewPosition filter and whether to join the study reports."""
+
     text: Optional[str] = None
     image: Optional[str] = None
     target: str = "images"
@@ -40,6 +43,9 @@ class SearchRequest:
             object.__setattr__(self, "view", self.view.strip().upper())
         if self.target == "reports" and self.view:
             raise UserError("--view filters images; it does not apply to --target reports")
+        if self.target == "reports" and self.with_reports:
+            raise UserError("--with-reports joins image hits to their reports; with --target "
+                            "reports the hits already are reports")
 
     @property
     def kind(self) -> str:
