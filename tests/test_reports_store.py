@@ -7,7 +7,7 @@ import pytest
 
 from dicomvec.io.stores import VectorStore
 from dicomvec.io.stores.dialects import dialect_for_url
-from dicomvec.io.stores.tables import REPORTS, ReportRow, SpecDialect, lookup
+from dicomvec.io.stores.tables import REPORTS, ReportRow, lookup
 
 DIM = 8
 
@@ -96,8 +96,7 @@ def test_lookup_returns_only_known_studies(store):
 
 def _dialect(url):
     try:
-        return SpecDialect(dialect_for_url(url, schema="VectorSearch", table=REPORTS.table),
-                           REPORTS)
+        return dialect_for_url(url, schema="VectorSearch", spec=REPORTS)
     except (ValueError, ImportError) as exc:
         pytest.skip(f"dialect for {url.split(':')[0]} not available here: {exc}")
 
@@ -146,7 +145,7 @@ def test_reports_table_is_the_images_tables_foreign_key_target(store):
     """The images table can declare FOREIGN KEY (StudyID) REFERENCES the reports table."""
     from dicomvec.io.stores import ImageRow
     store.upsert([_row("50000001", _unit(1))])
-    schema = store.dialect.base.schema or "VectorSearch"
+    schema = store.dialect.schema or "VectorSearch"
     with VectorStore(store.url, schema=schema) as images:
         assert images.init_schema(DIM, with_report_fk=True) is True
 

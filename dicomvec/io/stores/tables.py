@@ -1,14 +1,15 @@
-"""Table specs: the reports table (and any further table) on the SAME sink core.
+"""Table specs: every table of the sink described once, as a ``TableSpec``.
 
-The images table's SQL lives in the database dialects (``dialects.py`` and the per-database
-modules). Other tables are described once, as a ``TableSpec`` (columns, primary key, vector
-column, search-hit columns), and ``SpecDialect`` renders their SQL for each database family from
-that spec while reusing the database dialect for everything else: connecting, per-connection
-setup, transient-error classification, parameter markers and vector encoding.
-``VectorStore(url, spec=REPORTS)`` therefore gets the same batched idempotent upsert,
-reconnect-and-retry and bisection of bad rows as the images table.
+A spec lists the columns (name, portable SQL type, nullability), the primary key, the vector
+column, the columns a search returns, the search filters and an optional foreign key. The
+database dialects (``dialects.py`` and the per-database modules) render the DDL, upsert, search
+and lookup SQL of ANY spec; the sink core (``base.py``) gives every table the same batched
+idempotent upsert, reconnect-and-retry and bisection of bad rows.
 
-The reports table, ``VectorSearch.MIMICCXRReports``:
+The images table, ``VectorSearch.MIMICCXRImages`` (``IMAGES``): one row per (ImageID, Provider);
+``FOREIGN KEY (StudyID) REFERENCES`` the reports table when asked for and that table exists.
+
+The reports table, ``VectorSearch.MIMICCXRReports`` (``REPORTS``):
 
 =============  =================================================================
 SubjectID      NOT NULL
@@ -33,11 +34,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dicomvec.io.stores.dialects import REPORTS_TABLE  # the images table's FK target
+#: portable column types; ``TEXT`` and ``VECTOR`` are rendered per database by the dialect
+ID = "VARCHAR(64)"  # DICOM UIDs and MIMIC IDs (a UID can be 64 characters)
+NAME = "VARCHAR(100)"
+PATH = "VARCHAR(500)"
+TEXT = "TEXT"
+VECTOR = "VECTOR"
+TIMESTAMP = "TIMESTAMP DEFAULT CURRENT_TIMESTAMP"
+
+IMAGES_TABLE = "MIMICCXRImages"
+#: the reports table the images table's optional foreign key points at (same schema)
+REPORTS_TABLE = "MIMICCXRReports"
 
 
 def _now() -> str:
@@ -46,11 +57,8 @@ def _now() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Column:
-    """``kind``: id (VARCHAR(50)), name (VARCHAR(100)), path (VARCHAR(500)), text (long text),
-    vector, timestamp."""
-
     name: str
-    kind: str
+    type: str
     nullable: bool = True
 
 
@@ -66,10 +74,16 @@ class TableSpec:
     vector: str = "Vector"
     #: columns written only together with a vector (left untouched by a text-only write)
     with_vector: Tuple[str, ...] = ("Vector", "EmbeddingModel", "Provider")
+    #: (column, table): ``FOREIGN KEY (column) REFERENCES table(column)`` on request
+    foreign_key: Optional[Tuple[str, str]] = None
 
     @property
     def column_names(self) -> List[str]:
         return [c.name for c in self.columns]
+
+    @property
+    def vector_nullable(self) -> bool:
+        return next(c.nullable for c in self.columns if c.name == self.vector)
 
     def column_groups(self, rows: Sequence) -> List[Tuple[List[str], list]]:
         """``rows`` grouped by the columns they write (with / without a vector), in order."""
@@ -79,8 +93,8 @@ class TableSpec:
         return [(list(columns), group) for columns, group in groups.items()]
 
     def row_label(self, row) -> str:
-        """The row's key, for messages."""
-        return "/".join(str(getattr(row, k)) for k in self.key)
+        """The row's identity for messages: its first key column (ImageID, StudyID)."""
+        return str(getattr(row, self.key[0]))
 
     def write_columns(self, row) -> List[str]:
         """The columns one upsert writes: all of them, or all but the vector columns when the
@@ -88,6 +102,36 @@ class TableSpec:
         if getattr(row, self.vector) is not None:
             return self.column_names
         return [c for c in self.column_names if c not in self.with_vector]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRow:
+    """One row of the images table (columns of the IRIS design plus PreprocessVersion)."""
+
+    SubjectID: str
+    StudyID: str
+    ImageID: str
+    ImagePath: str
+    DicomFile: str
+    ViewPosition: str
+    Vector: np.ndarray
+    EmbeddingModel: str
+    Provider: str
+    PreprocessVersion: str
+    CreatedAt: str = dataclasses.field(default_factory=_now)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    """One image search result: the row's identity and metadata, and cosine similarity."""
+
+    ImageID: str
+    SubjectID: str
+    StudyID: str
+    ImagePath: str
+    ViewPosition: str
+    Provider: str
+    score: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,13 +164,28 @@ class ReportHit:
     score: Optional[float] = None
 
 
+IMAGES = TableSpec(
+    table=IMAGES_TABLE,
+    columns=(Column("SubjectID", ID, nullable=False), Column("StudyID", ID, nullable=False),
+             Column("ImageID", ID, nullable=False), Column("ImagePath", PATH),
+             Column("DicomFile", "VARCHAR(255)"), Column("ViewPosition", "VARCHAR(20)"),
+             Column("Vector", VECTOR, nullable=False), Column("EmbeddingModel", NAME),
+             Column("Provider", "VARCHAR(50)", nullable=False),
+             Column("PreprocessVersion", "VARCHAR(20)"), Column("CreatedAt", TIMESTAMP)),
+    key=("ImageID", "Provider"),
+    row_type=ImageRow,
+    hit_type=Hit,
+    hit_columns=("ImageID", "SubjectID", "StudyID", "ImagePath", "ViewPosition", "Provider"),
+    foreign_key=("StudyID", REPORTS_TABLE),
+)
+
 REPORTS = TableSpec(
     table=REPORTS_TABLE,
-    columns=(Column("SubjectID", "id", nullable=False), Column("StudyID", "id", nullable=False),
-             Column("ReportPath", "path"), Column("Findings", "text"),
-             Column("Impression", "text"), Column("EmbeddedText", "text"),
-             Column("Vector", "vector"), Column("EmbeddingModel", "name"),
-             Column("Provider", "id"), Column("CreatedAt", "timestamp")),
+    columns=(Column("SubjectID", ID, nullable=False), Column("StudyID", ID, nullable=False),
+             Column("ReportPath", PATH), Column("Findings", TEXT), Column("Impression", TEXT),
+             Column("EmbeddedText", TEXT), Column("Vector", VECTOR),
+             Column("EmbeddingModel", NAME), Column("Provider", "VARCHAR(50)"),
+             Column("CreatedAt", TIMESTAMP)),
     key=("StudyID",),
     row_type=ReportRow,
     hit_type=ReportHit,
@@ -134,165 +193,10 @@ REPORTS = TableSpec(
                  "Provider"),
 )
 
-# Per database family: SQL column types and how a vector parameter is written.
-_TYPES = {
-    "sqlite": {"id": "VARCHAR(50)", "name": "VARCHAR(100)", "path": "VARCHAR(500)",
-               "text": "TEXT", "timestamp": "TIMESTAMP"},
-    "postgresql": {"id": "VARCHAR(50)", "name": "VARCHAR(100)", "path": "VARCHAR(500)",
-                   "text": "TEXT", "timestamp": "TIMESTAMP"},
-    "iris": {"id": "VARCHAR(50)", "name": "VARCHAR(100)", "path": "VARCHAR(500)",
-             "text": "VARCHAR(30000)", "timestamp": "TIMESTAMP"},
-}
-
-
-class SpecDialect:
-    """A database dialect bound to a ``TableSpec``: renders the spec's DDL, upsert, search and
-    key lookup for the dialect's family; everything else is delegated to ``base``."""
-
-    def __init__(self, base, spec: TableSpec):
-        if base.name not in _TYPES:
-            raise ValueError(f"the {spec.table} table is not supported on {base.name!r}")
-        self.base = base
-        self.spec = spec
-
-    def __getattr__(self, name: str) -> Any:  # connect, prepare, is_transient, count_sql, ...
-        if name in ("base", "spec"):  # not set yet (copy/unpickle): no recursion
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
-    @property
-    def family(self) -> str:
-        return self.base.name
-
-    @property
-    def marker(self) -> str:
-        return getattr(self.base, "marker", "?")
-
-    def _marks(self, n: int) -> str:
-        return ", ".join([self.marker] * n)
-
-    # -- schema ----------------------------------------------------------------------------
-    def _column_sql(self, column: Column, dimension: int) -> str:
-        if column.kind == "vector":
-            sql = {"sqlite": f"BLOB CHECK ({column.name} IS NULL OR length({column.name}) = "
-                             f"{4 * int(dimension)})",
-                   "postgresql": f"vector({int(dimension)})",
-                   "iris": f"VECTOR(DOUBLE, {int(dimension)})"}[self.family]
-        else:
-            sql = _TYPES[self.family][column.kind]
-        if column.kind == "timestamp":
-            sql += " DEFAULT CURRENT_TIMESTAMP"
-        if not column.nullable:
-            sql += " NOT NULL"
-        return f"  {column.name} {sql}"
-
-    def create_table_statements(self, dimension: int, with_report_fk: bool = False) -> List[str]:
-        """DDL for the spec's table (``with_report_fk`` is for the images table: ignored)."""
-        statements = []
-        if self.family == "postgresql":
-            statements.append("CREATE EXTENSION IF NOT EXISTS vector")
-        if self.base.schema and self.family in ("postgresql", "iris"):
-            statements.append(f"CREATE SCHEMA IF NOT EXISTS {self.base.schema}")
-        body = ",\n".join([self._column_sql(c, dimension) for c in self.spec.columns]
-                          + [f"  PRIMARY KEY ({', '.join(self.spec.key)})"])
-        statements.append(f"CREATE TABLE IF NOT EXISTS {self.base.qualified_table} (\n{body}\n)")
-        return statements
-
-    def create_index_statements(self) -> List[str]:
-        return []
-
-    # -- writes ----------------------------------------------------------------------------
-    def _vector_param(self, dimension: int) -> str:
-        return {"sqlite": "?", "postgresql": "%b",
-                "iris": f"TO_VECTOR(?, DOUBLE, {int(dimension)})"}[self.family]
-
-    def upsert_sql(self, columns: Sequence[str], dimension: int) -> str:
-        """Insert-or-update on the spec's key; only ``columns`` are written or updated."""
-        values = ", ".join(self._vector_param(dimension) if c == self.spec.vector else self.marker
-                           for c in columns)
-        head = f"INTO {self.base.qualified_table} ({', '.join(columns)}) VALUES ({values})"
-        if self.family == "iris":
-            return f"INSERT OR UPDATE {head}"
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in self.spec.key)
-        return f"INSERT {head} ON CONFLICT ({', '.join(self.spec.key)}) DO UPDATE SET {updates}"
-
-    def write_batch(self, conn, rows: Sequence, columns: Sequence[str], dimension: int) -> None:
-        """One parametrised upsert, ``executemany`` over ``rows`` (the core commits)."""
-        cur = conn.cursor()
-        cur.executemany(self.upsert_sql(columns, dimension),
-                        [self.row_params(row, columns) for row in rows])
-
-    def row_params(self, row, columns: Sequence[str]) -> list:
-        return [self.base.encode_vector(getattr(row, c)) if c == self.spec.vector
-                else getattr(row, c) for c in columns]
-
-    # -- reads -----------------------------------------------------------------------------
-    def _where(self, provider: Optional[str]) -> Tuple[str, list]:
-        sql = f" WHERE {self.spec.vector} IS NOT NULL"
-        if provider:
-            return sql + f" AND Provider = {self.marker}", [provider]
-        return sql, []
-
-    def nearest_sql(self, vector: np.ndarray, k: int, provider: Optional[str]) -> Tuple[str, list]:
-        """Search SQL for the server-side families: hit columns + cosine score, best first."""
-        k = _positive(k)
-        where, params = self._where(provider)
-        columns = ", ".join(self.spec.hit_columns)
-        query = self.base.encode_vector(vector)
-        if self.family == "iris":
-            dimension = int(np.asarray(vector).reshape(-1).shape[0])
-            return (f"SELECT TOP {k} {columns}, VECTOR_COSINE({self.spec.vector}, "
-                    f"{self._vector_param(dimension)}) AS score "
-                    f"FROM {self.base.qualified_table}{where} ORDER BY score DESC",
-                    [query, *params])
-        if self.family == "postgresql":
-            return (f"SELECT {columns}, 1 - ({self.spec.vector} <=> %b) AS score "
-                    f"FROM {self.base.qualified_table}{where} "
-                    f"ORDER BY {self.spec.vector} <=> %b LIMIT {k}", [query, *params, query])
-        raise ValueError(f"no server-side search SQL for {self.family}")
-
-    def nearest(self, conn, vector: np.ndarray, k: int, provider: Optional[str],
-                view_position: Optional[str] = None):
-        """The ``k`` rows most cosine-similar to ``vector`` (rows with a vector only)."""
-        if view_position:
-            raise ValueError(f"the {self.spec.table} table has no view position to filter on")
-        hit = self.spec.hit_type
-        if self.family != "sqlite":
-            sql, params = self.nearest_sql(vector, k, provider)
-            cur = conn.cursor()
-            cur.execute(sql, params)
-            return [hit(*row[:-1], score=float(row[-1])) for row in cur.fetchall()]
-        k = _positive(k)
-        where, params = self._where(provider)
-        cur = conn.cursor()
-        cur.execute(f"SELECT {', '.join(self.spec.hit_columns)}, {self.spec.vector} "
-                    f"FROM {self.base.qualified_table}{where}", params)
-        rows = cur.fetchall()
-        if not rows:
-            return []
-        matrix = np.stack([self.base.decode_vector(r[-1]) for r in rows])
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        query = query / max(float(np.linalg.norm(query)), 1e-12)
-        scores = matrix @ query / np.maximum(np.linalg.norm(matrix, axis=1), 1e-12)
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [hit(*rows[i][:-1], score=float(scores[i])) for i in order]
-
-    def lookup_sql(self, keys: Sequence[str]) -> Tuple[str, list]:
-        """Hit columns of the rows whose (single-column) key is in ``keys``."""
-        if len(self.spec.key) != 1:
-            raise ValueError("lookup needs a single-column key")
-        return (f"SELECT {', '.join(self.spec.hit_columns)} FROM {self.base.qualified_table} "
-                f"WHERE {self.spec.key[0]} IN ({self._marks(len(keys))})", list(keys))
-
-
-def _positive(k: int) -> int:
-    if isinstance(k, bool) or int(k) != k or int(k) < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    return int(k)
-
 
 def lookup(store, keys: Sequence[str]) -> dict:
-    """Rows of a spec-bound ``store`` by key (``{key: hit}``); unknown keys are absent."""
+    """Rows of a ``store`` with a single-column key, by key (``{key: hit}``); unknown keys are
+    absent."""
     keys = list(dict.fromkeys(k for k in keys if k))
     found = {}
     for start in range(0, len(keys), 500):
@@ -302,7 +206,6 @@ def lookup(store, keys: Sequence[str]) -> dict:
             cur = conn.cursor()
             cur.execute(sql, params)
             return cur.fetchall()
-        for row in store._with_retry(action, "lookup"):
-            hit = store.dialect.spec.hit_type(*row)
-            found[row[0]] = hit
+        for row in store._read(action, "lookup"):
+            found[row[0]] = store.spec.hit_type(*row)
     return found
