@@ -87,6 +87,21 @@ def test_a_bad_row_is_isolated_and_good_neighbours_are_written(store):
     assert store.count() == 5
 
 
+def test_ids_as_long_as_a_dicom_uid_are_stored(store):
+    """StudyID/SubjectID are VARCHAR(64), like the images table's: a 64-character DICOM UID
+    fits (PostgreSQL enforces the length; a 65-character ID fails alone)."""
+    uid = "1.2.840.113619.2.55.3." + "1" * 42
+    assert len(uid) == 64
+    rows = [_row(uid, _unit(1)), _row("50000002", _unit(2))]
+    rows[0] = ReportRow(**{**rows[0].__dict__, "SubjectID": uid})
+    assert store.upsert(rows) == []
+    assert lookup(store, [uid])[uid].SubjectID == uid
+    if store.dialect.name == "postgresql":
+        failed = store.upsert([_row(uid + "9", _unit(3)), _row("50000003", _unit(3))])
+        assert [row.StudyID for row, _ in failed] == [uid + "9"]
+        assert store.count() == 3
+
+
 def test_lookup_returns_only_known_studies(store):
     store.upsert([_row("50000001", _unit(1)), _row("50000002", None)])
     found = lookup(store, ["50000001", "50000002", "59999999", ""])
