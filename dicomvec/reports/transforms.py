@@ -23,12 +23,12 @@ import apache_beam as beam
 from apache_beam.coders import StrUtf8Coder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from dicomvec.io.providers import (FatalProviderError, ProviderConfig, TextNotSupportedError,
-                                   create_provider)
+from dicomvec.io.providers import FatalProviderError, ProviderConfig, TextNotSupportedError
 from dicomvec.io.stores import VectorStore
 from dicomvec.io.stores.tables import REPORTS, ReportRow
 from dicomvec.record import Failure
 from dicomvec.reports.parsing import Report, ReportParseError, parse_report, parse_report_path
+from dicomvec.transforms.provider_dofn import ProviderDoFn
 from dicomvec.transforms.stage import FAILED, counter
 
 log = logging.getLogger(__name__)
@@ -109,36 +109,14 @@ def text_only_row(report: Report) -> ReportRow:
                      Vector=None, EmbeddingModel=None, Provider=None)
 
 
-class EmbedReportBatch(beam.DoFn):
+class EmbedReportBatch(ProviderDoFn):
     """In: list[Report]. Out: list[ReportRow] (one per batch), ``Failure`` per refused text."""
 
     def __init__(self, provider_config: ProviderConfig):
-        super().__init__()
-        self.provider_config = provider_config
-        self.provider = None
+        super().__init__(provider_config)
         self.embedded = counter("reports_embed_ok")
         self.text_only = counter("reports_text_only")
         self.failed = counter("reports_embed_failed")
-        self.stat_counters = {}
-        self._reported_stats = {}
-
-    def _report_stats(self):
-        """Provider stats (requests, retries, ...) → Beam counters ``provider_*``, as deltas."""
-        for name, value in self.provider.stats().items():
-            delta = int(value) - self._reported_stats.get(name, 0)
-            if delta:
-                if name not in self.stat_counters:
-                    self.stat_counters[name] = counter(f"provider_{name}")
-                self.stat_counters[name].inc(delta)
-                self._reported_stats[name] = int(value)
-
-    def setup(self):
-        self.provider = create_provider(self.provider_config)
-        self.provider.setup()
-
-    def teardown(self):
-        if self.provider is not None:
-            self.provider.teardown()
 
     def process(self, batch: List[Report]):
         try:
@@ -165,12 +143,10 @@ class EmbedReportBatch(beam.DoFn):
                     EmbeddingModel=self.provider.model, Provider=self.provider.name))
             else:
                 self.failed.inc()
-                yield beam.pvalue.TaggedOutput(FAILED, Failure(
-                    path=report.path, image_id=report.study_id, stage="embed",
-                    error_type=result.error_type, error_message=result.error_message[:2000],
-                    attempts=result.attempts, retryable=result.retryable))
+                yield beam.pvalue.TaggedOutput(
+                    FAILED, Failure.from_result(report.path, report.study_id, "embed", result))
         self.embedded.inc(len(rows))
-        self._report_stats()
+        self.report_stats()
         if rows:
             yield rows
 
