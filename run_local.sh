@@ -16,8 +16,18 @@ fi
   --sink "sqlite:///$OUT/dicomvec.db" \
   --dead-letter "$OUT/dead_letter" \
   --provider thumbnail "$@"
+# reports and search: sample MIMIC-format reports beside the studies, embedded into the reports
+# table, then an image → image search (the thumbnail descriptor has no text side)
+"$VENV/bin/python" -m dicomvec.reports.samples "$SAMPLE/files"
+"$VENV/bin/dicomvec" reports --input "$SAMPLE/files/**/s*.txt" \
+  --sink "sqlite:///$OUT/dicomvec.db" --dead-letter "$OUT/dead_letter" --provider thumbnail
+QUERY=$(awk -F, 'NR > 1 { sub(/\r$/, "") } NR > 1 && $NF == "" { print $1; exit }' "$SAMPLE/synthetic-manifest.csv")
+echo
+"$VENV/bin/dicomvec" search --image "$QUERY" --sink "sqlite:///$OUT/dicomvec.db" \
+  --provider thumbnail --k 5 --with-reports --contact-sheet "$OUT/search.png"
 echo
 echo "outputs:"
 echo "  vectors       $OUT/dicomvec.db (table MIMICCXRImages)"
 echo "  dead letters  $OUT/dead_letter/run=*/  (Parquet)"
 echo "  sample        $SAMPLE/files"
+echo "  contact sheet $OUT/search.png"

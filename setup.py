@@ -13,6 +13,7 @@ setup(
     version=VERSION,
     description="Apache Beam pipeline: chest X-ray DICOM archive -> vectors for cross-modal search",
     packages=find_packages(include=["dicomvec", "dicomvec.*"]),
+    package_data={"dicomvec.reports.samples": ["*.txt"]},
     python_requires=">=3.10",
     install_requires=[
         "apache-beam==2.77.0",

@@ -21,6 +21,8 @@ COMMANDS = (
     "dicomvec.commands.init_db",
     "dicomvec.commands.create_index",
     "dicomvec.commands.check_nvclip",
+    "dicomvec.commands.reports",
+    "dicomvec.commands.search",
 )
 
 
@@ -46,7 +48,13 @@ def configure_logging(own_level: str, library_level: str) -> None:
     logging.getLogger("dicomvec").setLevel(getattr(logging, own_level.upper(), logging.INFO))
 
 
+def _drop_beam_import_noise(record: logging.LogRecord) -> bool:
+    """Beam logs "apitools not found" on the root logger at import; dicomvec uses no GCP."""
+    return not str(record.msg).startswith("apitools not found")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    logging.getLogger().addFilter(_drop_beam_import_noise)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

@@ -73,6 +73,13 @@ class Failure:
             raise ValueError(f"unknown stage {self.stage!r}")
 
     @classmethod
+    def from_result(cls, path: str, image_id: str, stage: str, result) -> "Failure":
+        """From a provider's failed ``EmbeddingResult``."""
+        return cls(path=path, image_id=image_id, stage=stage, error_type=result.error_type,
+                   error_message=result.error_message[:2000], attempts=result.attempts,
+                   retryable=result.retryable)
+
+    @classmethod
     def from_exception(cls, record: ImageRecord, stage: str, exc: BaseException,
                        attempts: int = 1, retryable: bool = False) -> "Failure":
         message = str(exc).strip() or repr(exc)

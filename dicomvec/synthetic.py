@@ -248,9 +248,10 @@ def generate(out: str | os.PathLike, count: int, size: Tuple[int, int] = MIMIC_S
     written: List[SyntheticFile] = []
     subject, study = None, None
     for index in range(count + broken):
-        if subject is None or rng.random() < 0.5:
+        new_subject = subject is None or rng.random() < 0.5
+        if new_subject:
             subject = _digits(rng, 10_000_000, 20_000_000)
-        if study is None or rng.random() < 0.6:
+        if new_subject or rng.random() < 0.6:  # a study belongs to one subject
             study = _digits(rng, 50_000_000, 60_000_000)
         good = index < count
         info = SyntheticFile(

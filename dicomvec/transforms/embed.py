@@ -16,9 +16,9 @@ from typing import List, Optional
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
-from dicomvec.io.providers import (EncodedImage, FatalProviderError, ProviderConfig,
-                                   create_provider)
+from dicomvec.io.providers import EncodedImage, FatalProviderError, ProviderConfig
 from dicomvec.record import Failure, ImageRecord
+from dicomvec.transforms.provider_dofn import ProviderDoFn
 from dicomvec.transforms.stage import FAILED, counter
 
 log = logging.getLogger(__name__)
@@ -40,46 +40,24 @@ class BatchForEmbedding(beam.PTransform):
                 | "DropKey" >> beam.Map(lambda keyed: list(keyed[1])))
 
 
-class EmbedBatch(beam.DoFn):
+class EmbedBatch(ProviderDoFn):
     """Embeds each batch. With a provider that has ``submit_images`` (nvclip), up to
     ``max_pending`` batches (default: the provider's ``concurrency``) are in flight at once, so
     API latency overlaps; results are emitted as they complete, the rest in ``finish_bundle``
     (a bundle never ends with a batch pending, so streaming windows and checkpoints hold)."""
 
     def __init__(self, provider_config: ProviderConfig, max_pending: Optional[int] = None):
-        super().__init__()
-        self.provider_config = provider_config
+        super().__init__(provider_config)
         # default: as many batches as the provider has requests in flight (--nvclip-concurrency)
         self.max_pending = max(1, int(max_pending or provider_config.settings.get(
             "concurrency") or 4))
-        self.provider = None
         self.embedded = counter("embed_ok")
         self.failed = counter("embed_failed")
         self.batches = counter("embed_batches")
-        self.stat_counters = {}
-        self._reported_stats = {}
         self._pending = collections.deque()
-
-    def setup(self):
-        self.provider = create_provider(self.provider_config)
-        self.provider.setup()
-
-    def teardown(self):
-        if self.provider is not None:
-            self.provider.teardown()
 
     def start_bundle(self):
         self._pending = collections.deque()
-
-    def _report_stats(self):
-        """Provider stats (requests, retries, ...) → Beam counters, as deltas."""
-        for name, value in self.provider.stats().items():
-            delta = int(value) - self._reported_stats.get(name, 0)
-            if delta:
-                if name not in self.stat_counters:
-                    self.stat_counters[name] = counter(f"provider_{name}")
-                self.stat_counters[name].inc(delta)
-                self._reported_stats[name] = int(value)
 
     def _submit(self, images: List[EncodedImage]) -> cf.Future:
         submit = getattr(self.provider, "submit_images", None)
@@ -138,11 +116,9 @@ class EmbedBatch(beam.DoFn):
                                               embedding_model=self.provider.model))
             else:
                 self.failed.inc()
-                yield beam.pvalue.TaggedOutput(FAILED, Failure(
-                    path=record.path, image_id=record.image_id, stage="embed",
-                    error_type=result.error_type, error_message=result.error_message[:2000],
-                    attempts=result.attempts, retryable=result.retryable))
+                yield beam.pvalue.TaggedOutput(
+                    FAILED, Failure.from_result(record.path, record.image_id, "embed", result))
         self.embedded.inc(len(embedded))
-        self._report_stats()
+        self.report_stats()
         if embedded:
             yield embedded

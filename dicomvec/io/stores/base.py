@@ -1,66 +1,37 @@
 """The sink core shared by every database: batched idempotent upserts, reconnect-and-retry on
 transient errors, bisection of permanent row errors, existence lookups and nearest neighbours.
 
-Dialects (``dialects.py``) differ only in how they connect, their SQL strings and how a vector
-is bound as a parameter. Flow: ``upsert(rows)`` takes a batch of ``ImageRow`` and returns the
-rows that failed permanently with their exception; everything else is committed exactly once
-per primary key (ImageID, Provider).
+Each table is a ``TableSpec`` (``tables.py``: ``IMAGES`` by default, ``REPORTS``); its SQL comes
+from the database's dialect (``dialects.py``), which differs per database only in how it
+connects, a few SQL strings and how a vector is bound as a parameter. Flow: ``upsert(rows)``
+takes a batch of rows (``ImageRow``, ``ReportRow``) and returns the rows that failed permanently
+with their exception; everything else is committed exactly once per primary key ((ImageID,
+Provider) for images, StudyID for reports).
 """
 from __future__ import annotations
 
 import collections
-import dataclasses
-import datetime as _dt
 import logging
 import time
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from dicomvec.io.stores.dialects import REPORTS_TABLE, Dialect, dialect_for_url, redact_url
+from dicomvec.io.stores.dialects import Dialect, dialect_for_url, redact_url
+from dicomvec.io.stores.tables import IMAGES, Hit, ImageRow, TableSpec
+
+__all__ = ["COLUMNS", "DEFAULT_SCHEMA", "DEFAULT_TABLE", "Hit", "ImageRow", "VectorStore",
+           "open_store", "vector_problem"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SCHEMA = "VectorSearch"
-DEFAULT_TABLE = "MIMICCXRImages"
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageRow:
-    """One row of the images table (columns of the IRIS design plus PreprocessVersion)."""
-
-    SubjectID: str
-    StudyID: str
-    ImageID: str
-    ImagePath: str
-    DicomFile: str
-    ViewPosition: str
-    Vector: np.ndarray
-    EmbeddingModel: str
-    Provider: str
-    PreprocessVersion: str
-    CreatedAt: str = dataclasses.field(
-        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"))
-
-
-COLUMNS = [f.name for f in dataclasses.fields(ImageRow)]
-
-
-@dataclasses.dataclass(frozen=True)
-class Hit:
-    """One search result: the row's identity and metadata, and cosine similarity."""
-
-    ImageID: str
-    SubjectID: str
-    StudyID: str
-    ImagePath: str
-    ViewPosition: str
-    Provider: str
-    score: float
+DEFAULT_TABLE = IMAGES.table
+COLUMNS = IMAGES.column_names
 
 
 class VectorStore:
-    """A connection to one images table through one dialect.
+    """A connection to one table (the images table, or ``spec``'s) through one dialect.
 
     Use one instance per DoFn instance (open in ``setup``, close in ``teardown``): DB-API
     connections are not shared across threads.
@@ -71,11 +42,15 @@ class VectorStore:
 
     def __init__(self, url: str, schema: str = DEFAULT_SCHEMA, table: str = DEFAULT_TABLE,
                  max_attempts: int = 4, retry_delay_s: float = 0.5,
-                 dimension: Optional[int] = None):
+                 dimension: Optional[int] = None, spec: Optional[TableSpec] = None):
         """``dimension``: the table's vector length, when known (IRIS needs it as a literal in
-        ``TO_VECTOR``); otherwise it comes from ``init_schema``, the catalog, or the batch."""
+        ``TO_VECTOR``); otherwise it comes from ``init_schema``, the catalog, or the batch.
+        ``spec``: a ``tables.TableSpec`` for a table other than the images table (``REPORTS``),
+        stored under the spec's own table name; ``table`` names the images table."""
         self.url = url
-        self.dialect: Dialect = dialect_for_url(url, schema=schema, table=table)
+        self.spec = spec or IMAGES
+        self.dialect: Dialect = dialect_for_url(url, schema=schema, spec=self.spec,
+                                                table=table if self.spec is IMAGES else None)
         self.max_attempts = max_attempts
         self.retry_delay_s = retry_delay_s
         self.dimension = int(dimension) if dimension else None
@@ -153,7 +128,8 @@ class VectorStore:
             raise ValueError(f"vector dimension must be positive, got {dimension}")
 
         def action(conn):
-            add_fk = with_report_fk and self._reports_table_exists(conn)
+            add_fk = (with_report_fk and self.spec.foreign_key is not None
+                      and self._reports_table_exists(conn))
             cur = conn.cursor()
             for statement in self.dialect.create_table_statements(dimension, add_fk):
                 cur.execute(statement)
@@ -169,7 +145,8 @@ class VectorStore:
         return added
 
     def _reports_table_exists(self, conn) -> bool:
-        sql, params = self.dialect.table_exists_sql(self.dialect.schema, REPORTS_TABLE)
+        sql, params = self.dialect.table_exists_sql(self.dialect.schema,
+                                                    self.spec.foreign_key[1])
         cur = conn.cursor()
         cur.execute(sql, params)
         return cur.fetchone() is not None
@@ -231,9 +208,12 @@ class VectorStore:
         failed: List[Tuple[ImageRow, Exception]] = []
         good: List[ImageRow] = []
         for row in rows:
+            if row.Vector is None and self.spec.vector_nullable:
+                good.append(row)  # a text-only row (reports): no vector to check
+                continue
             problem = vector_problem(row.Vector, dimension)
             if problem:
-                failed.append((row, ValueError(f"{row.ImageID}: {problem}")))
+                failed.append((row, ValueError(f"{self.spec.row_label(row)}: {problem}")))
             else:
                 good.append(row)
         return failed + self._upsert_valid(good, dimension)
@@ -266,11 +246,13 @@ class VectorStore:
                 self._rollback_quietly()
         if self.dimension is not None:
             return self.dimension
-        lengths = collections.Counter(int(np.size(row.Vector)) for row in rows)
-        return lengths.most_common(1)[0][0]
+        lengths = collections.Counter(int(np.size(row.Vector)) for row in rows
+                                      if row.Vector is not None)
+        return lengths.most_common(1)[0][0] if lengths else 0
 
     def _write(self, conn, rows: Sequence[ImageRow], dimension: int) -> None:
-        self.dialect.write_batch(conn, rows, COLUMNS, dimension)
+        for columns, group in self.spec.column_groups(rows):  # with / without a vector
+            self.dialect.write_batch(conn, group, columns, dimension)
         conn.commit()
 
     # -- reads -----------------------------------------------------------------------------

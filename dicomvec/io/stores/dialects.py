@@ -1,9 +1,15 @@
-"""SQL dialects for the sink core: how to connect, the SQL text, how vectors are bound.
+"""SQL dialects for the sink core: one renderer of a table's SQL, specialised per database.
 
-A dialect holds no state but its target. Every value is a bound parameter (vectors included);
-schema/table names are validated identifiers, never raw user text. The concrete dialects live in
-``sqlite.py``, ``postgres.py`` and ``iris.py`` and are looked up by URL scheme in ``_DIALECTS``
-(imported lazily, so a missing optional driver only matters when its scheme is used).
+A dialect is bound to one table: a ``TableSpec`` (``tables.py``) and its schema/table names. The
+base ``Dialect`` renders everything that is the same SQL everywhere (DDL from the spec, the
+``INSERT ... ON CONFLICT DO UPDATE`` upsert, filters, counts, lookups); the per-database modules
+``sqlite.py``, ``postgres.py`` and ``iris.py`` supply only what differs: connecting, the parameter
+marker, the vector column type and how a vector is bound, the upsert and search syntax, the HNSW
+DDL and which errors are transient. They are looked up by URL scheme in ``_DIALECTS`` (imported
+lazily, so a missing optional driver only matters when its scheme is used).
+
+Every value is a bound parameter (vectors included); schema/table names are validated
+identifiers, never raw user text.
 """
 from __future__ import annotations
 
@@ -15,13 +21,9 @@ from urllib.parse import parse_qsl, urlencode, urlparse
 
 import numpy as np
 
+from dicomvec.io.stores.tables import IMAGES, REPORTS_TABLE, TEXT, VECTOR, TableSpec
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-
-#: Columns every dialect returns for a search hit, in ``Hit`` order (score last).
-HIT_COLUMNS = ("ImageID", "SubjectID", "StudyID", "ImagePath", "ViewPosition", "Provider")
-
-#: The reports table the optional foreign key points at (same schema as the images table).
-REPORTS_TABLE = "MIMICCXRReports"
 
 
 def validate_identifier(name: str) -> str:
@@ -39,31 +41,39 @@ def validate_k(k: int) -> int:
 
 
 class Dialect(abc.ABC):
-    """SQL strings and parameter adapters for one database family.
+    """The SQL of one table (``spec``) for one database family.
 
-    Flow: the core calls ``connect()`` then ``prepare(conn)``; writes use ``upsert_sql`` with
-    ``row_params``; reads use the ``*_sql`` builders; ``is_transient`` decides retry vs bisect.
+    Flow: the core calls ``connect()`` then ``prepare(conn)``; writes go through
+    ``write_batch`` (``upsert_sql`` + ``row_params``); reads use the ``*_sql`` builders and
+    ``nearest``; ``is_transient`` decides retry vs bisect.
     """
 
     name = ""
     #: the parameter marker of the driver (qmark ``?`` or format ``%s``)
     marker = "?"
+    #: the SQL type of a ``TEXT`` (long text) column
+    text_type = "TEXT"
 
-    def __init__(self, url: str, schema: str, table: str):
+    def __init__(self, url: str, schema: str, table: Optional[str] = None,
+                 spec: TableSpec = IMAGES):
         self.url = url
+        self.spec = spec
         self.schema = validate_identifier(schema) if schema else ""
-        self.table = validate_identifier(table)
+        self.table = validate_identifier(table or spec.table)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact_url(self.url)!r}, table={self.qualified_table!r})"
 
+    def qualify(self, table: str) -> str:
+        return f"{self.schema}.{table}" if self.schema else table
+
     @property
     def qualified_table(self) -> str:
-        return f"{self.schema}.{self.table}" if self.schema else self.table
+        return self.qualify(self.table)
 
     @property
     def reports_table(self) -> str:
-        return f"{self.schema}.{REPORTS_TABLE}" if self.schema else REPORTS_TABLE
+        return self.qualify(REPORTS_TABLE)
 
     # -- connection ------------------------------------------------------------------------
     @abc.abstractmethod
@@ -78,10 +88,30 @@ class Dialect(abc.ABC):
         return False
 
     # -- schema ----------------------------------------------------------------------------
+    def schema_statements(self) -> List[str]:
+        """DDL run before the table's (extensions, schema)."""
+        return [f"CREATE SCHEMA IF NOT EXISTS {self.schema}"] if self.schema else []
+
     @abc.abstractmethod
-    def create_table_statements(self, dimension: int, with_report_fk: bool) -> List[str]:
-        """DDL creating schema and table if missing; ``with_report_fk`` adds the FK on StudyID
-        (the core passes True only when the reports table exists)."""
+    def vector_type(self, dimension: int) -> str:
+        """The column type of a ``dimension``-long vector."""
+
+    def column_sql(self, column, dimension: int) -> str:
+        sql = {VECTOR: self.vector_type(dimension), TEXT: self.text_type}.get(column.type,
+                                                                             column.type)
+        return f"  {column.name} {sql}{'' if column.nullable else ' NOT NULL'}"
+
+    def create_table_statements(self, dimension: int, with_report_fk: bool = False) -> List[str]:
+        """DDL creating schema and table if missing; ``with_report_fk`` adds the spec's foreign
+        key (the core passes True only when the referenced table exists)."""
+        lines = [self.column_sql(c, dimension) for c in self.spec.columns]
+        lines.append(f"  PRIMARY KEY ({', '.join(self.spec.key)})")
+        if with_report_fk and self.spec.foreign_key:
+            column, table = self.spec.foreign_key
+            lines.append(f"  FOREIGN KEY ({column}) REFERENCES {self.qualify(table)}({column})")
+        body = ",\n".join(lines)
+        return self.schema_statements() + [
+            f"CREATE TABLE IF NOT EXISTS {self.qualified_table} (\n{body}\n)"]
 
     def table_exists_sql(self, schema: str, table: str) -> Tuple[str, list]:
         """A query returning a row when ``schema.table`` exists."""
@@ -99,14 +129,41 @@ class Dialect(abc.ABC):
     def check_index_support(self, conn) -> None:
         """Raise a clear error when this server cannot build the vector index."""
 
-    # -- statements ------------------------------------------------------------------------
-    @abc.abstractmethod
-    def upsert_sql(self, columns: Sequence[str], dimension: int) -> str:
-        """One parametrised insert-or-update on the primary key (ImageID, Provider)."""
+    # -- writes ----------------------------------------------------------------------------
+    def vector_param(self, dimension: int) -> str:
+        """The bound-parameter expression of a vector value."""
+        return self.marker
 
     def placeholders(self, n: int) -> str:
         return ", ".join([self.marker] * n)
 
+    def upsert_sql(self, columns: Sequence[str], dimension: int) -> str:
+        """One parametrised insert-or-update on the primary key; only ``columns`` are written
+        or updated."""
+        values = ", ".join(self.vector_param(dimension) if c == self.spec.vector else self.marker
+                           for c in columns)
+        return self.upsert_syntax(
+            f"INTO {self.qualified_table} ({', '.join(columns)}) VALUES ({values})",
+            [c for c in columns if c not in self.spec.key])
+
+    def upsert_syntax(self, insert: str, updated: Sequence[str]) -> str:
+        """``insert`` (``INTO t (...) VALUES (...)``) as an insert-or-update on the primary
+        key, updating the ``updated`` columns of an existing row."""
+        sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in updated)
+        return f"INSERT {insert} ON CONFLICT ({', '.join(self.spec.key)}) DO UPDATE SET {sets}"
+
+    def row_params(self, row, columns: Sequence[str]) -> list:
+        return [self.encode_vector(getattr(row, c)) if c == self.spec.vector else getattr(row, c)
+                for c in columns]
+
+    def write_batch(self, conn, rows: Sequence, columns: Sequence[str], dimension: int) -> None:
+        """Send one batch inside the current transaction (the core commits): one
+        parametrised upsert, ``executemany`` over the rows."""
+        cur = conn.cursor()
+        cur.executemany(self.upsert_sql(columns, dimension),
+                        [self.row_params(row, columns) for row in rows])
+
+    # -- reads -----------------------------------------------------------------------------
     def existing_sql(self, image_ids: Sequence[str], provider: str,
                      preprocess_version: Optional[str]) -> Tuple[str, list]:
         sql = (f"SELECT ImageID FROM {self.qualified_table} WHERE Provider = {self.marker}"
@@ -124,29 +181,45 @@ class Dialect(abc.ABC):
         return sql + f" WHERE Provider = {self.marker}", [provider]
 
     def vectors_sql(self, image_ids: Sequence[str], provider: str) -> Tuple[str, list]:
-        return (f"SELECT ImageID, {self.vector_select('Vector')} FROM {self.qualified_table} "
+        return (f"SELECT ImageID, {self.spec.vector} FROM {self.qualified_table} "
                 f"WHERE Provider = {self.marker} AND ImageID IN "
                 f"({self.placeholders(len(image_ids))})", [provider, *image_ids])
 
-    def vector_select(self, column: str) -> str:
-        return column
+    def lookup_sql(self, keys: Sequence[str]) -> Tuple[str, list]:
+        """Hit columns of the rows whose (single-column) key is in ``keys``."""
+        if len(self.spec.key) != 1:
+            raise ValueError("lookup needs a single-column key")
+        return (f"SELECT {', '.join(self.spec.hit_columns)} FROM {self.qualified_table} "
+                f"WHERE {self.spec.key[0]} IN ({self.placeholders(len(keys))})", list(keys))
 
     def filters_sql(self, provider: Optional[str],
-                    view_position: Optional[str]) -> Tuple[str, list]:
-        """``WHERE ...`` for the search filters ('' when none) and its parameters."""
-        clauses, params = [], []
-        if provider:
-            clauses.append(f"Provider = {self.marker}")
-            params.append(provider)
-        if view_position:
-            clauses.append(f"ViewPosition = {self.marker}")
-            params.append(view_position)
+                    view_position: Optional[str] = None) -> Tuple[str, list]:
+        """``WHERE ...`` for a search ('' when none) and its parameters: rows with a vector,
+        of ``provider`` and ``view_position`` when given."""
+        clauses = [f"{self.spec.vector} IS NOT NULL"] if self.spec.vector_nullable else []
+        params = []
+        for column, what, value in (("Provider", "provider", provider),
+                                    ("ViewPosition", "view position", view_position)):
+            if value:
+                if column not in self.spec.column_names:
+                    raise ValueError(f"the {self.spec.table} table has no {what} to filter on")
+                clauses.append(f"{column} = {self.marker}")
+                params.append(value)
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
     def nearest_sql(self, vector: np.ndarray, k: int, provider: Optional[str],
-                    view_position: Optional[str]) -> Tuple[str, list]:
-        """A query returning ``HIT_COLUMNS`` + cosine similarity, best first, at most ``k``."""
-        raise NotImplementedError
+                    view_position: Optional[str] = None) -> Tuple[str, list]:
+        """A query returning the spec's hit columns + cosine similarity, best first, at most
+        ``k``."""
+        raise NotImplementedError(f"no server-side search SQL for {self.name}")
+
+    def nearest(self, conn, vector: np.ndarray, k: int, provider: Optional[str],
+                view_position: Optional[str] = None):
+        """The ``k`` most cosine-similar rows as the spec's hits, best first."""
+        sql, params = self.nearest_sql(vector, k, provider, view_position)
+        cur = conn.cursor()
+        cur.execute(sql, params)
+        return [self.spec.hit_type(*row[:-1], score=float(row[-1])) for row in cur.fetchall()]
 
     # -- values ----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -156,26 +229,6 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def decode_vector(self, value) -> np.ndarray:
         """A stored vector value → float32 array."""
-
-    def row_params(self, row, columns: Sequence[str]) -> list:
-        return [self.encode_vector(getattr(row, c)) if c == "Vector" else getattr(row, c)
-                for c in columns]
-
-    def write_batch(self, conn, rows: Sequence, columns: Sequence[str], dimension: int) -> None:
-        """Send one batch inside the current transaction (the core commits): one
-        parametrised upsert, ``executemany`` over the rows."""
-        cur = conn.cursor()
-        cur.executemany(self.upsert_sql(columns, dimension),
-                        [self.row_params(row, columns) for row in rows])
-
-    def nearest(self, conn, vector: np.ndarray, k: int, provider: Optional[str],
-                view_position: Optional[str]):
-        """The ``k`` most cosine-similar rows as ``Hit`` objects, best first."""
-        from dicomvec.io.stores.base import Hit
-        sql, params = self.nearest_sql(vector, k, provider, view_position)
-        cur = conn.cursor()
-        cur.execute(sql, params)
-        return [Hit(*row[:6], score=float(row[6])) for row in cur.fetchall()]
 
 
 # scheme -> "module:Class"
@@ -196,12 +249,15 @@ def url_scheme(url: str) -> str:
     return "postgresql" if scheme == "postgres" else scheme
 
 
-def dialect_for_url(url: str, schema: str, table: str) -> Dialect:
+def dialect_for_url(url: str, schema: str, table: Optional[str] = None,
+                    spec: TableSpec = IMAGES) -> Dialect:
+    """The dialect for ``url``'s scheme, bound to ``spec`` (table name ``table`` or the
+    spec's)."""
     scheme = url_scheme(url)
     if scheme not in _DIALECTS:
         raise ValueError(f"unsupported sink URL scheme {scheme!r} in {redact_url(url)!r}; "
                          f"use one of {sorted(_DIALECTS)}")
-    return dialect_class(scheme)(url, schema=schema, table=table)
+    return dialect_class(scheme)(url, schema=schema, table=table, spec=spec)
 
 
 _SECRET_QUERY_KEYS = {"password", "pwd", "passfile", "sslpassword"}

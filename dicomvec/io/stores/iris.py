@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from dicomvec.io.stores.dialects import HIT_COLUMNS, Dialect, redact_url, validate_k
+from dicomvec.io.stores.dialects import Dialect, redact_url, validate_k
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,10 @@ def read_password() -> str:
 
 class IrisDialect(Dialect):
     name = "iris"
+    text_type = "VARCHAR(30000)"
 
-    def __init__(self, url: str, schema: str, table: str):
-        super().__init__(url, schema=schema, table=table)
+    def __init__(self, url: str, *args, **kwargs):
+        super().__init__(url, *args, **kwargs)
         parsed = urlparse(url)
         try:
             has_password = parsed.password is not None
@@ -135,32 +136,13 @@ class IrisDialect(Dialect):
     def vector_type(self, dimension: int) -> str:
         return f"VECTOR({VECTOR_TYPE}, {int(dimension)})"
 
-    def create_table_statements(self, dimension: int, with_report_fk: bool) -> List[str]:
-        fk = (f",\n  FOREIGN KEY (StudyID) REFERENCES {self.reports_table}(StudyID)"
-              if with_report_fk else "")
-        return [f"CREATE SCHEMA IF NOT EXISTS {self.schema}",
-                f"""CREATE TABLE IF NOT EXISTS {self.qualified_table} (
-  SubjectID VARCHAR(64) NOT NULL,
-  StudyID VARCHAR(64) NOT NULL,
-  ImageID VARCHAR(64) NOT NULL,
-  ImagePath VARCHAR(500),
-  DicomFile VARCHAR(255),
-  ViewPosition VARCHAR(20),
-  Vector {self.vector_type(dimension)} NOT NULL,
-  EmbeddingModel VARCHAR(100),
-  Provider VARCHAR(50) NOT NULL,
-  PreprocessVersion VARCHAR(20),
-  CreatedAt TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-  PRIMARY KEY (ImageID, Provider){fk}
-)"""]
-
     @property
     def index_name(self) -> str:
         return f"{self.table}HNSW"
 
     def create_index_statements(self) -> List[str]:
-        return [f"CREATE INDEX {self.index_name} ON TABLE {self.qualified_table} (Vector) "
-                "AS HNSW(Distance='Cosine')"]
+        return [f"CREATE INDEX {self.index_name} ON TABLE {self.qualified_table} "
+                f"({self.spec.vector}) AS HNSW(Distance='Cosine')"]
 
     def index_exists_sql(self) -> Tuple[str, list]:
         return ("SELECT 1 FROM INFORMATION_SCHEMA.INDEXES WHERE TABLE_SCHEMA = ? "
@@ -190,20 +172,18 @@ class IrisDialect(Dialect):
             "fixed-length DOUBLE/FLOAT/DECIMAL vector column")
 
     # -- statements ------------------------------------------------------------------------
-    def to_vector(self, dimension: int) -> str:
+    def vector_param(self, dimension: int) -> str:
         """The bound-parameter vector expression: type and length must be SQL literals."""
         return f"TO_VECTOR(?, {VECTOR_TYPE}, {int(dimension)})"
 
-    def upsert_sql(self, columns: Sequence[str], dimension: int) -> str:
-        values = ", ".join(self.to_vector(dimension) if c == "Vector" else "?" for c in columns)
-        return (f"INSERT OR UPDATE INTO {self.qualified_table} ({', '.join(columns)}) "
-                f"VALUES ({values})")
+    def upsert_syntax(self, insert: str, updated: Sequence[str]) -> str:
+        return f"INSERT OR UPDATE {insert}"
 
-    def nearest_sql(self, vector, k, provider, view_position) -> Tuple[str, list]:
+    def nearest_sql(self, vector, k, provider, view_position=None) -> Tuple[str, list]:
         where, params = self.filters_sql(provider, view_position)
         dimension = int(np.asarray(vector).reshape(-1).shape[0])
-        sql = (f"SELECT TOP {validate_k(k)} {', '.join(HIT_COLUMNS)}, "
-               f"VECTOR_COSINE(Vector, {self.to_vector(dimension)}) AS score "
+        sql = (f"SELECT TOP {validate_k(k)} {', '.join(self.spec.hit_columns)}, "
+               f"VECTOR_COSINE({self.spec.vector}, {self.vector_param(dimension)}) AS score "
                f"FROM {self.qualified_table}{where} ORDER BY score DESC")
         return sql, [self.encode_vector(vector), *params]
 

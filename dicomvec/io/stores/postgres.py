@@ -12,11 +12,11 @@ Search orders by the ``<=>`` cosine distance (score = 1 - distance) so an HNSW
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
-from dicomvec.io.stores.dialects import HIT_COLUMNS, Dialect, redact_url, validate_k
+from dicomvec.io.stores.dialects import Dialect, redact_url, validate_k
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,8 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     marker = "%s"
 
-    def __init__(self, url: str, schema: str, table: str):
-        super().__init__(url, schema=schema, table=table)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         import psycopg  # noqa: F401  (fail early with ImportError when the extra is missing)
 
     def connect(self):
@@ -67,32 +67,16 @@ class PostgresDialect(Dialect):
     def table_dimension(self, conn) -> Optional[int]:
         cur = conn.cursor()
         cur.execute("SELECT a.atttypmod FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) "
-                    "AND a.attname = 'vector'", [self.qualified_table.lower()])
+                    "AND a.attname = %s", [self.qualified_table.lower(), self.spec.vector.lower()])
         row = cur.fetchone()
         conn.rollback()
         return int(row[0]) if row and row[0] and row[0] > 0 else None
 
-    def create_table_statements(self, dimension: int, with_report_fk: bool) -> List[str]:
-        statements = ["CREATE EXTENSION IF NOT EXISTS vector"]
-        if self.schema:
-            statements.append(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-        fk = (f",\n  FOREIGN KEY (StudyID) REFERENCES {self.reports_table} (StudyID)"
-              if with_report_fk else "")
-        statements.append(f"""CREATE TABLE IF NOT EXISTS {self.qualified_table} (
-  SubjectID VARCHAR(64) NOT NULL,
-  StudyID VARCHAR(64) NOT NULL,
-  ImageID VARCHAR(64) NOT NULL,
-  ImagePath VARCHAR(500),
-  DicomFile VARCHAR(255),
-  ViewPosition VARCHAR(20),
-  Vector vector({int(dimension)}) NOT NULL,
-  EmbeddingModel VARCHAR(100),
-  Provider VARCHAR(50) NOT NULL,
-  PreprocessVersion VARCHAR(20),
-  CreatedAt TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-  PRIMARY KEY (ImageID, Provider){fk}
-)""")
-        return statements
+    def schema_statements(self) -> List[str]:
+        return ["CREATE EXTENSION IF NOT EXISTS vector"] + super().schema_statements()
+
+    def vector_type(self, dimension: int) -> str:
+        return f"vector({int(dimension)})"
 
     @property
     def index_name(self) -> str:
@@ -100,38 +84,22 @@ class PostgresDialect(Dialect):
 
     def create_index_statements(self) -> List[str]:
         return [f"CREATE INDEX IF NOT EXISTS {self.index_name} ON {self.qualified_table} "
-                f"USING hnsw (Vector vector_cosine_ops)"]
+                f"USING hnsw ({self.spec.vector} vector_cosine_ops)"]
 
     # -- statements ------------------------------------------------------------------------
-    def upsert_sql(self, columns: Sequence[str], dimension: int) -> str:
-        values = ", ".join("%b" if c == "Vector" else "%s" for c in columns)
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns
-                            if c not in ("ImageID", "Provider"))
-        return (f"INSERT INTO {self.qualified_table} ({', '.join(columns)}) VALUES ({values}) "
-                f"ON CONFLICT (ImageID, Provider) DO UPDATE SET {updates}")
+    def vector_param(self, dimension: int) -> str:
+        return "%b"  # pgvector's binary format
 
-    def existing_sql(self, image_ids: Sequence[str], provider: str,
-                     preprocess_version: Optional[str]) -> Tuple[str, list]:
-        sql = (f"SELECT ImageID FROM {self.qualified_table} "
-               "WHERE Provider = %s AND ImageID = ANY(%s)")
-        params: list = [provider, list(image_ids)]
-        if preprocess_version is not None:
-            sql += " AND PreprocessVersion = %s"
-            params.append(preprocess_version)
-        return sql, params
-
-    def vectors_sql(self, image_ids: Sequence[str], provider: str) -> Tuple[str, list]:
-        return (f"SELECT ImageID, Vector FROM {self.qualified_table} "
-                "WHERE Provider = %s AND ImageID = ANY(%s)", [provider, list(image_ids)])
-
-    def nearest_sql(self, vector, k, provider, view_position) -> Tuple[str, list]:
+    def nearest_sql(self, vector, k, provider, view_position=None) -> Tuple[str, list]:
         where, params = self.filters_sql(provider, view_position)
         query = self.encode_vector(vector)
-        sql = (f"SELECT {', '.join(HIT_COLUMNS)}, 1 - (Vector <=> %b) AS score "
-               f"FROM {self.qualified_table}{where} ORDER BY Vector <=> %b LIMIT {validate_k(k)}")
+        column = self.spec.vector
+        sql = (f"SELECT {', '.join(self.spec.hit_columns)}, 1 - ({column} <=> %b) AS score "
+               f"FROM {self.qualified_table}{where} ORDER BY {column} <=> %b "
+               f"LIMIT {validate_k(k)}")
         return sql, [query, *params, query]
 
-    def nearest(self, conn, vector, k, provider, view_position):
+    def nearest(self, conn, vector, k, provider, view_position=None):
         """Like the generic search, with the HNSW candidate list (``hnsw.ef_search``, default
         40) widened for this transaction: the index never returns more rows than that, and
         filters are applied after it (pgvector 0.6), so 4×k candidates when filtering."""

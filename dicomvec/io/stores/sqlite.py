@@ -1,25 +1,26 @@
 """``sqlite:///path.db``: the embedded default store.
 
 One SQLite file; vectors are little-endian float32 BLOBs (length checked by a CHECK constraint);
-cosine search runs in numpy. SQLite has no schemas, so the table is just ``MIMICCXRImages``.
+cosine search runs in numpy. SQLite has no schemas, so the table is just ``MIMICCXRImages`` (or
+``MIMICCXRReports``).
 """
 from __future__ import annotations
 
 import os
 import sqlite3
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 from urllib.parse import urlparse
 
 import numpy as np
 
-from dicomvec.io.stores.dialects import HIT_COLUMNS, Dialect, validate_k
+from dicomvec.io.stores.dialects import Dialect, validate_k
 
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
 
-    def __init__(self, url: str, schema: str, table: str):
-        super().__init__(url, schema="", table=table)
+    def __init__(self, url: str, schema: str, *args, **kwargs):
+        super().__init__(url, "", *args, **kwargs)
         # sqlite:///rel/path.db -> rel/path.db ; sqlite:////abs/path.db -> /abs/path.db
         path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else urlparse(url).path
         if not path:
@@ -44,30 +45,8 @@ class SQLiteDialect(Dialect):
     def table_exists_sql(self, schema: str, table: str) -> Tuple[str, list]:
         return "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [table]
 
-    def create_table_statements(self, dimension: int, with_report_fk: bool) -> List[str]:
-        fk = (f",\n  FOREIGN KEY (StudyID) REFERENCES {self.reports_table}(StudyID)"
-              if with_report_fk else "")
-        return [f"""CREATE TABLE IF NOT EXISTS {self.qualified_table} (
-  SubjectID VARCHAR(64) NOT NULL,
-  StudyID VARCHAR(64) NOT NULL,
-  ImageID VARCHAR(64) NOT NULL,
-  ImagePath VARCHAR(500),
-  DicomFile VARCHAR(255),
-  ViewPosition VARCHAR(20),
-  Vector BLOB NOT NULL CHECK (length(Vector) = {4 * int(dimension)}),
-  EmbeddingModel VARCHAR(100),
-  Provider VARCHAR(50) NOT NULL,
-  PreprocessVersion VARCHAR(20),
-  CreatedAt TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-  PRIMARY KEY (ImageID, Provider){fk}
-)"""]
-
-    def upsert_sql(self, columns: Sequence[str], dimension: int) -> str:
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns
-                            if c not in ("ImageID", "Provider"))
-        return (f"INSERT INTO {self.qualified_table} ({', '.join(columns)}) "
-                f"VALUES ({self.placeholders(len(columns))}) "
-                f"ON CONFLICT (ImageID, Provider) DO UPDATE SET {updates}")
+    def vector_type(self, dimension: int) -> str:
+        return f"BLOB CHECK (length({self.spec.vector}) = {4 * int(dimension)})"
 
     def encode_vector(self, vector: np.ndarray):
         return np.asarray(vector, dtype="<f4").tobytes()
@@ -76,19 +55,17 @@ class SQLiteDialect(Dialect):
         return np.frombuffer(value, dtype="<f4").copy()
 
     def nearest(self, conn, vector, k: int, provider: Optional[str],
-                view_position: Optional[str]):
+                view_position: Optional[str] = None):
         """Exact cosine search in numpy over the (filtered) table."""
-        from dicomvec.io.stores.base import Hit
         k = validate_k(k)
         where, params = self.filters_sql(provider, view_position)
-        rows = conn.execute(f"SELECT {', '.join(HIT_COLUMNS)}, Vector "
+        rows = conn.execute(f"SELECT {', '.join(self.spec.hit_columns)}, {self.spec.vector} "
                             f"FROM {self.qualified_table}{where}", params).fetchall()
         if not rows:
             return []
-        matrix = np.stack([self.decode_vector(r[6]) for r in rows])
-        query = np.asarray(vector, dtype=np.float32)
+        matrix = np.stack([self.decode_vector(r[-1]) for r in rows])
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
         query = query / max(float(np.linalg.norm(query)), 1e-12)
-        norms = np.maximum(np.linalg.norm(matrix, axis=1), 1e-12)
-        scores = matrix @ query / norms
+        scores = matrix @ query / np.maximum(np.linalg.norm(matrix, axis=1), 1e-12)
         order = np.argsort(-scores, kind="stable")[:k]
-        return [Hit(*rows[i][:6], score=float(scores[i])) for i in order]
+        return [self.spec.hit_type(*rows[i][:-1], score=float(scores[i])) for i in order]

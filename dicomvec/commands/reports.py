@@ -1,0 +1,31 @@
+"""``dicomvec reports``: the reports job. Unknown flags pass through to Beam (``--runner`` …)."""
+from __future__ import annotations
+
+import argparse
+
+HELP = """Embed MIMIC-CXR radiology reports into the reports table (VectorSearch.MIMICCXRReports).
+
+Reads files/pXX/p<subject>/s<study>.txt, takes FINDINGS and IMPRESSION, embeds the IMPRESSION
+(else FINDINGS, else the report's tail) within CLIP's 77-token window with the same provider as
+the images, upserts one row per StudyID, dead-letters what fails.
+
+dicomvec flags: --input PATTERN (e.g. 'files/**/s*.txt')  --sink URL  --dead-letter DIR
+  --provider NAME (nvclip; thumbnail stores text only)  --batch-size N  --run-id ID
+  --nvclip-url URL  --nvclip-model NAME ...
+plus any Beam option, e.g. --runner FlinkRunner --flink_master HOST:8081.
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("reports", help="embed radiology reports (reports table)",
+                                   description=HELP, add_help=False,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-h", "--help", action="help")
+    parser.set_defaults(func=run, passthrough=True)
+
+
+def run(args, extra) -> int:
+    from dicomvec.pipeline.reports import run_reports
+    summary = run_reports(extra)
+    print(summary.render())
+    return 0

@@ -1,0 +1,184 @@
+"""Run one search: query (text or image) → vector → ``nearest`` on the images or reports table
+(through the shared sink core and the database's dialect) → ranked results, optionally joined
+with each image's study report.
+
+In: a ``SearchRequest`` and the job's ``DicomvecOptions`` (sink, provider, preprocessing).
+Out: a ``SearchResult`` whose ``results`` are ``ImageResult`` or ``ReportResult`` in rank order.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Union
+
+from dicomvec.errors import UserError
+from dicomvec.io.providers import TextNotSupportedError, create_provider
+from dicomvec.io.stores import Hit, VectorStore
+from dicomvec.io.stores.dialects import redact_url
+from dicomvec.io.stores.tables import REPORTS, ReportHit, lookup
+from dicomvec.search.queries import embed_query_image, embed_query_text, image_record
+
+TARGETS = ("images", "reports")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchRequest:
+    """One query: exactly one of ``text``/``image`` (a DICOM path), the table to search, how
+    many results, an optional ViewPosition filter and whether to join the study reports."""
+
+    text: Optional[str] = None
+    image: Optional[str] = None
+    target: str = "images"
+    k: int = 10
+    view: Optional[str] = None
+    with_reports: bool = False
+
+    def __post_init__(self):
+        if bool(self.text) == bool(self.image):
+            raise UserError("give exactly one query: --text TEXT or --image FILE.dcm")
+        if self.target not in TARGETS:
+            raise UserError(f"--target must be one of {TARGETS}")
+        if isinstance(self.k, bool) or int(self.k) < 1:
+            raise UserError(f"--k must be a positive integer, got {self.k}")
+        if self.view:
+            object.__setattr__(self, "view", self.view.strip().upper())
+        if self.target == "reports" and self.view:
+            raise UserError("--view filters images; it does not apply to --target reports")
+        if self.target == "reports" and self.with_reports:
+            raise UserError("--with-reports joins image hits to their reports; with --target "
+                            "reports the hits already are reports")
+
+    @property
+    def kind(self) -> str:
+        return f"{'text' if self.text else 'image'} → {self.target[:-1]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageResult:
+    rank: int
+    hit: Hit
+    report: Optional[ReportHit] = None
+    #: True when the search joined reports (``report`` None then means "no report stored")
+    joined: bool = False
+
+    @property
+    def score(self) -> float:
+        return self.hit.score
+
+    def to_dict(self) -> dict:
+        out = {"rank": self.rank, **dataclasses.asdict(self.hit)}
+        out["score"] = round(out["score"], 6)
+        if self.joined:
+            out["report"] = None if self.report is None else {
+                "StudyID": self.report.StudyID, "ReportPath": self.report.ReportPath,
+                "Findings": self.report.Findings, "Impression": self.report.Impression,
+                "EmbeddedText": self.report.EmbeddedText}
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportResult:
+    rank: int
+    hit: ReportHit
+
+    @property
+    def score(self) -> float:
+        return self.hit.score
+
+    def to_dict(self) -> dict:
+        out = {"rank": self.rank, **dataclasses.asdict(self.hit)}
+        out["score"] = round(out["score"], 6)
+        return out
+
+
+@dataclasses.dataclass
+class SearchResult:
+    request: SearchRequest
+    provider: str
+    embedding_model: str
+    semantic: bool
+    sink: str
+    table: str
+    results: List[Union[ImageResult, ReportResult]]
+
+    def to_dict(self) -> dict:
+        return {
+            "query": {"text": self.request.text, "image": self.request.image,
+                      "kind": self.request.kind, "k": self.request.k, "view": self.request.view},
+            "target": self.request.target,
+            "table": self.table,
+            "provider": self.provider,
+            "embedding_model": self.embedding_model,
+            "semantic": self.semantic,
+            "sink": self.sink,
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+def _store_error(exc: Exception, table: str, sink: str) -> UserError:
+    return UserError(f"cannot search {table} at {redact_url(sink)}: {type(exc).__name__}: "
+                     f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
+                     f"(run `dicomvec {'reports' if table == REPORTS.table else 'run'}` first?)")
+
+
+def _same_subject(report: Optional[ReportHit], hit: Hit) -> Optional[ReportHit]:
+    """The study's report, unless it belongs to another subject (a StudyID clash)."""
+    if report is not None and report.SubjectID != hit.SubjectID:
+        return None
+    return report
+
+
+def query_vector(request: SearchRequest, options, provider):
+    if request.text:
+        return embed_query_text(provider, request.text)
+    record = image_record(request.image, options.image_size, options.normalization,
+                          options.image_format)
+    return embed_query_image(provider, record)
+
+
+def run_search(request: SearchRequest, options) -> SearchResult:
+    """Embed the query with ``options``' provider and search ``request.target``."""
+    provider = create_provider(options.provider_config())
+    if request.target == "reports" and not provider.semantic:
+        raise TextNotSupportedError(
+            f"searching reports needs a semantic model: the {provider.name!r} provider is a "
+            "non-semantic image descriptor and stores no report vectors; use --provider nvclip")
+    provider.setup()
+    try:
+        vector = query_vector(request, options, provider)
+    finally:
+        provider.teardown()
+
+    if request.target == "reports":
+        table = REPORTS.table
+        try:
+            with VectorStore(options.sink, schema=options.sink_schema, spec=REPORTS) as store:
+                hits = store.nearest(vector, request.k, provider.name)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise _store_error(exc, table, options.sink) from None
+        results = [ReportResult(rank, hit) for rank, hit in enumerate(hits, start=1)]
+    else:
+        table = options.sink_table
+        try:
+            with VectorStore(options.sink, schema=options.sink_schema,
+                             table=options.sink_table) as store:
+                hits = store.nearest(vector, request.k, provider.name, request.view)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise _store_error(exc, table, options.sink) from None
+        reports = {}
+        if request.with_reports and hits:
+            try:
+                with VectorStore(options.sink, schema=options.sink_schema,
+                                 spec=REPORTS) as store:
+                    reports = lookup(store, [hit.StudyID for hit in hits])
+            except Exception as exc:
+                raise _store_error(exc, REPORTS.table, options.sink) from None
+        results = [ImageResult(rank, hit, _same_subject(reports.get(hit.StudyID), hit),
+                               request.with_reports)
+                   for rank, hit in enumerate(hits, start=1)]
+    return SearchResult(request=request, provider=provider.name,
+                        embedding_model=provider.model, semantic=provider.semantic,
+                        sink=redact_url(options.sink), table=table, results=results)

@@ -1,0 +1,66 @@
+"""Render a ``SearchResult`` for people (a ranked table) or programs (JSON)."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+from dicomvec.search.engine import ImageResult, SearchResult
+
+
+def to_json(result: SearchResult) -> str:
+    return json.dumps(result.to_dict(), indent=2, ensure_ascii=False)
+
+
+def _query_line(result: SearchResult) -> str:
+    request = result.request
+    query = f'"{request.text}"' if request.text else request.image
+    line = (f"{request.kind}: {query}  |  provider {result.provider} ({result.embedding_model})"
+            f"  |  {result.table} @ {result.sink}  |  k={request.k}")
+    if request.view:
+        line += f"  |  view={request.view.upper()}"
+    if not result.semantic:
+        line += "\nNOTE: non-semantic descriptor, not CLIP: scores measure pixel likeness only"
+    return line
+
+
+def _wrapped(label: str, text: str, width: int = 100) -> str:
+    if not text:
+        return f"      {label}: (no such section)"
+    return textwrap.fill(text, width=width, initial_indent=f"      {label}: ",
+                         subsequent_indent=" " * (8 + len(label)))
+
+
+def to_text(result: SearchResult) -> str:
+    lines = [_query_line(result)]
+    if not result.results:
+        lines.append(f"no results: {result.table} has no rows with a {result.provider} vector"
+                     + (f" and view {result.request.view.upper()}" if result.request.view
+                        else ""))
+        return "\n".join(lines)
+    if isinstance(result.results[0], ImageResult):
+        lines.append(f"{'rank':>4}  {'score':>7}  {'ImageID':<44}  {'view':<8}  {'subject':<9}  "
+                     f"study")
+        for item in result.results:
+            hit = item.hit
+            lines.append(f"{item.rank:>4}  {hit.score:>7.4f}  {hit.ImageID:<44}  "
+                         f"{hit.ViewPosition or '-':<8}  {hit.SubjectID:<9}  {hit.StudyID}")
+            if item.joined:
+                if item.report is None:
+                    lines.append("      (no report stored for this study)")
+                elif not (item.report.Impression or item.report.Findings):
+                    lines.append(_wrapped("REPORT (no sections, tail)",
+                                          item.report.EmbeddedText))
+                elif item.report.Impression == item.report.Findings:
+                    lines.append(_wrapped("FINDINGS AND IMPRESSION", item.report.Impression))
+                else:
+                    lines.append(_wrapped("IMPRESSION", item.report.Impression))
+                    lines.append(_wrapped("FINDINGS", item.report.Findings))
+    else:
+        lines.append(f"{'rank':>4}  {'score':>7}  {'study':<10}  {'subject':<9}  embedded text")
+        for item in result.results:
+            hit = item.hit
+            text = hit.EmbeddedText if len(hit.EmbeddedText) <= 90 else \
+                hit.EmbeddedText[:87] + "..."
+            lines.append(f"{item.rank:>4}  {hit.score:>7.4f}  {hit.StudyID:<10}  "
+                         f"{hit.SubjectID:<9}  {text}")
+    return "\n".join(lines)
