@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def machine() -> Dict[str, object]:
-    """CPU model, cores, memory, library versions and the load average now."""
+    """CPU model, cores, memory, library versions, the code's commit and the load average."""
     import numpy as np
     import PIL
     import pydicom
@@ -38,7 +38,13 @@ def machine() -> Dict[str, object]:
                 break
     except OSError:
         pass
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "commit": commit or "unknown",
             "numpy": np.__version__, "pillow": PIL.__version__, "pydicom": pydicom.__version__,
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "loadavg_start": os.getloadavg()}
