@@ -1,13 +1,11 @@
 """Assemble the ingestion graph.
 
-files (fileio.MatchFiles, or listed paths, + ReadMatches) → IdentifyDicom → KeepFirstPerImageID → SkipStored
+files (fileio.MatchFiles, or listed paths, + ReadMatches) → IdentifyDicom → OnePerImageID → SkipStored
 (unless --force) → DecodePixels →
 NormalizePixels → ResizeAndEncode → BatchForEmbedding (GroupIntoBatches, sharded keys) →
 EmbedBatch → WriteToStore; every stage's ``failed`` output → Flatten → WriteDeadLetters.
 """
 from __future__ import annotations
-
-from typing import Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -16,8 +14,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from dicomvec.io.dead_letter import WriteDeadLetters
 from dicomvec.io.providers import create_provider
 from dicomvec.pipeline.options import DicomvecOptions
-from dicomvec.record import ImageRecord
-from dicomvec.transforms.dedupe import KeepFirstPerImageID
+from dicomvec.transforms.dedupe import OnePerImageID
 from dicomvec.transforms.resume import SkipStored
 from dicomvec.transforms.embed import BatchForEmbedding, EmbedBatch
 from dicomvec.transforms.identify import IdentifyDicom, MatchPath
@@ -57,10 +54,7 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
     files = (match_input(pipeline, options, paths, failures, streaming)
              | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
     records = _stage(files, "Identify", IdentifyDicom(), failures)
-    unique = (records
-              | "KeyByImageID" >> beam.Map(lambda record: (record.image_id, record))
-              .with_output_types(Tuple[str, ImageRecord])
-              | "KeepFirstPerImageID" >> beam.ParDo(KeepFirstPerImageID()))
+    unique = records | "OnePerImageID" >> OnePerImageID(streaming)
     if not options.force:
         unique = unique | "SkipStored" >> SkipStored(
             options.sink, options.sink_schema, options.sink_table, options.provider,
