@@ -17,7 +17,7 @@ from tests.nvclip_server import NVClipContractServer
 
 @pytest.fixture
 def nvclip_api_key(monkeypatch) -> str:
-    key = "nvapi-TESTSECRET-" + secrets.token_hex(16)
+    key = "testkey_nvapi_TESTSECRET-" + secrets.token_hex(16)
     monkeypatch.setenv("NVIDIA_API_KEY", key)
     return key
 

@@ -47,10 +47,10 @@ def test_refused_embedding_is_a_plain_error(nvclip_server):
 
 
 def test_wrong_key_is_a_plain_error(nvclip_server, monkeypatch):
-    monkeypatch.setenv("NVIDIA_API_KEY", "nvapi-not-the-right-one")
+    monkeypatch.setenv("NVIDIA_API_KEY", "testkey_nvapi_not-the-right-one")
     code, text = run_check("--nvclip-url", nvclip_server.url)
     assert code == 1 and "rejected the API key (401)" in text
-    assert "nvapi-not-the-right-one" not in text
+    assert "testkey_nvapi_not-the-right-one" not in text
 
 
 def test_hosted_without_key_is_a_plain_error(monkeypatch):

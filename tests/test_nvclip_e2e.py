@@ -166,14 +166,14 @@ def test_bad_vectors_are_dead_lettered_never_stored(nvclip_server, nvclip_api_ke
 
 def test_wrong_key_stops_the_job_with_a_plain_message(nvclip_server, real_cxr_dir, tmp_path,
                                                       monkeypatch, caplog):
-    monkeypatch.setenv("NVIDIA_API_KEY", "nvapi-WRONG-KEY-e2e-0123456789")
+    monkeypatch.setenv("NVIDIA_API_KEY", "testkey_nvapi_WRONG-KEY-e2e-0123456789")
     with pytest.raises(Exception) as info:
         run(nvclip_server, real_cxr_dir, tmp_path, "badkey")
     text = f"{info.value!r} {info.value}"
     assert isinstance(info.value, FatalProviderError) or "FatalProviderError" in text
     assert "rejected the API key (401)" in text
-    assert "nvapi-WRONG-KEY-e2e-0123456789" not in text
-    check_key_absent("nvapi-WRONG-KEY-e2e-0123456789", caplog, tmp_path)
+    assert "testkey_nvapi_WRONG-KEY-e2e-0123456789" not in text
+    check_key_absent("testkey_nvapi_WRONG-KEY-e2e-0123456789", caplog, tmp_path)
     assert nvclip_server.request_count <= 4  # stopped at once, not once per image
 
 

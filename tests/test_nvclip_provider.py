@@ -268,14 +268,14 @@ def test_non_finite_vector_fails_only_its_image(provider, nvclip_server, nvclip_
 
 # -- fatal answers and the key --------------------------------------------------------------
 def test_401_stops_with_a_plain_message(nvclip_server, nvclip_settings, monkeypatch):
-    monkeypatch.setenv("NVIDIA_API_KEY", "nvapi-wrong-key-123456")
+    monkeypatch.setenv("NVIDIA_API_KEY", "testkey_nvapi_wrong-key-123456")
     provider = make(nvclip_settings)
     try:
         with pytest.raises(FatalProviderError, match=r"rejected the API key \(401\)") as info:
             provider.embed_images(images(3))
     finally:
         provider.teardown()
-    assert "nvapi-wrong-key-123456" not in str(info.value)
+    assert "testkey_nvapi_wrong-key-123456" not in str(info.value)
     assert nvclip_server.request_count == 1  # no retry, no bisection
 
 
