@@ -28,7 +28,7 @@ from dicomvec.io.stores.dialects import redact_url
 from dicomvec.io.stores.tables import REPORTS
 from dicomvec.pipeline.local_engine import configure_local_engine
 from dicomvec.pipeline.options import DicomvecOptions
-from dicomvec.pipeline.run import _counters, check_input, default_run_id
+from dicomvec.pipeline.run import check_input, default_run_id, provider_stats, read_counters
 from dicomvec.reports.parsing import CONTEXT_TOKENS, TOKEN_BUDGET, Report
 from dicomvec.reports.transforms import (EmbedReportBatch, KeepFirstPerStudy, ParseReportFile,
                                         WriteReports)
@@ -141,7 +141,7 @@ def run_reports(argv: List[str]) -> ReportsSummary:
     result.wait_until_finish()
     wall = time.monotonic() - started
 
-    counters = _counters(result)
+    counters = read_counters(result)
     with VectorStore(dv.sink, schema=dv.sink_schema, spec=REPORTS) as store:
         rows = store.count()
         with_vectors = store.count(provider.name)
@@ -168,6 +168,5 @@ def run_reports(argv: List[str]) -> ReportsSummary:
         provider=provider.name,
         embedding_model=provider.model,
         semantic=provider.semantic,
-        provider_stats={k[len("provider_"):]: v for k, v in counters.items()
-                        if k.startswith("provider_")},
+        provider_stats=provider_stats(counters),
     )

@@ -90,7 +90,7 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _counters(result, live: bool = False) -> Dict[str, int]:
+def read_counters(result, live: bool = False) -> Dict[str, int]:
     """dicomvec's counters summed over steps. ``live``: a fresh reading of a running job (the
     portable runners' result caches its first metrics response, so drop that cache)."""
     if live and hasattr(result, "_metrics"):
@@ -101,6 +101,11 @@ def _counters(result, live: bool = False) -> Dict[str, int]:
         name = counter.key.metric.name
         totals[name] = totals.get(name, 0) + int(value or 0)
     return totals
+
+
+def provider_stats(counters: Dict[str, int]) -> Dict[str, int]:
+    """The provider's own counters (requests, retries, ...) from the ``provider_*`` counters."""
+    return {k[len("provider_"):]: v for k, v in counters.items() if k.startswith("provider_")}
 
 
 def check_input(pattern: Optional[str]) -> int:
@@ -143,8 +148,8 @@ def watch_streaming_run(result, options: DicomvecOptions, poll_s: float = 1.0) -
             time.sleep(poll_s)
             if PipelineState.is_terminal(result.state):
                 result.wait_until_finish()  # raises if the job failed
-                return _counters(result)
-            counters = _counters(result, live=True)
+                return read_counters(result)
+            counters = read_counters(result, live=True)
             log.debug("streaming counters: %s", counters)
             if counters != last:
                 last, last_change = counters, time.monotonic()
@@ -153,7 +158,7 @@ def watch_streaming_run(result, options: DicomvecOptions, poll_s: float = 1.0) -
                 log.info("idle for %.0f s with nothing in flight: stopping", idle_limit)
                 break
         result.cancel()
-        return _counters(result)
+        return read_counters(result)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -187,7 +192,7 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
         counters = watch_streaming_run(result, dv)
     else:
         result.wait_until_finish()
-        counters = _counters(result)
+        counters = read_counters(result)
     wall = time.monotonic() - started
 
     with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table) as store:
@@ -206,8 +211,7 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
         provider=provider.name,
         embedding_model=provider.model,
         semantic=provider.semantic,
-        provider_stats={k[len("provider_"):]: v for k, v in counters.items()
-                        if k.startswith("provider_")},
+        provider_stats=provider_stats(counters),
     )
     if hasattr(provider, "cost_line"):
         summary.cost_line = provider.cost_line(summary.provider_stats)
