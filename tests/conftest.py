@@ -9,7 +9,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 REAL_CXR = Path(os.environ.get("DICOMVEC_TESTDATA", REPO.parent / "shared" / "testdata" / "cxr"))
 
-pytest_plugins = ["tests.pg_fixtures", "tests.nvclip_fixtures"]
+pytest_plugins = ["tests.pg_fixtures", "tests.nvclip_fixtures", "tests.s3_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -49,20 +49,27 @@ PIPELINE_FLAGS = """store, provider and preprocessing: the same flags as `dicomv
   --sink URL  --sink-schema NAME  --sink-table NAME  --provider NAME
   --image-size S  --image-format png|jpeg  --normalization standard|mimic-jpg
   --nvclip-url URL  --nvclip-model NAME  --nvclip-timeout S  --nvclip-max-attempts N ...
+query image on S3 (--image s3://BUCKET/KEY.dcm): Beam's S3 options, e.g. --s3_endpoint_url URL
+  --s3_region_name NAME (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)
 """
 
 
 def pipeline_options(extra):
     """The ``DicomvecOptions`` for the flags after the search flags (strict: unknown flags are
     an error, not silently dropped)."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import S3Options
     from dicomvec.pipeline.options import DicomvecOptions
     parser = argparse.ArgumentParser(prog="dicomvec search", add_help=False)
     DicomvecOptions._add_argparse_args(parser)
+    S3Options._add_argparse_args(parser)  # --image s3://...: --s3_endpoint_url etc.
     known, unknown = parser.parse_known_args(extra)
     if unknown:
         from dicomvec.errors import UserError
         raise UserError(f"unrecognised arguments: {' '.join(unknown)}")
-    return DicomvecOptions(flags=[], **vars(known))
+    options = DicomvecOptions(flags=[], **vars(known))
+    FileSystems.set_options(options)
+    return options
 
 
 def run(args, extra) -> int:

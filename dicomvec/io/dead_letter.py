@@ -111,10 +111,17 @@ class _WriteParquetPerBundle(beam.DoFn):
 
 def read_dead_letters(dead_letter_dir: str, run_id: str = "*") -> List[Dict]:
     """All dead-letter rows under ``dead_letter_dir`` (one generation or all), for reports and
-    tests."""
+    tests. A ``scheme://`` folder (e.g. ``s3://``) is read through Beam's ``FileSystems``
+    (whose options must be set: ``FileSystems.set_options``)."""
     import pyarrow.parquet as pq
     rows: List[Dict] = []
     pattern = os.path.join(generation_dir(dead_letter_dir, run_id), "*.parquet")
-    for path in sorted(glob.glob(pattern)):
-        rows.extend(pq.read_table(path).to_pylist())
+    if "://" not in dead_letter_dir:
+        for path in sorted(glob.glob(pattern)):
+            rows.extend(pq.read_table(path).to_pylist())
+        return rows
+    for metadata in sorted(FileSystems.match([pattern])[0].metadata_list,
+                           key=lambda m: m.path):
+        with FileSystems.open(metadata.path) as handle:
+            rows.extend(pq.read_table(pa.BufferReader(handle.read())).to_pylist())
     return rows

@@ -12,6 +12,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
 from dicomvec.io.dead_letter import WriteDeadLetters
+from dicomvec.io.object_storage import s3_settings
 from dicomvec.io.providers import create_provider
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.transforms.dedupe import OnePerImageID
@@ -53,7 +54,7 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
     failures = []
     files = (match_input(pipeline, options, paths, failures, streaming)
              | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
-    records = _stage(files, "Identify", IdentifyDicom(), failures)
+    records = _stage(files, "Identify", IdentifyDicom(s3_settings(options)), failures)
     unique = records | "OnePerImageID" >> OnePerImageID(streaming)
     if not options.force:
         unique = unique | "SkipStored" >> SkipStored(

@@ -11,6 +11,7 @@ import collections
 import dataclasses
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicomvec.io.dead_letter import read_dead_letters
@@ -64,6 +65,7 @@ class ReprocessReport:
 def run_reprocess(argv: List[str], stage: Optional[str] = None,
                   retryable_only: bool = False) -> ReprocessReport:
     options = PipelineOptions(argv).view_as(DicomvecOptions)
+    FileSystems.set_options(options)  # dead letters may live on s3://
     previous = read_dead_letters(options.dead_letter)
     paths = select_paths(previous, stage, retryable_only)
     if not paths:

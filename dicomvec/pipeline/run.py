@@ -19,6 +19,7 @@ from apache_beam.runners.runner import PipelineState
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from dicomvec.io.dead_letter import generation_dir
+from dicomvec.io.object_storage import match_input
 from dicomvec.io.providers import create_provider
 from dicomvec.io.stores import VectorStore
 from dicomvec.io.stores.dialects import redact_url
@@ -108,12 +109,13 @@ def provider_stats(counters: Dict[str, int]) -> Dict[str, int]:
     return {k[len("provider_"):]: v for k, v in counters.items() if k.startswith("provider_")}
 
 
-def check_input(pattern: Optional[str]) -> int:
-    """Number of files ``pattern`` matches; raises NoInputFilesError for none."""
+def check_input(pattern: Optional[str], options: Optional[PipelineOptions] = None) -> int:
+    """Number of files ``pattern`` matches; raises NoInputFilesError for none, and
+    ObjectStorageError (one line) when its bucket cannot be read."""
     if not pattern:
         raise NoInputFilesError("--input is required: a DICOM file pattern such as "
                                 "'/data/mimic-cxr/files/**/*.dcm'")
-    matched = FileSystems.match([pattern])[0].metadata_list
+    matched = match_input(pattern, options or PipelineOptions([]))
     if not matched:
         raise NoInputFilesError(f"no files match --input {pattern!r}")
     return len(matched)
@@ -173,8 +175,9 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     options = PipelineOptions(argv)
     configure_local_engine(options)
     dv = options.view_as(DicomvecOptions)
+    FileSystems.set_options(options)  # s3:// needs Beam's S3 options before the graph exists
     if paths is None:
-        check_input(dv.input)
+        check_input(dv.input, options)
     run_id = dv.run_id or default_run_id()
     provider = create_provider(dv.provider_config())
     if not provider.semantic:

@@ -1,6 +1,8 @@
 """Identify: a matched file (Beam ``ReadableFile``) → an ``ImageRecord`` with IDs and metadata.
 
 Reads the DICOM header only (``stop_before_pixels``); pixel data is read once, later, by decode.
+On ``s3://`` the header read is bounded ranged GETs of 64 KB (``object_storage.HeaderReader``),
+not Beam's default whole-object download.
 Failures: the file cannot be opened → stage ``read``; not DICOM / no identity → ``decode``.
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from dicomvec import imaging
 from dicomvec.io.files import identify
+from dicomvec.io.object_storage import HeaderReader
 from dicomvec.record import Failure, ImageRecord
 from dicomvec.transforms.stage import FAILED, counter
 
@@ -42,20 +45,25 @@ class MatchPath(beam.DoFn):
 
 
 class IdentifyDicom(beam.DoFn):
-    """In: ``fileio.ReadableFile``. Out: ImageRecord, or Failure on tag ``failed``."""
+    """In: ``fileio.ReadableFile``. Out: ImageRecord, or Failure on tag ``failed``.
+    ``storage_settings``: Beam's S3 options as a dict (``object_storage.s3_settings``)."""
 
-    def __init__(self):
+    def __init__(self, storage_settings=None):
         super().__init__()
+        self.storage_settings = storage_settings
         self.matched = counter("matched")
         self.read_failed = counter("read_failed")
         self.header_failed = counter("decode_failed")
+
+    def setup(self):
+        self.reader = HeaderReader(self.storage_settings)
 
     def process(self, readable_file):
         path = readable_file.metadata.path
         self.matched.inc()
         placeholder = ImageRecord(path=path)
         try:
-            stream = readable_file.open()
+            stream = self.reader.open(readable_file)
         except Exception as exc:
             self.read_failed.inc()
             yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(placeholder, "read", exc))
