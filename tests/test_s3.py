@@ -174,3 +174,38 @@ def test_unknown_access_key_is_refused_too(s3_env, tmp_path, monkeypatch, capsys
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")
     err = _cli_error(["run", *_argv(s3_env.synthetic_pattern, tmp_path, "x", s3_env)], capsys)
     assert "refused the AWS credentials" in err and "InvalidAccessKeyId" in err
+
+
+@pytest.mark.slow
+def test_streaming_over_a_bucket_prefix(s3_env, tmp_path, streaming_runner):
+    """--streaming watches an s3:// prefix: objects uploaded during the run are stored, a
+    broken one dead-lettered, and the job stops by itself once idle."""
+    import threading
+    import time
+    sample = s3_env
+    prefix = f"incoming/{tmp_path.name}"
+    good = [f for f in sample.synthetic if not f.broken]
+    broken = next(f for f in sample.synthetic if f.broken == "not-dicom")
+    client = sample.client()
+    client.upload_file(good[0].path, sample.bucket, f"{prefix}/first.dcm")
+
+    def arrive():
+        time.sleep(6)
+        for index, item in enumerate(good[1:3], 1):
+            client.upload_file(item.path, sample.bucket, f"{prefix}/later{index}.dcm")
+        client.upload_file(broken.path, sample.bucket, f"{prefix}/bad.dcm")
+
+    writer = threading.Thread(target=arrive)
+    writer.start()
+    summary = run_ingest(_argv(f"s3://{sample.bucket}/{prefix}/*.dcm", tmp_path, "stream",
+                               sample, "--streaming", *streaming_runner,
+                               "--watch-interval", "2", "--dead-letter-frequency", "2",
+                               "--stop-after-idle", "8"))
+    writer.join()
+    with VectorStore(f"sqlite:///{tmp_path}/db.sqlite") as store:
+        files = {r[0] for r in store.conn.execute("SELECT DicomFile FROM MIMICCXRImages")}
+    assert files == {"first.dcm", "later1.dcm", "later2.dcm"}
+    assert summary.stored == 3
+    dead = read_dead_letters(str(tmp_path / "dl"))
+    assert [(r["stage"], r["path"]) for r in dead] == [
+        ("decode", f"s3://{sample.bucket}/{prefix}/bad.dcm")]
