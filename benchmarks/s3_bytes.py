@@ -9,6 +9,8 @@ counts the response bytes it actually writes to the socket for every request. In
   downloader: ``Range: bytes=0-`` behind a 16 MB read buffer), as identify read before;
 * **identify**: the pipeline's header reader (``object_storage.HeaderReader``: bounded
   ``Range: bytes=0-65535`` GETs) over every object;
+* **whole-file read CPU**: ``FileSystems.open`` + read (Beam builds a new boto3 client per
+  file) vs decode's ``object_storage.ObjectReader`` (Beam's S3 reader on one client), CPU ms;
 * **pipeline**: ``dicomvec run`` on the local engine over ``s3://bucket/files/**/*.dcm`` (thumbnail
   provider, SQLite): bytes and requests per object, split into identify's bounded reads and
   decode's open-ended read, and the list requests.
@@ -80,6 +82,26 @@ def header_reads(server, paths: List[str], sizes: Dict[str, int], beam_default: 
             "ranges": sorted({e["range"] for es in objects.values() for e in es})}
 
 
+def open_cpu(server, paths: List[str], rounds: int = 3) -> Dict:
+    """CPU ms per whole-file read (open + read): ``FileSystems.open`` (a new boto3 client per
+    file) vs decode's ``ObjectReader`` (Beam's S3 reader on one client), alternating."""
+    from apache_beam.io.filesystems import FileSystems
+    from dicomvec.io.object_storage import ObjectReader
+    reader = ObjectReader({"s3_endpoint_url": server.endpoint, "s3_region_name": "us-east-1"})
+    samples = {"filesystems_open": [], "object_reader": []}
+    for _ in range(rounds):
+        for path in paths:
+            for name, opener in (("filesystems_open", FileSystems.open),
+                                 ("object_reader", reader.open)):
+                started = time.process_time()
+                with opener(path) as stream:
+                    stream.read()
+                samples[name].append((time.process_time() - started) * 1000)
+    return {name: {"median_cpu_ms": round(statistics.median(v), 2),
+                   "min_cpu_ms": round(min(v), 2), "reads": len(v)}
+            for name, v in samples.items()}
+
+
 def pipeline_run(server, work: Path, sizes_by_key: Dict[str, int]) -> Dict:
     from dicomvec.pipeline.run import run_ingest
     server.reset_traffic()
@@ -147,6 +169,7 @@ def main(argv=None) -> int:
             "server": "moto[server] (tests.s3_server, own process, 127.0.0.1)",
             "beam_default_header_read": header_reads(server, paths, sizes, beam_default=True),
             "identify_header_read": header_reads(server, paths, sizes, beam_default=False),
+            "whole_file_read_cpu": open_cpu(server, paths),
             "pipeline": pipeline_run(server, Path(tmp), {
                 p[len(f"s3://{BUCKET}/"):]: s for p, s in sizes.items()}),
         }
@@ -162,7 +185,8 @@ def main(argv=None) -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("object_bytes", "beam_default_header_read",
-                                             "identify_header_read", "pipeline", "targets")},
+                                             "identify_header_read", "whole_file_read_cpu",
+                                             "pipeline", "targets")},
                      indent=1))
     print(f"commit {info['commit']}; load average start {info['loadavg_start']}, "
           f"end {info['loadavg_end']}; written to {args.json}")

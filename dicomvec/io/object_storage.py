@@ -17,6 +17,9 @@ adds what Beam's filesystem does not give:
   bucket, unreachable endpoint. (Beam's listing retries refused requests for minutes, then
   raises a nested ``BeamIOError``; it reports a missing bucket as an empty match.)
 
+* ``ObjectReader``: decode's full read through Beam's own S3 reader, but on one S3 client per
+  DoFn instance instead of a new boto3 client per file.
+
 In: Beam ``PipelineOptions`` (their ``S3Options`` view) and paths. Out: streams, file metadata
 or a one-line error.
 """
@@ -64,15 +67,19 @@ def s3_settings(options) -> Dict[str, object]:
     return {name: getattr(s3, name, None) for name in S3_OPTION_NAMES}
 
 
-def s3_client(settings: Dict[str, object]):
-    """A boto3 S3 client built the way Beam's S3 filesystem builds its own."""
+def beam_s3_client(settings: Dict[str, object]):
+    """Beam's own S3 client object (``boto3_client.Client``) for these S3 options."""
     try:
         from apache_beam.io.aws.clients.s3 import boto3_client
-        client = boto3_client.Client(options=settings)
+        return boto3_client.Client(options=settings)
     except (ImportError, AssertionError):
         raise ObjectStorageError("s3:// paths need Beam's AWS extra: "
                                  "pip install 'dicomvec[aws]' (apache-beam[aws])") from None
-    return client.client
+
+
+def s3_client(settings: Dict[str, object]):
+    """A boto3 S3 client built the way Beam's S3 filesystem builds its own."""
+    return beam_s3_client(settings).client
 
 
 # --------------------------------------------------------------------------- errors
@@ -192,3 +199,27 @@ class HeaderReader:
         stream = filesystemio.DownloaderStream(
             _BoundedRangeDownloader(self._client, path, size))
         return io.BufferedReader(stream, buffer_size=self.buffer_size)
+
+
+# --------------------------------------------------------------------------- whole-file reads
+
+
+class ObjectReader:
+    """Opens a file for a full read (decode). ``s3://``: Beam's own S3 reader
+    (``s3io.S3IO(...).open``: HEAD, then one open-ended GET behind a 16 MB buffer) on ONE Beam
+    S3 client kept for the reader's life; ``FileSystems.open`` builds a new boto3 session and
+    client for every file, ~120 ms of CPU each (``benchmarks/s3_bytes.py``), more than the
+    whole decode of a MIMIC image. Other schemes (and no settings): ``FileSystems.open``.
+    Create one per DoFn instance (not shared between threads)."""
+
+    def __init__(self, settings: Optional[Dict[str, object]] = None):
+        self.settings = None if settings is None else dict(settings)
+        self._client = None
+
+    def open(self, path: str):
+        if not is_s3(path) or self.settings is None:
+            return FileSystems.open(path)
+        from apache_beam.io.aws import s3io
+        if self._client is None:
+            self._client = beam_s3_client(self.settings)
+        return s3io.S3IO(client=self._client).open(path, "rb")

@@ -60,7 +60,8 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
         unique = unique | "SkipStored" >> SkipStored(
             options.sink, options.sink_schema, options.sink_table, options.provider,
             options.preprocess_version())
-    decoded = _stage(unique, "Decode", DecodePixels(options.image_size), failures)
+    decoded = _stage(unique, "Decode", DecodePixels(options.image_size, s3_settings(options)),
+                     failures)
     normalized = _stage(decoded, "Normalize", NormalizePixels(options.normalization), failures)
     encoded = _stage(normalized, "Resize",
                      ResizeAndEncode(options.image_size, options.image_format), failures)

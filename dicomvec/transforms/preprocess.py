@@ -9,22 +9,28 @@
 """
 from __future__ import annotations
 
-from apache_beam.io.filesystems import FileSystems
-
 from dicomvec import imaging
+from dicomvec.io.object_storage import ObjectReader
 from dicomvec.record import ImageRecord
 from dicomvec.transforms.stage import RecordStage
 
 
 class DecodePixels(RecordStage):
+    """``storage_settings``: Beam's S3 options as a dict (``object_storage.s3_settings``), so
+    ``s3://`` files are read on one S3 client per DoFn instance."""
+
     stage = "decode"
 
-    def __init__(self, image_size: int):
+    def __init__(self, image_size: int, storage_settings=None):
         super().__init__()
         self.image_size = image_size
+        self.storage_settings = storage_settings
+        self.reader = None
 
     def process_record(self, record: ImageRecord) -> ImageRecord:
-        with FileSystems.open(record.path) as stream:
+        if self.reader is None:  # lazily, on the worker (search calls this without setup)
+            self.reader = ObjectReader(self.storage_settings)
+        with self.reader.open(record.path) as stream:
             dataset = imaging.read_dataset(stream)
         decoded = imaging.decode_pixels(dataset, self.image_size)
         if "PixelData" in dataset:
