@@ -209,3 +209,22 @@ def test_streaming_over_a_bucket_prefix(s3_env, tmp_path, streaming_runner):
     dead = read_dead_letters(str(tmp_path / "dl"))
     assert [(r["stage"], r["path"]) for r in dead] == [
         ("decode", f"s3://{sample.bucket}/{prefix}/bad.dcm")]
+
+
+def test_search_and_reprocess_refuse_bad_credentials_in_one_line(s3_env, tmp_path, monkeypatch,
+                                                                 capsys):
+    """Commands that read listed s3:// paths check the bucket first (Beam itself would retry a
+    refused request for minutes)."""
+    sample = s3_env
+    query = next(f for f in sample.synthetic if not f.broken)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    err = _cli_error(["search", "--image", sample.s3_path(query.path), "--sink",
+                      f"sqlite:///{tmp_path}/db.sqlite", "--provider", "thumbnail",
+                      *sample.flags()], capsys)
+    assert "no AWS credentials to read s3://mimic-cxr" in err
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", sample.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    err = _cli_error(["reprocess", *_argv(sample.synthetic_pattern, tmp_path, "re", sample,
+                                          dead_letter=f"s3://{sample.bucket}/dead_letter")],
+                     capsys)
+    assert "refused the AWS credentials" in err and "wrong" not in err

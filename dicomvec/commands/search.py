@@ -78,6 +78,9 @@ def run(args, extra) -> int:
     from dicomvec.search.engine import SearchRequest, run_search
 
     options = pipeline_options(extra)
+    if args.image:
+        from dicomvec.io.object_storage import check_s3_paths
+        check_s3_paths([args.image], options)  # one line now, not minutes of Beam retries
     request = SearchRequest(text=args.text, image=args.image, target=args.target, k=args.k,
                             view=args.view, with_reports=args.with_reports)
     if args.contact_sheet and args.target != "images":

@@ -144,6 +144,21 @@ def match_input(pattern: str, options) -> List:
                                  f"{str(exc).splitlines()[0][:300]}") from None
 
 
+def check_s3_paths(paths, options) -> None:
+    """One ListObjectsV2 per distinct bucket among the ``s3://`` paths (files or folders);
+    raises ``ObjectStorageError`` (one line) for the first bucket that cannot be read. For
+    commands that read listed paths (reprocess, search --image), where Beam would otherwise
+    retry a refused request for minutes."""
+    buckets = sorted({split_s3(path)[0] for path in paths if is_s3(path)})
+    if not buckets:
+        return
+    settings = s3_settings(options)
+    for bucket in buckets:
+        problem = describe_s3_problem(f"s3://{bucket}/", settings)
+        if problem:
+            raise ObjectStorageError(problem)
+
+
 # --------------------------------------------------------------------------- header reads
 
 

@@ -15,6 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicomvec.io.dead_letter import read_dead_letters
+from dicomvec.io.object_storage import check_s3_paths
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline.run import RunSummary, default_run_id, run_ingest
 
@@ -66,8 +67,10 @@ def run_reprocess(argv: List[str], stage: Optional[str] = None,
                   retryable_only: bool = False) -> ReprocessReport:
     options = PipelineOptions(argv).view_as(DicomvecOptions)
     FileSystems.set_options(options)  # dead letters may live on s3://
+    check_s3_paths([options.dead_letter], options)
     previous = read_dead_letters(options.dead_letter)
     paths = select_paths(previous, stage, retryable_only)
+    check_s3_paths(paths, options)
     if not paths:
         raise NothingToReprocessError(
             f"no dead letters to reprocess under {options.dead_letter!r}"
