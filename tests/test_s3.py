@@ -228,3 +228,16 @@ def test_search_and_reprocess_refuse_bad_credentials_in_one_line(s3_env, tmp_pat
                                           dead_letter=f"s3://{sample.bucket}/dead_letter")],
                      capsys)
     assert "refused the AWS credentials" in err and "wrong" not in err
+
+
+def test_local_worker_processes_read_the_bucket(s3_env, tmp_path):
+    """--direct_num_workers 2: Beam starts the worker processes without pipeline options, so
+    the S3 options reach them through the environment (object_storage.worker_environment)."""
+    import os
+    sample = s3_env
+    dead_letter = f"s3://{sample.bucket}/dead_letter/{tmp_path.name}"
+    summary = run_ingest(_argv(sample.synthetic_pattern, tmp_path, "w2", sample,
+                               "--direct_num_workers", "2", dead_letter=dead_letter))
+    assert summary.stored == SYNTH_COUNT and summary.dead_lettered_total == SYNTH_BROKEN
+    assert len(read_dead_letters(dead_letter, "w2")) == SYNTH_BROKEN
+    assert "AWS_ENDPOINT_URL_S3" not in os.environ  # set for the run only

@@ -25,9 +25,11 @@ or a one-line error.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 from apache_beam.io import filesystemio
 from apache_beam.io.filesystem import BeamIOError
@@ -157,6 +159,31 @@ def check_s3_paths(paths, options) -> None:
         problem = describe_s3_problem(f"s3://{bucket}/", settings)
         if problem:
             raise ObjectStorageError(problem)
+
+
+#: Beam S3 option → the environment variable boto3 reads the same setting from
+_ENVIRONMENT = {"s3_endpoint_url": "AWS_ENDPOINT_URL_S3", "s3_region_name": "AWS_DEFAULT_REGION",
+                "s3_access_key_id": "AWS_ACCESS_KEY_ID",
+                "s3_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+                "s3_session_token": "AWS_SESSION_TOKEN"}
+
+
+@contextlib.contextmanager
+def worker_environment(options) -> Iterator[None]:
+    """While a job runs, also hand Beam's S3 options to locally started worker processes
+    through the environment variables boto3 reads (variables already set win). The local
+    engine's worker processes (``--direct_num_workers`` > 1) start with no pipeline options,
+    so Beam's own S3 steps there (``MatchFiles``, dead-letter writes) would use AWS's default
+    endpoint; portable runners (Flink, Prism) provision the options themselves."""
+    settings = s3_settings(options)
+    added = {variable: str(settings[name]) for name, variable in _ENVIRONMENT.items()
+             if settings.get(name) and variable not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for variable in added:
+            os.environ.pop(variable, None)
 
 
 # --------------------------------------------------------------------------- header reads

@@ -19,7 +19,7 @@ from apache_beam.runners.runner import PipelineState
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from dicomvec.io.dead_letter import generation_dir
-from dicomvec.io.object_storage import match_input
+from dicomvec.io.object_storage import match_input, worker_environment
 from dicomvec.io.providers import create_provider
 from dicomvec.io.stores import VectorStore
 from dicomvec.io.stores.dialects import redact_url
@@ -190,12 +190,13 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build_ingest(pipeline, dv, run_id, paths=paths, streaming=streaming)
-    result = pipeline.run()
-    if streaming:
-        counters = watch_streaming_run(result, dv)
-    else:
-        result.wait_until_finish()
-        counters = read_counters(result)
+    with worker_environment(options):  # S3 options for local worker processes
+        result = pipeline.run()
+        if streaming:
+            counters = watch_streaming_run(result, dv)
+        else:
+            result.wait_until_finish()
+            counters = read_counters(result)
     wall = time.monotonic() - started
 
     with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table) as store:
