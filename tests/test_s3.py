@@ -98,10 +98,13 @@ def test_bucket_run_counts_vectors_bytes_resume_and_s3_dead_letters(s3_env, tmp_
     truncated = next(f for f in sample.synthetic if f.broken == "truncated")
     good = next(f for f in sample.synthetic if not f.broken and f.syntax == "native")
     bucket, key = sample.s3_path(truncated.path)[5:].split("/", 1)
-    sample.client().put_object(Bucket=bucket, Key=key,
-                               Body=open(good.path, "rb").read())
-    report = run_reprocess(_argv(sample.synthetic_pattern, tmp_path, "s3-reprocess", sample,
-                                 dead_letter=dead_letter))
+    client = sample.client()
+    client.put_object(Bucket=bucket, Key=key, Body=Path(good.path).read_bytes())
+    try:
+        report = run_reprocess(_argv(sample.synthetic_pattern, tmp_path, "s3-reprocess",
+                                     sample, dead_letter=dead_letter))
+    finally:  # the bucket is shared by the session's tests
+        client.put_object(Bucket=bucket, Key=key, Body=Path(truncated.path).read_bytes())
     assert report.selected == SYNTH_BROKEN
     assert report.fixed == 1  # the replaced object decodes now; the not-DICOM one still fails
     assert sum(report.still_failing.values()) == 1
