@@ -8,7 +8,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("dead-letters", help="inspect Parquet dead letters")
     actions = parser.add_subparsers(dest="action", required=True)
     summary = actions.add_parser("summary", help="counts by generation / stage / error type")
-    summary.add_argument("directory", help="the --dead-letter folder of earlier runs")
+    summary.add_argument("directory", help="the --dead-letter folder of earlier runs (must exist)")
     summary.set_defaults(func=run_summary)
 
 
@@ -25,6 +25,8 @@ def summary_table(rows) -> str:
 
 
 def run_summary(args, extra) -> int:
+    from dicomvec.pipeline.preflight import require_dead_letter_folder
+    require_dead_letter_folder(args.directory)
     from dicomvec.io.dead_letter import read_dead_letters
     print(summary_table(read_dead_letters(args.directory)))
     return 0

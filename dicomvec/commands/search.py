@@ -23,8 +23,10 @@ TARGETS = ("images", "reports")  # = dicomvec.search.engine.TARGETS (imported la
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "search", help="search the stored vectors (text/image → image/report)",
-        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1] + "\n\n" + DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    from dicomvec.commands.pipeline_flags import add_help_flags
+    add_help_flags(parser, beam=False)
     query = parser.add_argument_group("query (exactly one)")
     query.add_argument("--text", help="free-text query (semantic providers only, e.g. nvclip)")
     query.add_argument("--image", help="DICOM file to find similar images (or reports) for")
@@ -41,27 +43,21 @@ def register(subparsers) -> None:
                         help="also write the image hits as a PNG grid (thumbnail, rank, score, "
                              "ImageID, view)")
     search.add_argument("--columns", type=int, default=5, help="contact sheet columns")
-    parser.epilog = PIPELINE_FLAGS
     parser.set_defaults(func=run, passthrough=True)
 
 
-PIPELINE_FLAGS = """store, provider and preprocessing: the same flags as `dicomvec run`
-  --sink URL  --sink-schema NAME  --sink-table NAME  --provider NAME
-  --image-size S  --image-format png|jpeg  --normalization standard|mimic-jpg
-  --nvclip-url URL  --nvclip-model NAME  --nvclip-timeout S  --nvclip-max-attempts N ...
-"""
+DESCRIPTION = """Store, provider and preprocessing flags are those of `dicomvec run`
+(query with the flags the archive was ingested with). The store must exist: a missing SQLite
+file or a server that refuses the login is one line and exit status 2, and nothing is created."""
 
 
 def pipeline_options(extra):
     """The ``DicomvecOptions`` for the flags after the search flags (strict: unknown flags are
-    an error, not silently dropped)."""
+    an error with a suggestion, not silently dropped; Beam's options do not apply here)."""
+    from dicomvec.commands.pipeline_flags import strict_parser, check_flags
+    check_flags(extra, "dicomvec search", dicomvec_only=True)
     from dicomvec.pipeline.options import DicomvecOptions
-    parser = argparse.ArgumentParser(prog="dicomvec search", add_help=False)
-    DicomvecOptions._add_argparse_args(parser)
-    known, unknown = parser.parse_known_args(extra)
-    if unknown:
-        from dicomvec.errors import UserError
-        raise UserError(f"unrecognised arguments: {' '.join(unknown)}")
+    known, _ = strict_parser("dicomvec search", dicomvec_only=True).parse_known_args(extra)
     return DicomvecOptions(flags=[], **vars(known))
 
 
@@ -71,6 +67,8 @@ def run(args, extra) -> int:
     from dicomvec.search.engine import SearchRequest, run_search
 
     options = pipeline_options(extra)
+    from dicomvec.pipeline import preflight
+    preflight.check_provider(options.provider_config())  # the sink: checked by run_search
     request = SearchRequest(text=args.text, image=args.image, target=args.target, k=args.k,
                             view=args.view, with_reports=args.with_reports)
     if args.contact_sheet and args.target != "images":

@@ -28,7 +28,8 @@ from dicomvec.io.stores.dialects import redact_url
 from dicomvec.io.stores.tables import REPORTS
 from dicomvec.pipeline.local_engine import configure_local_engine
 from dicomvec.pipeline.options import DicomvecOptions
-from dicomvec.pipeline.run import check_input, default_run_id, provider_stats, read_counters
+from dicomvec.pipeline import preflight
+from dicomvec.pipeline.run import default_run_id, provider_stats, read_counters
 from dicomvec.reports.parsing import CONTEXT_TOKENS, TOKEN_BUDGET, Report
 from dicomvec.reports.transforms import (EmbedReportBatch, KeepFirstPerStudy, ParseReportFile,
                                         WriteReports)
@@ -119,12 +120,12 @@ class ReportsSummary:
 
 def run_reports(argv: List[str]) -> ReportsSummary:
     options = PipelineOptions(argv)
-    configure_local_engine(options)
     dv = options.view_as(DicomvecOptions)
     if not dv.input:
-        raise ValueError("--input is required: a report file pattern such as "
-                         "'/data/mimic-cxr/files/**/s*.txt'")
-    check_input(dv.input)
+        raise preflight.NoInputFilesError("--input is required: a report file pattern such as "
+                                          "'/data/mimic-cxr/files/**/s*.txt'")
+    dv.input = preflight.check_job(dv)
+    configure_local_engine(options)
     run_id = dv.run_id or f"reports-{default_run_id()}"
     provider = create_provider(dv.provider_config())
     if not provider.semantic:

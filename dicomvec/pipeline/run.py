@@ -25,14 +25,14 @@ from dicomvec.io.stores.dialects import redact_url
 from dicomvec.pipeline.local_engine import configure_local_engine
 from dicomvec.pipeline.graph import build_ingest
 from dicomvec.pipeline.options import DicomvecOptions
+from dicomvec.pipeline import preflight
+from dicomvec.pipeline.preflight import NoInputFilesError  # noqa: F401 (re-exported)
 from dicomvec.record import STAGES
 from dicomvec.transforms.stage import NAMESPACE
 
 log = logging.getLogger(__name__)
 
 
-class NoInputFilesError(ValueError):
-    """The input pattern matched nothing: an error, never an empty success."""
 
 
 @dataclasses.dataclass
@@ -108,15 +108,10 @@ def provider_stats(counters: Dict[str, int]) -> Dict[str, int]:
     return {k[len("provider_"):]: v for k, v in counters.items() if k.startswith("provider_")}
 
 
-def check_input(pattern: Optional[str]) -> int:
-    """Number of files ``pattern`` matches; raises NoInputFilesError for none."""
-    if not pattern:
-        raise NoInputFilesError("--input is required: a DICOM file pattern such as "
-                                "'/data/mimic-cxr/files/**/*.dcm'")
-    matched = FileSystems.match([pattern])[0].metadata_list
-    if not matched:
-        raise NoInputFilesError(f"no files match --input {pattern!r}")
-    return len(matched)
+def check_input(pattern: Optional[str]) -> str:
+    """The pattern to read (a directory → every file below it); raises NoInputFilesError when
+    it matches nothing (``preflight.resolve_input``)."""
+    return preflight.resolve_input(pattern)
 
 
 def in_flight(counters: Dict[str, int]) -> int:
@@ -171,10 +166,12 @@ def default_run_id() -> str:
 def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary:
     """Run the job over ``--input`` (or over exactly ``paths``, for reprocessing)."""
     options = PipelineOptions(argv)
-    configure_local_engine(options)
     dv = options.view_as(DicomvecOptions)
-    if paths is None:
-        check_input(dv.input)
+    streaming = options.view_as(StandardOptions).streaming and paths is None
+    used = preflight.check_job(dv, input_pattern=paths is None)
+    if used is not None:
+        dv.input = used
+    configure_local_engine(options)
     run_id = dv.run_id or default_run_id()
     provider = create_provider(dv.provider_config())
     if not provider.semantic:
@@ -183,7 +180,6 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table) as store:
         store.init_schema(provider.dimension)
 
-    streaming = options.view_as(StandardOptions).streaming and paths is None
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build_ingest(pipeline, dv, run_id, paths=paths, streaming=streaming)

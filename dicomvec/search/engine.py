@@ -147,6 +147,8 @@ def run_search(request: SearchRequest, options) -> SearchResult:
         vector = query_vector(request, options, provider)
     finally:
         provider.teardown()
+    from dicomvec.pipeline.preflight import check_sink
+    check_sink(options.sink, must_exist=True)  # a missing database is an error, never created
 
     if request.target == "reports":
         table = REPORTS.table

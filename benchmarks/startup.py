@@ -1,0 +1,143 @@
+"""Start-up of the ``dicomvec`` command: ``--help`` of every sub-command, and ``dicomvec run``
+from process start to the first input file opened.
+
+Each measurement is a fresh Python process running the console script's entry point
+(``dicomvec.cli:main``) from a source tree. ``--baseline COMMIT`` also measures the code at
+that commit (extracted with ``git archive`` into ``--cache``) in the same run, round by round
+interleaved with the current tree, so load changes hit both alike.
+
+"First file read" is seen from inside the process with a Python audit hook on the ``open``
+event (no change to the product): the time from just before the process is started to the first
+``open`` of a file under the input folder. The run is the local engine over a synthetic archive
+(``--count`` images, 1024×1024, ``dicomvec.synthetic``, generated once into ``--cache``), thumbnail
+provider, fresh SQLite file each time; the total wall time of the process is recorded too.
+
+    PYTHONPATH=. python -m benchmarks.startup [--baseline 4ac95db] [--rounds 5] \
+        [--json benchmarks/results/startup.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+from benchmarks.common import REPO, cached_archive, machine
+
+COMMANDS = ["", "run", "reprocess", "dead-letters", "synth", "init-db", "create-index",
+            "check-nvclip", "reports", "search"]
+
+# Runs the CLI like the console script does; with DICOMVEC_BENCH_WATCH set, records the time of
+# the first open() of a path under that folder into DICOMVEC_BENCH_OUT.
+CHILD = r"""
+import os, sys, time
+watch, out = os.environ.get("DICOMVEC_BENCH_WATCH"), os.environ.get("DICOMVEC_BENCH_OUT")
+if watch:
+    def hook(event, args, _seen=[]):
+        if event == "open" and not _seen and isinstance(args[0], str) and args[0].startswith(watch):
+            _seen.append(1)
+            with open(out, "w") as f:
+                f.write(repr(time.time()))
+    sys.addaudithook(hook)
+from dicomvec.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def source_tree(commit: str, cache: Path) -> Path:
+    """The repository's files at ``commit`` (``git archive``), extracted once under ``cache``."""
+    target = cache / f"source-{commit}"
+    if not (target / "dicomvec" / "cli.py").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
+def _env(source: Path, **extra: str) -> Dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(source), **extra}
+
+
+def time_help(source: Path, command: str) -> float:
+    argv = ([command] if command else []) + ["--help"]
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD, *argv], env=_env(source),
+                          capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0 or "usage:" not in proc.stdout:
+        raise RuntimeError(f"{argv} failed: {proc.stderr[-500:]}")
+    return elapsed
+
+
+def time_run(source: Path, files: Path, work: Path, name: str) -> Dict[str, float]:
+    marker = work / f"{name}.first-read"
+    argv = ["run", "--input", f"{files}/**/*.dcm", "--sink", f"sqlite:///{work}/{name}.db",
+            "--dead-letter", str(work / f"dl-{name}"), "--provider", "thumbnail",
+            "--run-id", name]
+    started_epoch = time.time()
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True,
+                          env=_env(source, DICOMVEC_BENCH_WATCH=str(files),
+                                   DICOMVEC_BENCH_OUT=str(marker)))
+    total = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"run failed: {proc.stderr[-2000:]}")
+    first_read = float(marker.read_text()) - started_epoch
+    return {"to_first_read_s": round(first_read, 3), "total_s": round(total, 3)}
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", help="also measure the code at this commit")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--count", type=int, default=120, help="images in the run's input")
+    parser.add_argument("--cache", default=str(REPO / ".cache" / "bench"))
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    cache = Path(args.cache)
+    sources = {"current": REPO}
+    if args.baseline:
+        sources[f"baseline {args.baseline}"] = source_tree(args.baseline, cache)
+    files = cached_archive(cache / "startup", args.count, (1024, 1024)) / "files"
+    helps: Dict[str, Dict[str, List[float]]] = {s: {c: [] for c in COMMANDS} for s in sources}
+    runs: Dict[str, List[Dict[str, float]]] = {s: [] for s in sources}
+    info = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_no in range(args.rounds):
+            for label, source in sources.items():
+                for command in COMMANDS:
+                    helps[label][command].append(round(time_help(source, command), 3))
+                runs[label].append(time_run(source, files, Path(tmp),
+                                            f"r{round_no}-{label.split()[0]}"))
+    result = {"machine": {**info, "loadavg_end": os.getloadavg()}, "count": args.count,
+              "rounds": args.rounds, "sources": {}}
+    for label in sources:
+        worst_help = max(statistics.median(v) for v in helps[label].values())
+        result["sources"][label] = {
+            "help_median_s": {c or "(top)": statistics.median(v)
+                              for c, v in helps[label].items()},
+            "help_worst_median_s": worst_help,
+            "run_to_first_read_median_s": statistics.median(
+                r["to_first_read_s"] for r in runs[label]),
+            "run_total_median_s": statistics.median(r["total_s"] for r in runs[label]),
+            "runs": runs[label],
+        }
+        summary = result["sources"][label]
+        print(f"{label:<22} --help worst median {worst_help:.2f} s   run: first file read "
+              f"{summary['run_to_first_read_median_s']:.2f} s, total "
+              f"{summary['run_total_median_s']:.2f} s ({args.count} images)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
