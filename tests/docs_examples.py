@@ -178,9 +178,12 @@ def run_example(example: Example, cwd: Path) -> None:
 
 
 def make_local_run(target: Path) -> Path:
-    """``./run_local.sh`` with its output folder at ``target/out``; returns ``target``."""
-    env = dict(environment(), DICOMVEC_OUT=str(target / "out"))
-    proc = subprocess.run(["bash", str(REPO / "run_local.sh")], env=env,
+    """``./run_local.sh`` run in ``target`` (its output: ``target/out``, paths relative as in
+    the docs); returns ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    env.pop("DICOMVEC_OUT", None)
+    proc = subprocess.run(["bash", str(REPO / "run_local.sh")], env=env, cwd=target,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=1800)
     if proc.returncode != 0:

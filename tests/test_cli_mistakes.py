@@ -261,3 +261,38 @@ def test_help_lists_every_option_with_defaults_without_importing_beam():
             assert title in text, (command, title)
         if command != "search":
             assert "apache_beam.options.pipeline_options.html" in flat and "--help-beam" in flat
+
+
+def test_worker_processes_print_each_warning_once_and_no_beam_chatter(sample, work):
+    """Two worker processes: Beam's harness chatter (apitools, semi_persistent_directory, the
+    job service's relay) stays off by default, and each dicomvec warning is printed once;
+    -v brings Beam's warnings back."""
+    broken = next(p for p in sample.rglob("*.dcm") if "truncated" in _kind(sample, p))
+
+    def stderr_of(*extra):
+        proc = subprocess.run(
+            [sys.executable, "-m", "dicomvec.cli", *extra, "run", "--input", str(sample),
+             "--sink", f"sqlite:///{work}/w{len(extra)}.db", "--dead-letter",
+             str(work / f"dl{len(extra)}"), "--provider", "thumbnail",
+             "--direct_num_workers", "2"],
+            capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stderr
+
+    quiet = stderr_of()
+    for noise in ("apitools", "semi_persistent_directory", "sdk_worker", "Worker: severity",
+                  "Logging handler created"):
+        assert noise not in quiet, quiet
+    assert sum(str(broken) in line for line in quiet.splitlines()) == 1, quiet
+    verbose = stderr_of("-v")
+    assert "semi_persistent_directory" in verbose
+    assert sum(str(broken) in line for line in verbose.splitlines()) == 1, verbose
+
+
+def _kind(sample: Path, path: Path) -> str:
+    manifest = (sample.parent / "synthetic-manifest.csv").read_text().splitlines()
+    for line in manifest[1:]:
+        fields = line.split(",")
+        if fields[0] == str(path):
+            return fields[-1]
+    return ""

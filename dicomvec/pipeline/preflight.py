@@ -52,7 +52,9 @@ def resolve_input(pattern: Optional[str], what: str = "a DICOM file pattern such
                  pattern, used)
     if require_match:
         try:
-            matched = FileSystems.match([used])[0].metadata_list
+            # one match is enough: the pipeline's MatchFiles lists the archive itself, so
+            # a 377K-file archive is not listed twice before the first file is read
+            matched = FileSystems.match([used], limits=[1])[0].metadata_list
         except Exception as exc:  # bad scheme, unreachable bucket, no permission
             raise NoInputFilesError(f"cannot list --input {used!r}: "
                                     f"{type(exc).__name__}: {_first_line(exc)}") from None
@@ -88,7 +90,7 @@ def _writable_dir(directory: str) -> bool:
 
 def check_sqlite_path(path: str, must_exist: bool = False) -> None:
     """The SQLite file can be created or written (or, ``must_exist``, is there)."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
+    folder = os.path.dirname(path) or "."
     if os.path.isdir(path):
         raise PreflightError(f"sink {path!r} is a directory, not an SQLite file")
     if os.path.exists(path):
@@ -139,7 +141,7 @@ def check_dead_letter_folder(path: str) -> None:
         if not _writable_dir(path):
             raise PreflightError(f"--dead-letter folder {path!r} is not writable")
         return
-    parent = os.path.dirname(os.path.abspath(path))
+    parent = os.path.dirname(os.path.normpath(path)) or "."
     if not os.path.isdir(parent) and not _writable_dir(parent):
         raise PreflightError(f"--dead-letter {path!r}: folder {parent!r} does not exist")
     if not _writable_dir(parent):
