@@ -11,6 +11,9 @@ event (no change to the product): the time from just before the process is start
 ``open`` of a file under the input folder. The run is the local engine over a synthetic archive
 (``--count`` images, 1024×1024, ``dicomvec.synthetic``, generated once into ``--cache``), thumbnail
 provider, fresh SQLite file each time; the total wall time of the process is recorded too.
+``--extra-files N`` adds N small files that the pattern does not match (``*.txt``) to the
+archive's folders, as a real archive holds other files (MIMIC-CXR: the reports), so the cost of
+listing the tree before the first read shows.
 
     PYTHONPATH=. python -m benchmarks.startup [--baseline 4ac95db] [--rounds 5] \
         [--json benchmarks/results/startup.json]
@@ -65,6 +68,18 @@ def _env(source: Path, **extra: str) -> Dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(source), **extra}
 
 
+def add_other_files(files: Path, count: int) -> None:
+    """``count`` small ``.txt`` files spread over the archive's study folders (made once)."""
+    studies = sorted(p for p in files.glob("p*/p*/s*") if p.is_dir())
+    existing = len(list(files.rglob("other-*.txt")))
+    if existing == count or not studies:
+        return
+    for old in files.rglob("other-*.txt"):
+        old.unlink()
+    for index in range(count):
+        (studies[index % len(studies)] / f"other-{index:06d}.txt").write_text("x")
+
+
 def time_help(source: Path, command: str) -> float:
     argv = ([command] if command else []) + ["--help"]
     started = time.perf_counter()
@@ -98,6 +113,8 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--baseline", help="also measure the code at this commit")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--count", type=int, default=120, help="images in the run's input")
+    parser.add_argument("--extra-files", type=int, default=20000,
+                        help="files under the archive that --input does not match")
     parser.add_argument("--cache", default=str(REPO / ".cache" / "bench"))
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
@@ -106,6 +123,7 @@ def main(argv: List[str] = None) -> int:
     if args.baseline:
         sources[f"baseline {args.baseline}"] = source_tree(args.baseline, cache)
     files = cached_archive(cache / "startup", args.count, (1024, 1024)) / "files"
+    add_other_files(files, args.extra_files)
     helps: Dict[str, Dict[str, List[float]]] = {s: {c: [] for c in COMMANDS} for s in sources}
     runs: Dict[str, List[Dict[str, float]]] = {s: [] for s in sources}
     info = machine()
@@ -117,6 +135,7 @@ def main(argv: List[str] = None) -> int:
                 runs[label].append(time_run(source, files, Path(tmp),
                                             f"r{round_no}-{label.split()[0]}"))
     result = {"machine": {**info, "loadavg_end": os.getloadavg()}, "count": args.count,
+              "extra_files": args.extra_files,
               "rounds": args.rounds, "sources": {}}
     for label in sources:
         worst_help = max(statistics.median(v) for v in helps[label].values())
