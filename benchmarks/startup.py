@@ -8,7 +8,8 @@ interleaved with the current tree, so load changes hit both alike.
 
 "First file read" is seen from inside the process with a Python audit hook on the ``open``
 event (no change to the product): the time from just before the process is started to the first
-``open`` of a file under the input folder. The run is the local engine over a synthetic archive
+``open`` of a file under the input folder, and the CPU time the process had used by then (less
+sensitive to other work on a shared machine than the wall time). The run is the local engine over a synthetic archive
 (``--count`` images, 1024×1024, ``dicomvec.synthetic``, generated once into ``--cache``), thumbnail
 provider, fresh SQLite file each time; the total wall time of the process is recorded too.
 ``--extra-files N`` adds N small files that the pattern does not match (``*.txt``) to the
@@ -46,11 +47,57 @@ if watch:
         if event == "open" and not _seen and isinstance(args[0], str) and args[0].startswith(watch):
             _seen.append(1)
             with open(out, "w") as f:
-                f.write(repr(time.time()))
+                f.write(f"{time.time()!r} {time.process_time()!r}")
     sys.addaudithook(hook)
 from dicomvec.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+
+
+# With DICOMVEC_BENCH_PHASES set: the wall and CPU time at which each phase of `dicomvec run`
+# starts, up to the first file read, as JSON lines into DICOMVEC_BENCH_OUT (current tree only).
+PHASES = r"""
+import json, os, sys, time
+watch, out = os.environ["DICOMVEC_BENCH_WATCH"], os.environ["DICOMVEC_BENCH_OUT"]
+T0, C0 = time.perf_counter(), time.process_time()
+marks = []
+def mark(name):
+    marks.append({"phase": name, "wall_s": round(time.perf_counter() - T0, 3),
+                  "cpu_s": round(time.process_time() - C0, 3)})
+def hook(event, args):
+    if event == "open" and isinstance(args[0], str) and args[0].startswith(watch):
+        mark("first file read")
+        with open(out, "w") as f:
+            json.dump(marks, f)
+        os._exit(0)
+sys.addaudithook(hook)
+import dicomvec.pipeline.run as run
+import dicomvec.pipeline.preflight as preflight
+import apache_beam as beam
+mark("imports done (Beam, pydicom, dicomvec)")
+def wrap(module, name, label):
+    original = getattr(module, name)
+    def wrapped(*a, **k):
+        mark(label)
+        return original(*a, **k)
+    setattr(module, name, wrapped)
+wrap(preflight, "check_job", "preflight checks")
+wrap(run, "build_ingest", "graph construction")
+wrap(beam.Pipeline, "run", "pipeline.run (runner: translate, fuse, list input)")
+from dicomvec.cli import main
+main(sys.argv[1:])
+"""
+
+
+def phases(files: Path, work: Path) -> List[Dict[str, float]]:
+    """Where the time before the first file read goes, for the current tree."""
+    marker = work / "phases.json"
+    argv = ["run", "--input", f"{files}/**/*.dcm", "--sink", f"sqlite:///{work}/phases.db",
+            "--dead-letter", str(work / "dl-phases"), "--provider", "thumbnail"]
+    subprocess.run([sys.executable, "-c", PHASES, *argv], capture_output=True, text=True,
+                   cwd=REPO, env=_env(REPO, DICOMVEC_BENCH_WATCH=str(files),
+                            DICOMVEC_BENCH_OUT=str(marker)), timeout=600)
+    return json.loads(marker.read_text())
 
 
 def source_tree(commit: str, cache: Path) -> Path:
@@ -65,6 +112,8 @@ def source_tree(commit: str, cache: Path) -> Path:
 
 
 def _env(source: Path, **extra: str) -> Dict[str, str]:
+    """The child's environment; children also run with ``cwd=source``: ``python -c`` puts the
+    working directory first on sys.path, ahead of PYTHONPATH."""
     return {**os.environ, "PYTHONPATH": str(source), **extra}
 
 
@@ -84,7 +133,7 @@ def time_help(source: Path, command: str) -> float:
     argv = ([command] if command else []) + ["--help"]
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, *argv], env=_env(source),
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=source)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0 or "usage:" not in proc.stdout:
         raise RuntimeError(f"{argv} failed: {proc.stderr[-500:]}")
@@ -99,13 +148,14 @@ def time_run(source: Path, files: Path, work: Path, name: str) -> Dict[str, floa
     started_epoch = time.time()
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True,
-                          env=_env(source, DICOMVEC_BENCH_WATCH=str(files),
+                          cwd=source, env=_env(source, DICOMVEC_BENCH_WATCH=str(files),
                                    DICOMVEC_BENCH_OUT=str(marker)))
     total = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"run failed: {proc.stderr[-2000:]}")
-    first_read = float(marker.read_text()) - started_epoch
-    return {"to_first_read_s": round(first_read, 3), "total_s": round(total, 3)}
+    wall_at, cpu_at = (float(v) for v in marker.read_text().split())
+    return {"to_first_read_s": round(wall_at - started_epoch, 3),
+            "cpu_to_first_read_s": round(cpu_at, 3), "total_s": round(total, 3)}
 
 
 def main(argv: List[str] = None) -> int:
@@ -134,8 +184,9 @@ def main(argv: List[str] = None) -> int:
                     helps[label][command].append(round(time_help(source, command), 3))
                 runs[label].append(time_run(source, files, Path(tmp),
                                             f"r{round_no}-{label.split()[0]}"))
+        phase_marks = phases(files, Path(tmp))
     result = {"machine": {**info, "loadavg_end": os.getloadavg()}, "count": args.count,
-              "extra_files": args.extra_files,
+              "extra_files": args.extra_files, "phases_current": phase_marks,
               "rounds": args.rounds, "sources": {}}
     for label in sources:
         worst_help = max(statistics.median(v) for v in helps[label].values())
@@ -145,13 +196,18 @@ def main(argv: List[str] = None) -> int:
             "help_worst_median_s": worst_help,
             "run_to_first_read_median_s": statistics.median(
                 r["to_first_read_s"] for r in runs[label]),
+            "run_cpu_to_first_read_median_s": statistics.median(
+                r["cpu_to_first_read_s"] for r in runs[label]),
             "run_total_median_s": statistics.median(r["total_s"] for r in runs[label]),
             "runs": runs[label],
         }
         summary = result["sources"][label]
         print(f"{label:<22} --help worst median {worst_help:.2f} s   run: first file read "
-              f"{summary['run_to_first_read_median_s']:.2f} s, total "
+              f"{summary['run_to_first_read_median_s']:.2f} s (CPU "
+              f"{summary['run_cpu_to_first_read_median_s']:.2f} s), total "
               f"{summary['run_total_median_s']:.2f} s ({args.count} images)")
+    for item in phase_marks:
+        print(f"  at {item['wall_s']:5.2f} s (CPU {item['cpu_s']:5.2f} s)  {item['phase']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -129,6 +129,7 @@ def _drop_beam_import_noise(record: logging.LogRecord) -> bool:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    logging.getLogger().addFilter(_drop_beam_import_noise)  # before --help-beam imports Beam
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

@@ -296,3 +296,12 @@ def _kind(sample: Path, path: Path) -> str:
         if fields[0] == str(path):
             return fields[-1]
     return ""
+
+
+def test_reprocess_reason_is_cut_at_a_word_boundary():
+    from dicomvec.pipeline.reprocess import short_reason
+    message = "pixel data truncated: 5182976 bytes, the first frame needs 15548928 " * 3
+    text = short_reason("PixelDecodeError", message, width=100)
+    assert len(text) <= 100 and text.endswith(" …")
+    assert (text[:-2] + " ").startswith("PixelDecodeError: pixel data truncated:")
+    assert (f"PixelDecodeError: {message}").startswith(text[:-2] + " ")  # whole words only

@@ -130,6 +130,11 @@ class _BeamHelpAction(_HelpAction):
 
     def __call__(self, parser, namespace, values, option_string=None):
         beam = strict_parser(parser.prog, dicomvec_only=False, for_help=True)
+        beam.usage = f"{parser.prog} [dicomvec options] [Beam options]"
+        beam.description = (f"Beam's pipeline options, all accepted by {parser.prog} and passed "
+                             f"to Beam\n(dicomvec's own: {parser.prog} --help), documented at\n"
+                             f"{BEAM_DOCS}")
+        beam.formatter_class = _DefaultsRawDescription
         beam.print_help()
         parser.exit()
 
@@ -142,6 +147,11 @@ def add_help_flags(parser: argparse.ArgumentParser, beam: bool = True) -> None:
 
 
 # --------------------------------------------------------------------------- checking
+
+
+class _DefaultsRawDescription(argparse.ArgumentDefaultsHelpFormatter,
+                              argparse.RawDescriptionHelpFormatter):
+    """Defaults after each option's help; the description as written (the URL unbroken)."""
 
 
 class _StrictMixin:
@@ -163,7 +173,7 @@ def strict_parser(prog: str, dicomvec_only: bool = False, for_help: bool = False
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     classes: Dict[str, type] = {}
     for cls in ([DicomvecOptions] if dicomvec_only else PipelineOptions.__subclasses__()):
-        classes.setdefault(str(cls), cls)  # as Beam does: the last definition of a name wins
+        classes.setdefault(str(cls), cls)  # one class per name, as Beam's own parser does
     for cls in classes.values():
         if for_help and cls is DicomvecOptions:
             continue
