@@ -133,10 +133,12 @@ def test_options_registered_later_are_accepted_and_suggested():
 # --------------------------------------------------------------------------- preflight
 
 
-def test_sink_in_a_missing_folder(sample, work, capfd):
-    line = one_line_error(capfd, run_argv(sample, "--sink", f"sqlite:///{work}/nodir/x.db",
+def test_sink_in_a_missing_folder_that_cannot_be_made(sample, work, capfd):
+    ro = unwritable_dir(work)
+    line = one_line_error(capfd, run_argv(sample, "--sink", f"sqlite:///{ro}/a/b/x.db",
                                           "--dead-letter", str(work / "dl")), work)
-    assert "sink folder" in line and "does not exist" in line
+    assert "cannot create the sink" in line and "not writable" in line
+    assert not (ro / "a").exists()
 
 
 def test_sink_in_a_read_only_place(sample, work, capfd):
@@ -151,7 +153,10 @@ def test_sink_below_a_file(sample, work, capfd):
     (work / "afile").write_text("")
     line = one_line_error(capfd, run_argv(sample, "--sink", f"sqlite:///{work}/afile/x.db",
                                           "--dead-letter", str(work / "dl")), work)
-    assert "afile" in line and "Traceback" not in line
+    assert "afile' is a file, not a folder" in line
+    line = one_line_error(capfd, run_argv(sample, "--sink", f"sqlite:///{work}/afile/d/x.db",
+                                          "--dead-letter", str(work / "dl")), work)
+    assert "afile' is a file, not a folder" in line
 
 
 def test_unwritable_dead_letter_folder(sample, work, capfd):
@@ -159,6 +164,9 @@ def test_unwritable_dead_letter_folder(sample, work, capfd):
     line = one_line_error(capfd, run_argv(sample, "--sink", f"sqlite:///{work}/x.db",
                                           "--dead-letter", str(ro / "dead")), work)
     assert "--dead-letter" in line and "not writable" in line
+    line = one_line_error(capfd, run_argv(sample, "--sink", f"sqlite:///{work}/x.db",
+                                          "--dead-letter", str(ro / "a" / "dead")), work)
+    assert "cannot create --dead-letter" in line
     (work / "dl-file").write_text("")
     line = one_line_error(capfd, run_argv(sample, "--sink", f"sqlite:///{work}/x.db",
                                           "--dead-letter", str(work / "dl-file")), work)
@@ -216,16 +224,17 @@ def test_dead_letter_commands_on_a_missing_folder(work, capfd):
 
 
 def test_directory_input_means_every_file_below_and_beam_options_pass(sample, work, capfd):
-    rc = cli.main(["run", "--input", str(sample), "--sink", f"sqlite:///{work}/x.db",
-                   "--dead-letter", str(work / "dl"), "--provider", "thumbnail",
+    """Also: missing folders for the sink and the dead letters are made by the job."""
+    rc = cli.main(["run", "--input", str(sample), "--sink", f"sqlite:///{work}/new/x.db",
+                   "--dead-letter", str(work / "new2" / "dl"), "--provider", "thumbnail",
                    "--runner", "DirectRunner", "--direct_num_workers", "1", "--run-id", "d"])
     out, err = capfd.readouterr()
     assert rc == 0, err
     assert f"is a directory: reading every file below it (pattern {sample}/**)" in err
     assert "files matched        4" in out and "images stored        3" in out
     # nothing to reprocess at stage embed: a normal outcome, exit 0
-    rc = cli.main(["reprocess", "--dead-letter", str(work / "dl"), "--stage", "embed",
-                   "--sink", f"sqlite:///{work}/x.db"])
+    rc = cli.main(["reprocess", "--dead-letter", str(work / "new2" / "dl"), "--stage", "embed",
+                   "--sink", f"sqlite:///{work}/new/x.db"])
     out, err = capfd.readouterr()
     assert rc == 0, err
     assert out.startswith("nothing to reprocess: no dead letters")

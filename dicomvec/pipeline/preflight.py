@@ -6,11 +6,10 @@ given as ``--input`` becomes ``DIR/**``, every file below it), or a ``PreflightE
 ``UserError``: the CLI prints it as one line). Every check only looks: nothing here writes.
 
 * input: the pattern matches at least one file (``NoInputFilesError`` otherwise);
-* sink: ``sqlite:///PATH``: the folder that would hold the file exists and is writable (only
-  the defaults' ``out/`` is made when missing), and
-  PATH, if it exists, is a writable file (``must_exist``: it exists); a server (PostgreSQL,
-  IRIS): the login works (connect, then close);
-* dead letters: the folder exists and is writable, or the folder that would hold it does;
+* sink: ``sqlite:///PATH``: PATH, if it exists, is a writable file (``must_exist``: it
+  exists); else its folder is writable or can be made (the nearest existing ancestor is a
+  writable folder, not a file); a server (PostgreSQL, IRIS): the login works (connect, close);
+* dead letters: the folder is writable, or can be made (same rule);
 * provider: its credentials are present (``EmbeddingProvider.preflight``; e.g. nvclip's
   ``NVIDIA_API_KEY`` for the hosted API). No request is sent.
 """
@@ -68,15 +67,8 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-#: the folder of the default sink and dead letters (``out/``): made by the job when missing
-DEFAULT_OUT = "out"
-
-
 def _writable_dir(directory: str) -> bool:
-    """``directory`` is a writable folder — or is the defaults' ``out/`` in a writable one."""
-    if not os.path.exists(directory) and os.path.abspath(directory) == os.path.abspath(
-            DEFAULT_OUT):
-        return _writable_dir(os.path.dirname(os.path.abspath(directory)))
+    """``directory`` is a folder this process can create files in."""
     if not os.path.isdir(directory):
         return False
     try:  # os.access says yes to root even where writing fails (read-only mounts, /proc)
@@ -88,9 +80,25 @@ def _writable_dir(directory: str) -> bool:
     return True
 
 
+def folder_problem(folder: str) -> Optional[str]:
+    """Why ``folder`` cannot be written or made (its nearest existing ancestor is a file or
+    not writable), or None. Makes nothing: missing folders are made by the job itself."""
+    existing = folder or "."
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing.rstrip(os.sep)) or "."
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        return f"{existing!r} is a file, not a folder"
+    if not _writable_dir(existing):
+        return f"folder {existing!r} is not writable"
+    return None
+
+
 def check_sqlite_path(path: str, must_exist: bool = False) -> None:
-    """The SQLite file can be created or written (or, ``must_exist``, is there)."""
-    folder = os.path.dirname(path) or "."
+    """The SQLite file can be written, or created (its folder too); ``must_exist``: it is
+    there."""
     if os.path.isdir(path):
         raise PreflightError(f"sink {path!r} is a directory, not an SQLite file")
     if os.path.exists(path):
@@ -103,11 +111,9 @@ def check_sqlite_path(path: str, must_exist: bool = False) -> None:
     if must_exist:
         raise PreflightError(f"no database at {path!r} (fill it with `dicomvec run` first, or "
                              "pass --sink)")
-    if not os.path.isdir(folder) and not _writable_dir(folder):
-        raise PreflightError(f"sink folder {folder!r} does not exist (create it, or choose "
-                             "another --sink)")
-    if not _writable_dir(folder):
-        raise PreflightError(f"sink folder {folder!r} is not writable")
+    problem = folder_problem(os.path.dirname(path))
+    if problem:
+        raise PreflightError(f"cannot create the sink {path!r}: {problem}")
 
 
 def check_sink(url: str, must_exist: bool = False) -> None:
@@ -131,8 +137,8 @@ def check_sink(url: str, must_exist: bool = False) -> None:
 
 
 def check_dead_letter_folder(path: str) -> None:
-    """The dead-letter folder can be written: it is a writable directory, or the folder that
-    would hold it is (a missing folder is made by the job, not here)."""
+    """The dead-letter folder can be written: it is a writable folder, or can be made (its
+    nearest existing ancestor is a writable folder; the job makes it, not this check)."""
     if not _is_local(path):
         return  # object stores: Beam's filesystem reports its own errors
     if os.path.exists(path):
@@ -141,11 +147,9 @@ def check_dead_letter_folder(path: str) -> None:
         if not _writable_dir(path):
             raise PreflightError(f"--dead-letter folder {path!r} is not writable")
         return
-    parent = os.path.dirname(os.path.normpath(path)) or "."
-    if not os.path.isdir(parent) and not _writable_dir(parent):
-        raise PreflightError(f"--dead-letter {path!r}: folder {parent!r} does not exist")
-    if not _writable_dir(parent):
-        raise PreflightError(f"--dead-letter {path!r}: folder {parent!r} is not writable")
+    problem = folder_problem(os.path.dirname(os.path.normpath(path)))
+    if problem:
+        raise PreflightError(f"cannot create --dead-letter {path!r}: {problem}")
 
 
 def require_dead_letter_folder(path: str) -> None:
