@@ -38,9 +38,10 @@ VIEW_ORDER = ("PA", "AP", "LATERAL", "LL")
 QUERIES = ("right lower lobe consolidation", "small left pleural effusion", "no acute process")
 SINKS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 #: per sink: {table name: how its Vector is stored}; the first is the default table name
-STORAGE = {"sqlite": {"MIMICCXRReports": "json", "ReportsF64": "blob64", "ReportsCsv": "csv"},
+STORAGE = {"sqlite": {"MIMICCXRReports": "json", "ReportsF64": "blob64", "ReportsCsv": "csv",
+                      "ReportsF32": "blob32"},
            "postgresql": {"MIMICCXRReports": "pgvector", "ReportsArray": "array",
-                          "ReportsJson": "json"}}
+                          "ReportsJson": "json", "ReportsReal": "real"}}
 
 
 def _findings(study: str) -> str:
@@ -58,7 +59,8 @@ def _embedded(study: str) -> str:
 
 # -- the predecessor's tables, written with raw SQL as another tool would ---------------------
 def _create_sqlite(conn, table: str, storage: str, rows: List[tuple]) -> None:
-    vector_type = {"json": "TEXT", "csv": "TEXT", "blob64": "BLOB", None: None}[storage]
+    vector_type = {"json": "TEXT", "csv": "TEXT", "blob64": "BLOB", "blob32": "BLOB",
+                   None: None}[storage]
     columns = "SubjectID VARCHAR(50), StudyID VARCHAR(50) PRIMARY KEY, Findings TEXT, " \
               "Impression TEXT" + (f", Vector {vector_type}" if vector_type else "")
     conn.execute(f"CREATE TABLE {table} ({columns})")
@@ -70,13 +72,15 @@ def _create_sqlite(conn, table: str, storage: str, rows: List[tuple]) -> None:
             values.append(",".join(repr(float(v)) for v in vector))
         elif storage == "blob64":
             values.append(np.asarray(vector, dtype="<f8").tobytes())
+        elif storage == "blob32":
+            values.append(np.asarray(vector, dtype="<f4").tobytes())
         conn.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(values))})", values)
     conn.commit()
 
 
 def _create_postgres(conn, table: str, storage: str, rows: List[tuple]) -> None:
     vector_type = {"pgvector": f"vector({DIM})", "array": "double precision[]",
-                   "json": "text", None: None}[storage]
+                   "real": "real[]", "json": "text", None: None}[storage]
     conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     conn.execute("CREATE SCHEMA IF NOT EXISTS VectorSearch")
     columns = "SubjectID VARCHAR(50), StudyID VARCHAR(50) PRIMARY KEY, Findings TEXT, " \
@@ -88,7 +92,7 @@ def _create_postgres(conn, table: str, storage: str, rows: List[tuple]) -> None:
         if storage == "pgvector":
             values.append("[" + ",".join(repr(float(v)) for v in vector) + "]")
             marker = ", %s::vector"
-        elif storage == "array":
+        elif storage in ("array", "real"):
             values.append([float(v) for v in vector])
             marker = ", %s"
         elif storage == "json":
@@ -199,7 +203,7 @@ def _expected_images(archive, query: np.ndarray, view=None) -> List[tuple]:
     return [(image_id, -neg) for neg, _, _, image_id in sorted(out)]
 
 
-@pytest.mark.parametrize("table_index", [0, 1, 2])
+@pytest.mark.parametrize("table_index", [0, 1, 2, 3])
 def test_via_reports_returns_the_nearest_studies_images_in_order(archive, openai_server, key,
                                                                 table_index):
     table = list(STORAGE[archive["kind"]])[table_index]
@@ -329,3 +333,36 @@ def test_missing_key_and_missing_table_are_one_line_exit_2(archive, monkeypatch,
     rc = cli.main(["search", "--image", archive["files"][0].path, "--via-reports",
                    "--sink", archive["sink"]])
     assert rc == 2 and "use it with --text" in capsys.readouterr().err
+
+
+def test_postgres_table_with_quoted_mixed_case_names(archive, openai_server, key):
+    """A tool that quoted its identifiers ("VectorSearch"."Reports"."StudyID") is read too."""
+    if archive["kind"] != "postgresql":
+        pytest.skip("quoted identifiers are a PostgreSQL matter (SQLite ignores case)")
+    import psycopg
+    rows = [(f"p{archive['subjects'][s]}", f"s{s}", _findings(s), _impression(s),
+             "[" + ",".join(repr(float(x)) for x in v) + "]")
+            for s, v in archive["vectors"].items()]
+    with psycopg.connect(archive["sink"], autocommit=True) as conn:
+        conn.execute('CREATE SCHEMA IF NOT EXISTS "VectorSearch"')
+        conn.execute(f'CREATE TABLE "VectorSearch"."QuotedReports" ("SubjectID" VARCHAR(50), '
+                     f'"StudyID" VARCHAR(50) PRIMARY KEY, "Findings" TEXT, "Impression" TEXT, '
+                     f'"Vector" vector({DIM}))')
+        conn.cursor().executemany('INSERT INTO "VectorSearch"."QuotedReports" VALUES '
+                                  '(%s, %s, %s, %s, %s::vector)', rows)
+        before = conn.execute('SELECT t::text FROM "VectorSearch"."QuotedReports" t '
+                              'ORDER BY 1').fetchall()
+    try:
+        expected = _expected_images(archive, openai_server.vector(QUERIES[0]))
+        result = run_search(SearchRequest(text=QUERIES[0], k=len(expected), via_reports=True,
+                                          with_reports=True, reports_table="QuotedReports"),
+                            _options(archive["sink"]), _settings(openai_server))
+        assert [r.hit.ImageID for r in result.results] == [i for i, _ in expected]
+        assert result.via["reports_table"] == '"VectorSearch"."QuotedReports"'
+        assert all(r.report.Findings == _findings(r.hit.StudyID) for r in result.results)
+        with psycopg.connect(archive["sink"]) as conn:
+            assert conn.execute('SELECT t::text FROM "VectorSearch"."QuotedReports" t '
+                                'ORDER BY 1').fetchall() == before
+    finally:
+        with psycopg.connect(archive["sink"], autocommit=True) as conn:
+            conn.execute('DROP TABLE "VectorSearch"."QuotedReports"')
