@@ -28,12 +28,11 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from http.server import ThreadingHTTPServer
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from tests.nvclip_server import Fault, LoggedRequest, _Handler, raw_vector
+from tests.nvclip_server import Fault, LocalServer, LoggedRequest, _Handler, raw_vector
 
 MODELS = {"text-embedding-3-large": 3072, "text-embedding-3-small": 1536,
           "text-embedding-ada-002": 1536}
@@ -57,53 +56,18 @@ def vector(text: str, dimensions: int = 3072, native: int = 3072) -> np.ndarray:
     return (full / np.linalg.norm(full)).astype(np.float32)
 
 
-class OpenAIContractServer:
+class OpenAIContractServer(LocalServer):
+    thread_name = "openai-server"
+
     def __init__(self, api_key: Optional[str] = None):
         self.api_key = api_key
         self.log: List[LoggedRequest] = []
         self.bodies: List[Dict[str, Any]] = []
         self._faults: List[Fault] = []
         self._lock = threading.Lock()
-        self._httpd: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
         # bookkeeping the shared handler base expects
         self.in_flight = 0
         self.max_in_flight = 0
-
-    # -- control ----------------------------------------------------------------------------
-    def start(self) -> "OpenAIContractServer":
-        server = self
-
-        class Handler(_OpenAIHandler):
-            owner = server
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.block_on_close = False
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="openai-server",
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> "OpenAIContractServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
     def inject(self, *faults: Fault) -> None:
         with self._lock:
@@ -233,3 +197,6 @@ class _OpenAIHandler(_Handler):
             self._send_json(200, None, raw=b"<html>gateway hiccup</html>")
             return
         self._send_json(200, owner._response(request, fault))
+
+
+OpenAIContractServer.handler_base = _OpenAIHandler
