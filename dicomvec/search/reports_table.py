@@ -287,12 +287,12 @@ def vector_column(store, table: ReportsTable, expected: Optional[int] = None) ->
                             f"IRIS {declared or 'VECTOR'} ({dimension} values)", iris_type)
     if isinstance(value, (bytes, bytearray, memoryview)):
         width = 8 if expected and len(bytes(value)) == 8 * expected else 4
-        storage = f"{declared or 'BLOB'} of float{width * 8} ({dimension} values)"
+        storage = f"{declared or 'BLOB'} of {dimension} float{width * 8} values"
     elif isinstance(value, str):
-        form = "JSON array" if value.lstrip().startswith("[") else "comma-separated"
-        storage = f"{declared or 'text'} ({form}, {dimension} values)"
+        form = "JSON array" if value.lstrip().startswith("[") else "comma-separated list"
+        storage = f"{declared or 'text'} holding a {form} of {dimension} numbers"
     else:
-        storage = f"{declared or type(value).__name__} ({dimension} values)"
+        storage = f"{declared or type(value).__name__} of {dimension} values"
     return VectorColumn(column, "scan", dimension, storage)
 
 
