@@ -321,11 +321,8 @@ def test_rate_limits_and_server_errors_are_retried(archive, openai_server, key):
     assert len(result.results) == 2
 
 
-def test_missing_key_and_missing_table_are_one_line_exit_2(archive, monkeypatch, capsys):
-    monkeypatch.delenv(API_KEY_ENV, raising=False)
-    rc = cli.main(["search", "--text", "x", "--via-reports", "--sink", archive["sink"]])
-    err = capsys.readouterr().err
-    assert rc == 2 and f"{API_KEY_ENV} is not set" in err and "Traceback" not in err
+def test_missing_key_and_missing_table_are_one_line_exit_2(archive, monkeypatch, capsys,
+                                                         tmp_path, key):
     rc = cli.main(["search", "--text", "x", "--via-reports", "--sink", archive["sink"],
                    "--reports-table", "NoSuchReports"])
     err = capsys.readouterr().err
@@ -333,6 +330,12 @@ def test_missing_key_and_missing_table_are_one_line_exit_2(archive, monkeypatch,
     rc = cli.main(["search", "--image", archive["files"][0].path, "--via-reports",
                    "--sink", archive["sink"]])
     assert rc == 2 and "use it with --text" in capsys.readouterr().err
+    monkeypatch.delenv(API_KEY_ENV)
+    absent = tmp_path / "absent.db"
+    rc = cli.main(["search", "--text", "x", "--via-reports", "--sink", f"sqlite:///{absent}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{API_KEY_ENV} is not set" in err and "Traceback" not in err
+    assert not absent.exists()  # said before anything was created
 
 
 def test_postgres_table_with_quoted_mixed_case_names(archive, openai_server, key):

@@ -98,9 +98,10 @@ def rank_images(reports: Sequence[ReportHit], images: Sequence[Hit]
 
 def search_via_reports(request, options, settings):
     """``--via-reports``: see the module docstring. ``settings``: ``OpenAISettings``."""
-    from dicomvec.io.providers.openai_client import OpenAITextEmbedder
-    from dicomvec.search.engine import ImageResult, ReportResult, SearchResult
+    from dicomvec.io.providers.openai_client import OpenAITextEmbedder, api_key
+    from dicomvec.search.engine import ReportResult, SearchResult
 
+    api_key(settings.model)  # a missing key is said before any database is opened
     with open_reports(options, request.reports_table, request.reports_schema) as store:
         table = inspect_reports(store)
         expected = settings.expected_dimension

@@ -73,6 +73,15 @@ class OpenAISettings:
         return self.dimensions or NATIVE_DIMENSIONS.get(self.model)
 
 
+def api_key(model: str = DEFAULT_MODEL) -> str:
+    """The key from ``OPENAI_API_KEY``, or a ``UserError`` saying how to set it."""
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    if not key:
+        raise UserError(f"{API_KEY_ENV} is not set: export {API_KEY_ENV}=... to embed the "
+                        f"query with {model} (the key is never a flag)")
+    return key
+
+
 class OpenAIClient(EmbeddingsClient):
     """``EmbeddingsClient`` with OpenAI's request body, base64 decoding and messages."""
 
@@ -130,10 +139,7 @@ class OpenAITextEmbedder:
         self._client: Optional[OpenAIClient] = None
 
     def __enter__(self) -> "OpenAITextEmbedder":
-        api_key = os.environ.get(API_KEY_ENV, "").strip() or None
-        if api_key is None:
-            raise UserError(f"{API_KEY_ENV} is not set: export {API_KEY_ENV}=... to embed the "
-                            f"query with {self.settings.model} (the key is never a flag)")
+        key = api_key(self.settings.model)
         s = self.settings
         self._client = OpenAIClient(
             ClientSettings(endpoint=s.url, model=s.model, dimension=self.dimension,
@@ -141,7 +147,7 @@ class OpenAITextEmbedder:
                            max_attempts=s.max_attempts, backoff_base_s=s.backoff_base_s,
                            backoff_max_s=s.backoff_max_s, max_retry_after_s=s.max_retry_after_s,
                            pool_size=1),
-            api_key, RateLimiter(0), self.counters, dimensions=s.dimensions,
+            key, RateLimiter(0), self.counters, dimensions=s.dimensions,
             encoding_format=s.encoding_format)
         return self
 
