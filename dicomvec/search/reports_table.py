@@ -281,10 +281,11 @@ def vector_column(store, table: ReportsTable, expected: Optional[int] = None) ->
         raise UserError(f"cannot read the vectors of {table.qualified}.{column} "
                         f"({declared or type(value).__name__}): {exc}") from None
     if dialect == "iris":
-        textual = any(t in declared for t in ("char", "text", "clob", "string"))
+        # INFORMATION_SCHEMA may call a VECTOR column VARCHAR, so the type is not trusted:
+        # ``nearest_reports`` tries it as a VECTOR and falls back to TO_VECTOR(column)
         iris_type = "FLOAT" if "float" in declared else "DOUBLE"
-        return VectorColumn(column, "iris-text" if textual else "iris-vector", dimension,
-                            f"IRIS {declared or 'VECTOR'} ({dimension} values)", iris_type)
+        return VectorColumn(column, "iris-vector", dimension,
+                            f"IRIS {declared or 'VECTOR'} of {dimension} values", iris_type)
     if isinstance(value, (bytes, bytearray, memoryview)):
         width = 8 if expected and len(bytes(value)) == 8 * expected else 4
         storage = f"{declared or 'BLOB'} of {dimension} float{width * 8} values"
@@ -335,14 +336,23 @@ def nearest_reports(store, table: ReportsTable, column: VectorColumn, query: np.
     statement = nearest_reports_sql(table, column, query, n)
     if statement is None:
         return _scan(store, table, column, query, n)
-    sql, params = statement
+    try:
+        rows = _fetch(store, *statement)
+    except Exception as exc:
+        if column.kind != "iris-vector" or store.dialect.is_transient(exc):
+            raise
+        # vectors kept as text of numbers: convert them in the query
+        text = dataclasses.replace(column, kind="iris-text")
+        rows = _fetch(store, *nearest_reports_sql(table, text, query, n))
+    return [table.hit(row[:-1], float(row[-1])) for row in rows], 0
 
+
+def _fetch(store, sql: str, params: list) -> list:
     def action(conn):
         cur = conn.cursor()
         cur.execute(sql, params)
         return cur.fetchall()
-    rows = store._read(action, "nearest reports")
-    return [table.hit(row[:-1], float(row[-1])) for row in rows], 0
+    return store._read(action, "nearest reports")
 
 
 def _scan(store, table: ReportsTable, column: VectorColumn, query: np.ndarray,
