@@ -1,9 +1,11 @@
 """Searching through a reports table another tool made (issue 16, the read side).
 
 The predecessor's ``MIMICCXRReports`` has only SubjectID, StudyID, Findings, Impression and a
-3072-d OpenAI ``text-embedding-3-large`` Vector (IDs spelled ``p…``/``s…``), stored the ways such a
-tool plausibly would: JSON text, float64 BLOB, comma-separated text (SQLite); pgvector
-``vector(3072)``, ``double precision[]``, JSON text (PostgreSQL). On SQLite and PostgreSQL:
+3072-d OpenAI ``text-embedding-3-large`` Vector (IDs spelled ``p…``/``s…``), stored the ways
+such a tool plausibly would: JSON text, float64 and float32 BLOBs, comma-separated text (SQLite);
+pgvector ``vector(3072)``, ``double precision[]``, ``real[]``, JSON text (PostgreSQL); ``VECTOR
+(DOUBLE, 3072)``, comma-separated and JSON VARCHAR (IRIS: live only, when DICOMVEC_IRIS_URL is
+set, in a fresh schema). On each database:
 
 * ``--via-reports`` embeds the query at the OpenAI contract server and returns the images of the
   nearest studies, in exactly the order computed here from the server's vectors (report score,
@@ -15,6 +17,7 @@ tool plausibly would: JSON text, float64 BLOB, comma-separated text (SQLite); pg
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from pathlib import Path
 from typing import Dict, List
@@ -36,12 +39,17 @@ DIM = 3072
 #: the documented tie order among a study's images (not imported: the test must be able to fail)
 VIEW_ORDER = ("PA", "AP", "LATERAL", "LL")
 QUERIES = ("right lower lobe consolidation", "small left pleural effusion", "no acute process")
-SINKS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+SINKS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
+         pytest.param("iris", marks=pytest.mark.iris)]
+IRIS_SKIP = ("IRIS not run: no IRIS server can be installed here. Set DICOMVEC_IRIS_URL="
+             "iris://USER@HOST:1972/NAMESPACE and DICOMVEC_IRIS_PASSWORD to run it live (it "
+             "works in a fresh schema DicomvecVia…, never VectorSearch)")
 #: per sink: {table name: how its Vector is stored}; the first is the default table name
 STORAGE = {"sqlite": {"MIMICCXRReports": "json", "ReportsF64": "blob64", "ReportsCsv": "csv",
                       "ReportsF32": "blob32"},
            "postgresql": {"MIMICCXRReports": "pgvector", "ReportsArray": "array",
-                          "ReportsJson": "json", "ReportsReal": "real"}}
+                          "ReportsJson": "json", "ReportsReal": "real"},
+           "iris": {"MIMICCXRReports": "vector", "ReportsCsv": "csv", "ReportsJson": "json"}}
 
 
 def _findings(study: str) -> str:
@@ -101,8 +109,48 @@ def _create_postgres(conn, table: str, storage: str, rows: List[tuple]) -> None:
         conn.execute(f"INSERT INTO VectorSearch.{table} VALUES (%s, %s, %s, %s{marker})", values)
 
 
-def _snapshot(kind: str, sink: str, table: str):
+def _iris_connection(sink: str):
+    from dicomvec.io.stores.dialects import dialect_for_url
+    return dialect_for_url(sink, schema="VectorSearch").connect()
+
+
+def _create_iris(conn, schema: str, table: str, storage: str, rows: List[tuple]) -> None:
+    vector_type = {"vector": f"VECTOR(DOUBLE, {DIM})", "csv": "VARCHAR(200000)",
+                   "json": "VARCHAR(200000)", None: None}[storage]
+    cur = conn.cursor()
+    cur.execute(f"CREATE TABLE {schema}.{table} (SubjectID VARCHAR(50), StudyID VARCHAR(50) "
+                "PRIMARY KEY, Findings VARCHAR(2000), Impression VARCHAR(2000)"
+                + (f", Vector {vector_type})" if vector_type else ")"))
+    for subject, study, findings, impression, vector in rows:
+        values = [subject, study, findings, impression]
+        marker = ""
+        if storage == "vector":
+            values.append(",".join(repr(float(v)) for v in vector))
+            marker = f", TO_VECTOR(?, DOUBLE, {DIM})"
+        elif storage == "csv":
+            values.append(",".join(repr(float(v)) for v in vector))
+            marker = ", ?"
+        elif storage == "json":
+            values.append(json.dumps([float(v) for v in vector]))
+            marker = ", ?"
+        cur.execute(f"INSERT INTO {schema}.{table} VALUES (?, ?, ?, ?{marker})", values)
+    conn.commit()
+
+
+def _snapshot(kind: str, sink: str, table: str, schema: str = "VectorSearch"):
     """Every row of the predecessor's table, exactly as stored, plus its column list."""
+    if kind == "iris":
+        conn = _iris_connection(sink)
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT COLUMN_NAME, DATA_TYPE FROM INFORMATION_SCHEMA.COLUMNS WHERE "
+                        "TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                        [schema, table])
+            columns = [tuple(r) for r in cur.fetchall()]
+            cur.execute(f"SELECT * FROM {schema}.{table} ORDER BY StudyID")
+            return columns, [tuple(str(v) for v in r) for r in cur.fetchall()]
+        finally:
+            conn.close()
     if kind == "sqlite":
         import sqlite3
         with sqlite3.connect(sink[len("sqlite:///"):]) as conn:
@@ -133,15 +181,21 @@ def archive(request, tmp_path_factory, openai_server):
 
     Returns a namespace dict: kind, sink, files, report vectors by StudyID, tables."""
     kind = request.param
+    if kind == "iris" and not os.environ.get("DICOMVEC_IRIS_URL"):
+        pytest.skip(IRIS_SKIP)
     root = tmp_path_factory.mktemp(f"via-{kind}")
+    schema = f"DicomvecVia{secrets.token_hex(4)}" if kind == "iris" else "VectorSearch"
     files = [f for f in generate(root / "sample", COUNT, size=(192, 160),
                                  syntaxes=("native",), seed=16) if not f.broken]
     if kind == "sqlite":
         sink = f"sqlite:///{root}/dicomvec.db"
+    elif kind == "iris":
+        sink = os.environ["DICOMVEC_IRIS_URL"]
     else:
         sink = request.getfixturevalue("postgres_server").create_database(
             f"via_{root.name.replace('-', '_').lower()}")
     summary = run_ingest(["--input", f"{root}/sample/files/**/*.dcm", "--sink", sink,
+                          "--sink-schema", schema,
                           "--dead-letter", str(root / "dead_letter"), "--provider", "thumbnail",
                           "--image-size", "128"])
     assert summary.stored == len(files)
@@ -157,6 +211,14 @@ def archive(request, tmp_path_factory, openai_server):
             for table, storage in STORAGE[kind].items():
                 _create_sqlite(conn, table, storage, rows)
             _create_sqlite(conn, "ReportsMinimal", None, rows)
+    elif kind == "iris":
+        conn = _iris_connection(sink)
+        try:
+            for table, storage in STORAGE[kind].items():
+                _create_iris(conn, schema, table, storage, rows)
+            _create_iris(conn, schema, "ReportsMinimal", None, rows)
+        finally:
+            conn.close()
     else:
         import psycopg
         with psycopg.connect(sink, autocommit=True) as conn:
@@ -164,11 +226,21 @@ def archive(request, tmp_path_factory, openai_server):
                 _create_postgres(conn, table, storage, rows)
             _create_postgres(conn, "ReportsMinimal", None, rows)
     tables = list(STORAGE[kind]) + ["ReportsMinimal"]
-    before = {table: _snapshot(kind, sink, table) for table in tables}
-    yield dict(kind=kind, sink=sink, files=files, vectors=vectors, tables=tables,
+    before = {table: _snapshot(kind, sink, table, schema) for table in tables}
+    yield dict(kind=kind, sink=sink, files=files, vectors=vectors, tables=tables, schema=schema,
                root=root, subjects=dict((study, subject) for subject, study in pairs))
-    for table in tables:  # after every search command of the module: byte-identical
-        assert _snapshot(kind, sink, table) == before[table], table
+    try:
+        for table in tables:  # after every search command of the module: byte-identical
+            assert _snapshot(kind, sink, table, schema) == before[table], table
+    finally:
+        if kind == "iris":  # leave the live server as found
+            conn = _iris_connection(sink)
+            try:
+                for table in tables + ["MIMICCXRImages"]:
+                    conn.cursor().execute(f"DROP TABLE IF EXISTS {schema}.{table}")
+                conn.commit()
+            finally:
+                conn.close()
 
 
 @pytest.fixture
@@ -177,8 +249,9 @@ def key(openai_server, monkeypatch) -> str:
     return openai_server.key
 
 
-def _options(sink: str) -> DicomvecOptions:
-    return DicomvecOptions(["--sink", sink, "--provider", "thumbnail", "--image-size", "128"])
+def _options(archive) -> DicomvecOptions:
+    return DicomvecOptions(["--sink", archive["sink"], "--sink-schema", archive["schema"],
+                            "--provider", "thumbnail", "--image-size", "128"])
 
 
 def _settings(server, **kwargs) -> OpenAISettings:
@@ -206,6 +279,8 @@ def _expected_images(archive, query: np.ndarray, view=None) -> List[tuple]:
 @pytest.mark.parametrize("table_index", [0, 1, 2, 3])
 def test_via_reports_returns_the_nearest_studies_images_in_order(archive, openai_server, key,
                                                                 table_index):
+    if table_index >= len(STORAGE[archive["kind"]]):
+        pytest.skip(f"{archive['kind']} is tested with {len(STORAGE[archive['kind']])} forms")
     table = list(STORAGE[archive["kind"]])[table_index]
     for text in QUERIES:
         query = openai_server.vector(text)
@@ -213,7 +288,7 @@ def test_via_reports_returns_the_nearest_studies_images_in_order(archive, openai
         assert len(expected) >= 6
         result = run_search(SearchRequest(text=text, k=len(expected), via_reports=True,
                                           reports_table=table),
-                            _options(archive["sink"]), _settings(openai_server))
+                            _options(archive), _settings(openai_server))
         assert [r.hit.ImageID for r in result.results] == [i for i, _ in expected], text
         assert [r.score for r in result.results] == pytest.approx([s for _, s in expected],
                                                                   abs=1e-5)
@@ -229,7 +304,7 @@ def test_via_reports_k_view_filter_and_joined_report(archive, openai_server, key
         expected = _expected_images(archive, query, view)
         result = run_search(SearchRequest(text=QUERIES[0], k=2, view=view, via_reports=True,
                                           with_reports=True),
-                            _options(archive["sink"]), _settings(openai_server))
+                            _options(archive), _settings(openai_server))
         assert [r.hit.ImageID for r in result.results] == [i for i, _ in expected[:2]]
         for item in result.results:
             assert item.hit.ViewPosition == view
@@ -244,7 +319,7 @@ def test_via_reports_target_reports_returns_their_reports(archive, openai_server
               for s, v in archive["vectors"].items()}
     expected = sorted(scores, key=lambda s: (-scores[s], s))[:3]
     result = run_search(SearchRequest(text=QUERIES[1], k=3, via_reports=True, target="reports"),
-                        _options(archive["sink"]), _settings(openai_server))
+                        _options(archive), _settings(openai_server))
     assert [r.hit.StudyID for r in result.results] == expected
     assert [r.score for r in result.results] == pytest.approx([scores[s] for s in expected],
                                                               abs=1e-5)
@@ -254,7 +329,8 @@ def test_cli_via_reports_json_and_contact_sheet(archive, openai_server, key, tmp
     sheet = tmp_path / "sheet.png"
     rc = cli.main(["search", "--text", QUERIES[2], "--via-reports", "--text-url",
                    openai_server.url, "--k", "3", "--json", "--contact-sheet", str(sheet),
-                   "--sink", archive["sink"], "--image-size", "128"])
+                   "--sink", archive["sink"], "--sink-schema", archive["schema"],
+                   "--image-size", "128"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     payload = json.loads(captured.out)
@@ -271,7 +347,7 @@ def test_with_reports_and_image_to_report_on_the_minimal_table(archive, capsys):
     files = archive["files"]
     query = files[0]
     result = run_search(SearchRequest(image=query.path, k=COUNT, with_reports=True,
-                                      reports_table="ReportsMinimal"), _options(archive["sink"]))
+                                      reports_table="ReportsMinimal"), _options(archive))
     assert result.results[0].hit.ImageID == query.dicom_id
     joined = 0
     for item in result.results:
@@ -285,14 +361,15 @@ def test_with_reports_and_image_to_report_on_the_minimal_table(archive, capsys):
     assert joined >= 6
     # image → report: the nearest images' studies, each report scored by its best image
     result = run_search(SearchRequest(image=query.path, k=3, target="reports",
-                                      reports_table="ReportsMinimal"), _options(archive["sink"]))
+                                      reports_table="ReportsMinimal"), _options(archive))
     assert result.results[0].hit.StudyID == query.study_id
     assert result.results[0].score == pytest.approx(1.0, abs=1e-6)
     assert result.results[0].hit.Impression == _impression(query.study_id)
     assert [r.score for r in result.results] == sorted((r.score for r in result.results),
                                                        reverse=True)
     rc = cli.main(["search", "--image", query.path, "--target", "reports", "--sink",
-                   archive["sink"], "--image-size", "128", "--k", "2"])
+                   archive["sink"], "--sink-schema", archive["schema"], "--image-size", "128",
+                   "--k", "2"])
     out = capsys.readouterr().out
     assert rc == 0 and _impression(query.study_id)[:40] in out and "best image" in out
 
@@ -303,12 +380,12 @@ def test_model_of_another_length_is_refused_before_any_request(archive, openai_s
                      _settings(openai_server, dimensions=1024)):
         with pytest.raises(UserError, match=r"gives (1536|1024)-d vectors but .*holds 3072-d"):
             run_search(SearchRequest(text=QUERIES[0], via_reports=True),
-                       _options(archive["sink"]), settings)
+                       _options(archive), settings)
     assert len(openai_server.log) == before
     # a model whose length is not known up front is checked on the answer
     openai_server.inject(Fault.wrong_dimension())
     with pytest.raises(UserError, match=r"1536 dimensions, expected 3072"):
-        run_search(SearchRequest(text=QUERIES[0], via_reports=True), _options(archive["sink"]),
+        run_search(SearchRequest(text=QUERIES[0], via_reports=True), _options(archive),
                    _settings(openai_server))
 
 
@@ -316,7 +393,7 @@ def test_rate_limits_and_server_errors_are_retried(archive, openai_server, key):
     openai_server.inject(Fault.http(429, retry_after="0"), Fault.http(502))
     start = len(openai_server.log)
     result = run_search(SearchRequest(text=QUERIES[0], k=2, via_reports=True),
-                        _options(archive["sink"]), _settings(openai_server))
+                        _options(archive), _settings(openai_server))
     assert [e.status for e in openai_server.log[start:]] == [429, 502, 200]
     assert len(result.results) == 2
 
@@ -324,11 +401,11 @@ def test_rate_limits_and_server_errors_are_retried(archive, openai_server, key):
 def test_missing_key_and_missing_table_are_one_line_exit_2(archive, monkeypatch, capsys,
                                                          tmp_path, key):
     rc = cli.main(["search", "--text", "x", "--via-reports", "--sink", archive["sink"],
-                   "--reports-table", "NoSuchReports"])
+                   "--sink-schema", archive["schema"], "--reports-table", "NoSuchReports"])
     err = capsys.readouterr().err
     assert rc == 2 and "no reports table" in err and "NoSuchReports" in err
     rc = cli.main(["search", "--image", archive["files"][0].path, "--via-reports",
-                   "--sink", archive["sink"]])
+                   "--sink", archive["sink"], "--sink-schema", archive["schema"]])
     assert rc == 2 and "use it with --text" in capsys.readouterr().err
     monkeypatch.delenv(API_KEY_ENV)
     absent = tmp_path / "absent.db"
@@ -359,7 +436,7 @@ def test_postgres_table_with_quoted_mixed_case_names(archive, openai_server, key
         expected = _expected_images(archive, openai_server.vector(QUERIES[0]))
         result = run_search(SearchRequest(text=QUERIES[0], k=len(expected), via_reports=True,
                                           with_reports=True, reports_table="QuotedReports"),
-                            _options(archive["sink"]), _settings(openai_server))
+                            _options(archive), _settings(openai_server))
         assert [r.hit.ImageID for r in result.results] == [i for i, _ in expected]
         assert result.via["reports_table"] == '"VectorSearch"."QuotedReports"'
         assert all(r.report.Findings == _findings(r.hit.StudyID) for r in result.results)
