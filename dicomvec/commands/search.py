@@ -46,6 +46,14 @@ def register(subparsers) -> None:
                         help="also write the image hits as a PNG grid (thumbnail, rank, score, "
                              "ImageID, view)")
     search.add_argument("--columns", type=int, default=5, help="contact sheet columns")
+    parser.epilog = PIPELINE_FLAGS
+    parser.set_defaults(func=run, passthrough=True)
+    add_reports_flags(parser)
+
+
+def add_reports_flags(parser) -> None:
+    """The reports table to read (ours or another tool's) and ``--via-reports`` with the
+    OpenAI-compatible model that embedded it."""
     reports = parser.add_argument_group(
         "reports table (read only; may be another tool's, e.g. OpenAI-embedded)")
     reports.add_argument("--reports-table", default=REPORTS_TABLE,
@@ -68,8 +76,6 @@ def register(subparsers) -> None:
                          help="read timeout per embeddings request, s (default 60)")
     reports.add_argument("--text-max-attempts", type=int, default=5,
                          help="attempts per request; 429/5xx/timeouts are retried (default 5)")
-    parser.epilog = PIPELINE_FLAGS
-    parser.set_defaults(func=run, passthrough=True)
 
 
 PIPELINE_FLAGS = """store, provider and preprocessing: the same flags as `dicomvec run`
@@ -92,6 +98,23 @@ def pipeline_options(extra):
     return DicomvecOptions(flags=[], **vars(known))
 
 
+def reports_request(request, args):
+    """``request`` with the reports-table flags, and the ``OpenAISettings`` for
+    ``--via-reports`` (None without it)."""
+    import dataclasses
+    request = dataclasses.replace(request, via_reports=args.via_reports,
+                                  reports_table=args.reports_table,
+                                  reports_schema=args.reports_schema)
+    if not args.via_reports:
+        return request, None
+    import os
+    from dicomvec.io.providers.openai_client import DEFAULT_URL, OpenAISettings
+    return request, OpenAISettings(
+        url=args.text_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_URL,
+        model=args.text_model, dimensions=args.text_dimensions, timeout_s=args.text_timeout,
+        max_attempts=args.text_max_attempts)
+
+
 def run(args, extra) -> int:
     from dicomvec.errors import UserError
     from dicomvec.search import output
@@ -99,17 +122,8 @@ def run(args, extra) -> int:
 
     options = pipeline_options(extra)
     request = SearchRequest(text=args.text, image=args.image, target=args.target, k=args.k,
-                            view=args.view, with_reports=args.with_reports,
-                            via_reports=args.via_reports, reports_table=args.reports_table,
-                            reports_schema=args.reports_schema)
-    text_settings = None
-    if args.via_reports:
-        import os
-        from dicomvec.io.providers.openai_client import DEFAULT_URL, OpenAISettings
-        text_settings = OpenAISettings(
-            url=args.text_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_URL,
-            model=args.text_model, dimensions=args.text_dimensions,
-            timeout_s=args.text_timeout, max_attempts=args.text_max_attempts)
+                            view=args.view, with_reports=args.with_reports)
+    request, text_settings = reports_request(request, args)
     if args.contact_sheet and args.target != "images":
         raise UserError("--contact-sheet shows image hits; it needs --target images")
     if args.columns < 1:
