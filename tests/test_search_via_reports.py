@@ -407,6 +407,10 @@ def test_missing_key_and_missing_table_are_one_line_exit_2(archive, monkeypatch,
     rc = cli.main(["search", "--image", archive["files"][0].path, "--via-reports",
                    "--sink", archive["sink"], "--sink-schema", archive["schema"]])
     assert rc == 2 and "use it with --text" in capsys.readouterr().err
+    typo = tmp_path / "typo.db"
+    rc = cli.main(["search", "--text", "x", "--via-reports", "--sink", f"sqlite:///{typo}"])
+    assert rc == 2 and "no SQLite database" in capsys.readouterr().err
+    assert not typo.exists()
     monkeypatch.delenv(API_KEY_ENV)
     absent = tmp_path / "absent.db"
     rc = cli.main(["search", "--text", "x", "--via-reports", "--sink", f"sqlite:///{absent}"])

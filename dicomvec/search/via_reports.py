@@ -16,6 +16,7 @@ Nothing here writes: every statement is a SELECT.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -38,7 +39,11 @@ def open_reports(options, table: Optional[str] = None, schema: Optional[str] = N
     name = table or getattr(options, "reports_table", None) or REPORTS.table
     spec = REPORTS if name == REPORTS.table else \
         dataclasses.replace(REPORTS, table=validate_identifier(name))
-    return VectorStore(options.sink, schema=schema or options.sink_schema, spec=spec)
+    store = VectorStore(options.sink, schema=schema or options.sink_schema, spec=spec)
+    path = getattr(store.dialect, "path", None)  # SQLite: reading must not create the file
+    if path is not None and not os.path.exists(path):
+        raise UserError(f"no SQLite database at {path} (check --sink)")
+    return store
 
 
 def reports_for(options, request, studies: Sequence[str]) -> Dict[str, ReportHit]:
