@@ -134,8 +134,8 @@ def _store_error(exc: Exception, table: str, sink: str) -> UserError:
 
 
 def _same_subject(report: Optional[ReportHit], hit: Hit) -> Optional[ReportHit]:
-    """The study's report, unless it belongs to another subject (a StudyID clash)."""
-    if report is not None and report.SubjectID != hit.SubjectID:
+    """The study's report, unless it names another subject (a StudyID clash)."""
+    if report is not None and report.SubjectID and report.SubjectID != hit.SubjectID:
         return None
     return report
 
