@@ -174,11 +174,20 @@ class VectorStore:
             self._shape_checked = True
 
     def _reports_table_exists(self, conn) -> bool:
-        sql, params = self.dialect.table_exists_sql(self.dialect.schema,
-                                                    self.spec.foreign_key[1])
-        cur = conn.cursor()
-        cur.execute(sql, params)
-        return cur.fetchone() is not None
+        """True when the foreign key's target exists and is keyed on the FK column alone (a
+        reports table of another tool, with no unique StudyID, gets no foreign key)."""
+        from dicomvec.io.stores.tables import REPORTS
+        column, table = self.spec.foreign_key
+        target = dialect_for_url(self.url, schema=self.dialect.schema or DEFAULT_SCHEMA,
+                                 table=table, spec=REPORTS)
+        shape = target.describe_table(conn)
+        if shape is None:
+            return False
+        if shape.key != (column.lower(),):
+            log.warning("no foreign key on %s: %s is keyed on (%s), not on %s alone",
+                        column, target.qualified_table, ", ".join(shape.key), column)
+            return False
+        return True
 
     def _index_exists(self, conn) -> bool:
         """True when the dialect can tell the index exists (dialects whose DDL has no
