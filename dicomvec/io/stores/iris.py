@@ -136,7 +136,10 @@ class IrisDialect(Dialect):
                                       namespace=self.namespace, username=self.username,
                                       password=password, autoCommit=False)
         except Exception as exc:
-            raise self.login_error(exc) or exc
+            error = self.login_error(exc)
+            if error is not None:
+                raise error from None  # one line; the driver's text adds nothing
+            raise
 
     def login_error(self, exc: BaseException) -> Optional[SinkAuthenticationError]:
         """A one-line error for a refused login (None: not a login problem)."""
