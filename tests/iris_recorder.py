@@ -34,12 +34,14 @@ class Recorder:
 
     def __init__(self, spec: TableSpec = IMAGES, table_exists: bool = False, dimension: int = 4,
                  columns=None, key=None, index_exists: bool = False,
-                 stored: Optional[List[Tuple[str, str]]] = None, zversion: str = ZVERSION):
+                 stored: Optional[List[Tuple[str, str]]] = None, zversion: str = ZVERSION,
+                 index_key=()):
         self.spec = spec
         self.table_exists = table_exists
         self.columns = columns if columns is not None else spec_columns(spec, dimension)
         self.key = list(key if key is not None else spec.key)
         self.index_exists = index_exists
+        self.index_key = list(index_key)  # the key as INFORMATION_SCHEMA.INDEXES flags it
         self.stored = stored or []  # (ImageID, vector text) rows for vector reads
         self.zversion = zversion
         self.statements: List[Tuple[str, object]] = []
@@ -80,6 +82,8 @@ class Recorder:
             return [(1,)] if self.table_exists else []
         if "INFORMATION_SCHEMA.SCHEMATA" in sql:
             return [(1,)] if self.table_exists else []
+        if "INFORMATION_SCHEMA.INDEXES" in sql and "PRIMARY_KEY = 1" in sql:
+            return [(k,) for k in self.index_key] if self.table_exists else []
         if "INFORMATION_SCHEMA.INDEXES" in sql:
             return [(1,)] if self.index_exists else []
         if sql == "SELECT $ZVERSION":

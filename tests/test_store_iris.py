@@ -336,3 +336,13 @@ def test_8_password_change_is_a_login_status_not_sqlcode_853(monkeypatch, iris_e
     assert "-853" not in str(err.value) and "change its password" in str(err.value)
     docs = (Path(__file__).resolve().parents[1] / "docs" / "iris.md").read_text()
     assert "-853" not in docs
+
+
+def test_primary_key_found_in_indexes_when_key_column_usage_lists_none(monkeypatch):
+    """Not verified live which catalog view lists the key: an existing dicomvec table whose
+    key only INFORMATION_SCHEMA.INDEXES reports is still recognised as ours."""
+    recorder = Recorder(table_exists=True, key=(), index_key=("ImageID", "Provider"))
+    monkeypatch.setattr(IrisDialect, "connect", connect_to([recorder]))
+    shape = VectorStore(URL).shape()
+    assert shape.key == ("imageid", "provider")
+    assert any("PRIMARY_KEY = 1" in s for s in _sent(recorder))

@@ -152,12 +152,17 @@ class Dialect(abc.ABC):
     def primary_key_sql(self) -> Tuple[str, list]:
         """The primary-key columns of the table, in key order."""
         m = self.marker
-        return ("SELECT k.COLUMN_NAME FROM INFORMATION_SCHEMA.TABLE_CONSTRAINTS c JOIN "
-                "INFORMATION_SCHEMA.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = "
-                "c.CONSTRAINT_SCHEMA AND k.CONSTRAINT_NAME = c.CONSTRAINT_NAME AND "
-                f"k.TABLE_NAME = c.TABLE_NAME WHERE c.TABLE_SCHEMA = {m} AND c.TABLE_NAME = {m} "
+        # the join sqlalchemy-iris uses for its primary-key reflection on live IRIS
+        return ("SELECT k.COLUMN_NAME FROM INFORMATION_SCHEMA.KEY_COLUMN_USAGE k JOIN "
+                "INFORMATION_SCHEMA.TABLE_CONSTRAINTS c ON k.CONSTRAINT_NAME = "
+                "c.CONSTRAINT_NAME AND k.TABLE_SCHEMA = c.TABLE_SCHEMA AND k.TABLE_NAME = "
+                f"c.TABLE_NAME WHERE k.TABLE_SCHEMA = {m} AND k.TABLE_NAME = {m} "
                 "AND c.CONSTRAINT_TYPE = 'PRIMARY KEY' ORDER BY k.ORDINAL_POSITION",
                 [self.schema, self.table])
+
+    def primary_key_fallback_sql(self) -> Optional[Tuple[str, list]]:
+        """A second place to look for the key when the first finds none (None: nowhere)."""
+        return None
 
     def column_info(self, row) -> ColumnInfo:
         name, data_type, length, nullable, default = row[:5]
@@ -181,6 +186,10 @@ class Dialect(abc.ABC):
         sql, params = self.primary_key_sql()
         cur.execute(sql, params)
         key = tuple(str(r[0]).lower() for r in cur.fetchall())
+        if not key and self.primary_key_fallback_sql():
+            sql, params = self.primary_key_fallback_sql()
+            cur.execute(sql, params)
+            key = tuple(str(r[0]).lower() for r in cur.fetchall())
         dimension = self.declared_dimension(conn, columns)
         if dimension is None and any(c.name.lower() == self.spec.vector.lower()
                                      for c in columns):

@@ -186,6 +186,12 @@ class IrisDialect(Dialect):
             return ColumnInfo(info.name, "VECTOR", None, info.nullable, info.has_default)
         return info
 
+    def primary_key_fallback_sql(self) -> Optional[Tuple[str, list]]:
+        """INFORMATION_SCHEMA.INDEXES flags the primary-key index's columns (PRIMARY_KEY)."""
+        return ("SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.INDEXES WHERE TABLE_SCHEMA = ? AND "
+                "TABLE_NAME = ? AND PRIMARY_KEY = 1 ORDER BY ORDINAL_POSITION",
+                [self.schema, self.table])
+
     def declared_dimension(self, conn, columns) -> Optional[int]:
         """IRIS's INFORMATION_SCHEMA may not carry the VECTOR length: None, so the core reads
         it from a stored row."""
