@@ -215,6 +215,8 @@ class VectorStore:
                      self.dialect.name)
             return
 
+        self.check_writable()  # no index on a table that is not ours
+
         def action(conn):
             self.dialect.check_index_support(conn)
             if self._index_exists(conn):
