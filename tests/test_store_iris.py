@@ -346,3 +346,16 @@ def test_primary_key_found_in_indexes_when_key_column_usage_lists_none(monkeypat
     shape = VectorStore(URL).shape()
     assert shape.key == ("imageid", "provider")
     assert any("PRIMARY_KEY = 1" in s for s in _sent(recorder))
+
+
+def test_check_db_finds_an_hnsw_index_the_catalog_does_not_list(monkeypatch):
+    """INFORMATION_SCHEMA.INDEXES may not list HNSW indexes: check-db then looks at the plan
+    of the nearest-neighbour query (the recorder's plan names MIMICCXRImagesHNSW)."""
+    from dicomvec.io.stores.health import _index_checks
+    stored = [("img-1", dialect().encode_vector(unit(1)))]
+    recorder = Recorder(table_exists=True, index_exists=False, stored=stored)
+    monkeypatch.setattr(IrisDialect, "connect", connect_to([recorder]))
+    checks = _index_checks(VectorStore(URL))
+    assert [(c.name, c.ok) for c in checks] == [("vector index", True), ("query plan", True)]
+    assert "does not list it" in checks[0].detail
+    assert any(s.startswith("EXPLAIN SELECT TOP 10") for s in _sent(recorder))

@@ -70,6 +70,8 @@ class Dialect(abc.ABC):
     create_if_not_exists = True
     #: whether the database enforces VARCHAR lengths (SQLite does not: no widening needed)
     enforces_varchar_length = True
+    #: whether the catalog lists every vector index (IRIS may not list HNSW indexes)
+    index_catalog_complete = True
     #: columns the database adds by itself, ignored when comparing shapes
     system_columns: Tuple[str, ...] = ()
 

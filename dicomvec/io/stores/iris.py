@@ -174,6 +174,7 @@ class IrisDialect(Dialect):
 
     # -- schema ----------------------------------------------------------------------------
     create_if_not_exists = False
+    index_catalog_complete = False
     #: the RowID IRIS adds to every table
     system_columns = ("ID", "%ID")
 
