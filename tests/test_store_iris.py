@@ -359,3 +359,14 @@ def test_check_db_finds_an_hnsw_index_the_catalog_does_not_list(monkeypatch):
     assert [(c.name, c.ok) for c in checks] == [("vector index", True), ("query plan", True)]
     assert "does not list it" in checks[0].detail
     assert any(s.startswith("EXPLAIN SELECT TOP 10") for s in _sent(recorder))
+
+
+def test_check_db_without_a_listed_index_and_no_readable_plan_is_not_a_failure(monkeypatch):
+    import iris.dbapi
+    from dicomvec.io.stores.health import _index_checks
+    stored = [("img-1", dialect().encode_vector(unit(1)))]
+    recorder = Recorder(table_exists=True, stored=stored).fail_on(
+        "EXPLAIN", iris.dbapi.ProgrammingError("[SQLCODE: <-1>:<Invalid SQL statement>]"))
+    monkeypatch.setattr(IrisDialect, "connect", connect_to([recorder]))
+    (check,) = _index_checks(VectorStore(URL))
+    assert check.ok is None and "could not be read" in check.detail

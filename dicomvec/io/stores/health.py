@@ -217,7 +217,15 @@ def _index_checks(store: VectorStore) -> List[Check]:
                 Check("query plan", None, "no vector length known (empty table)")]
     query = np.full(dimension, 1.0 / np.sqrt(dimension), dtype=np.float32)
     sql, params = dialect.nearest_sql(query, 10, None, None)
-    plan = dialect.explain(conn, sql, params)
+    try:
+        plan = dialect.explain(conn, sql, params)
+    except Exception as exc:
+        store._rollback_quietly()
+        if listed:
+            raise
+        return [Check("vector index", None, f"{dialect.index_name} is not listed in "
+                      "INFORMATION_SCHEMA.INDEXES and the query plan could not be read "
+                      f"({_one_line(exc)}): run `dicomvec create-index` after the bulk load")]
     conn.rollback()
     if not listed:
         # the catalog may not list HNSW indexes (IRIS): the plan is the evidence
