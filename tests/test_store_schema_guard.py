@@ -150,8 +150,12 @@ def test_predecessor_reports_table_survives_every_command(sink, tmp_path, report
         assert ours.count() == 3
     assert snapshot(sink) == before
 
+    junk = tmp_path / "archive" / "files" / "p10" / "junk.dcm"  # dead-lettered, reprocessed
+    junk.parent.mkdir(parents=True, exist_ok=True)
+    junk.write_bytes(b"\x00" * 300)
     for argv in (["init-db", "--sink", sink.url, "--with-report-fk"],
                  ["run", "--input", archive, *common, "--run-id", "i1"],
+                 ["reprocess", *common, "--run-id", "i2"],
                  ["create-index", "--sink", sink.url],
                  ["migrate", "--sink", sink.url],
                  ["migrate", "--sink", sink.url, "--apply"],
