@@ -3,7 +3,9 @@ pixel is decoded or any embedding is paid for.
 
 In: ImageRecord. Out: the records with no matching row. The lookup is batched (``BatchElements``
 then one ``existing_ids`` query per batch of up to 500 IDs) — no per-image query and no
-whole-table side input. Counter ``skipped_existing``.
+whole-table side input. Counter ``skipped_existing``. With ``valid_dimension`` (``run
+--replace-invalid``) a stored row whose vector is zero or not that long does not count as
+stored: the image is embedded again and its row replaced.
 """
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ from dicomvec.transforms.stage import counter
 
 
 class _DropStored(beam.DoFn):
-    def __init__(self, sink_url, schema, table, provider, preprocess_version):
+    def __init__(self, sink_url, schema, table, provider, preprocess_version,
+                 valid_dimension=None):
         super().__init__()
+        self.valid_dimension = valid_dimension
         self.args = (sink_url, schema, table)
         self.provider = provider
         self.preprocess_version = preprocess_version
@@ -32,7 +36,7 @@ class _DropStored(beam.DoFn):
 
     def process(self, records):
         stored = self.store.existing_ids([r.image_id for r in records], self.provider,
-                                         self.preprocess_version)
+                                         self.preprocess_version, self.valid_dimension)
         for record in records:
             if record.image_id in stored:
                 self.skipped.inc()
@@ -42,9 +46,10 @@ class _DropStored(beam.DoFn):
 
 class SkipStored(beam.PTransform):
     def __init__(self, sink_url, schema, table, provider, preprocess_version,
-                 max_batch_size: int = 500):
+                 max_batch_size: int = 500, valid_dimension=None):
         super().__init__()
-        self.dofn = _DropStored(sink_url, schema, table, provider, preprocess_version)
+        self.dofn = _DropStored(sink_url, schema, table, provider, preprocess_version,
+                                valid_dimension)
         self.max_batch_size = max_batch_size
 
     def expand(self, records):
