@@ -55,9 +55,9 @@ def add_reports_flags(parser) -> None:
     """The reports table to read (ours or another tool's) and ``--via-reports`` with the
     OpenAI-compatible model that embedded it."""
     reports = parser.add_argument_group(
-        "reports table (read only; may be another tool's, e.g. OpenAI-embedded)")
-    reports.add_argument("--reports-table", default=REPORTS_TABLE,
-                         help=f"reports table name (default {REPORTS_TABLE})")
+        "reports table (read only; may be another tool's, e.g. OpenAI-embedded)",
+        f"--reports-table NAME (a store flag, as for `dicomvec reports`; default "
+        f"{REPORTS_TABLE}) names it")
     reports.add_argument("--reports-schema", default=None,
                          help="its schema (default: --sink-schema; SQLite has none)")
     reports.add_argument("--via-reports", action="store_true",
@@ -98,12 +98,12 @@ def pipeline_options(extra):
     return DicomvecOptions(flags=[], **vars(known))
 
 
-def reports_request(request, args):
-    """``request`` with the reports-table flags, and the ``OpenAISettings`` for
-    ``--via-reports`` (None without it)."""
+def reports_request(request, args, options):
+    """``request`` with the reports table (``options.reports_table``, ``--reports-schema``) and
+    ``--via-reports``, and the ``OpenAISettings`` for it (None without it)."""
     import dataclasses
     request = dataclasses.replace(request, via_reports=args.via_reports,
-                                  reports_table=args.reports_table,
+                                  reports_table=getattr(options, "reports_table", None),
                                   reports_schema=args.reports_schema)
     if not args.via_reports:
         return request, None
@@ -123,7 +123,7 @@ def run(args, extra) -> int:
     options = pipeline_options(extra)
     request = SearchRequest(text=args.text, image=args.image, target=args.target, k=args.k,
                             view=args.view, with_reports=args.with_reports)
-    request, text_settings = reports_request(request, args)
+    request, text_settings = reports_request(request, args, options)
     if args.contact_sheet and args.target != "images":
         raise UserError("--contact-sheet shows image hits; it needs --target images")
     if args.columns < 1:
