@@ -4,9 +4,9 @@ Users may already hold ``VectorSearch.MIMICCXRReports`` with only SubjectID, Stu
 Impression and a Vector of *their* model (e.g. OpenAI ``text-embedding-3-large``, 3072-d). This
 module never writes and never assumes dicomvec's columns:
 
-* ``inspect_reports(store)`` reads the table's columns from the database's catalog (SQLite
-  ``PRAGMA table_info``, ``information_schema.columns`` on PostgreSQL and IRIS; names matched
-  case-insensitively, PostgreSQL names quoted when they are not lower case) → ``ReportsTable``.
+* ``inspect_reports(store)`` reads the table's columns with the dialect's catalog reader (the
+  one the write-side schema guard uses; names matched case-insensitively, PostgreSQL names
+  quoted when they are not lower case) → ``ReportsTable``.
 * ``lookup_reports(store, table, studies)`` → ``{StudyID: ReportHit}``: the columns the table has,
   '' for the ones it lacks (ReportPath, EmbeddedText), None for Provider.
 * ``vector_column(store, table, expected)`` → ``VectorColumn``: how the vectors are stored and
@@ -17,10 +17,7 @@ module never writes and never assumes dicomvec's columns:
   cosine scan in numpy over the rows streamed in chunks (SQLite; PostgreSQL arrays, JSON text,
   bytea).
 
-Stored vector forms read (``decode_vector``): float32 little-endian BLOB/bytea (dicomvec's), float64
-BLOB (numpy's default ``tobytes()``; told apart by length), JSON array text ``[0.1, ...]``,
-comma-separated text ``0.1,0.2,...`` (IRIS ``TO_VECTOR`` style), PostgreSQL ``real[]`` /
-``double precision[]`` / ``numeric[]``, pgvector ``vector``/``halfvec``, IRIS ``VECTOR``.
+Stored vector forms read: see ``dicomvec.io.stores.vectors.decode_vector``.
 
 IDs: MIMIC tools write ``s50414267`` / ``p10000032`` where dicomvec writes ``50414267`` /
 ``10000032``; both forms are matched, and hits carry dicomvec's form.
@@ -37,6 +34,7 @@ import numpy as np
 from dicomvec.errors import UserError
 from dicomvec.io.stores.dialects import redact_url, validate_k
 from dicomvec.io.stores.tables import REPORTS, ReportHit
+from dicomvec.io.stores.vectors import decode_vector, vector_text
 
 #: ViewPosition order among images of one study (same report score): frontal first
 VIEW_ORDER = ("PA", "AP", "LATERAL", "LL")
@@ -45,7 +43,6 @@ _HIT_FIELDS = (("StudyID", None), ("SubjectID", "''"), ("ReportPath", "''"),
                ("Findings", "''"), ("Impression", "''"), ("EmbeddedText", "''"),
                ("Provider", "NULL"))
 _PREFIXED = {"StudyID": re.compile(r"^[sS](\d+)$"), "SubjectID": re.compile(r"^[pP](\d+)$")}
-_PLAIN_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 SCAN_CHUNK = 2000
 
 
@@ -90,10 +87,7 @@ class ReportsTable:
         return name.lower() in self.columns
 
     def column(self, name: str) -> str:
-        actual = self.columns[name.lower()][0]
-        if self.dialect.name == "postgresql" and not _PLAIN_IDENTIFIER.match(actual):
-            return '"' + actual.replace('"', '""') + '"'
-        return actual
+        return self.dialect.quote_identifier(self.columns[name.lower()][0])
 
     def declared_type(self, name: str) -> str:
         return (self.columns.get(name.lower(), ("", ""))[1] or "").lower()
@@ -122,56 +116,21 @@ class ReportsTable:
         return ReportHit(*values, provider, score=score)
 
 
-def _pg_name(name: str) -> str:
-    return name if _PLAIN_IDENTIFIER.match(name) else '"' + name.replace('"', '""') + '"'
-
-
-def _catalog(store) -> Tuple[str, List[Tuple[str, str]]]:
-    """(SQL table name, [(column, declared type)]) from the catalog; [] when no such table."""
-    dialect = store.dialect
-    if dialect.name == "sqlite":
-        def action(conn):
-            cur = conn.cursor()
-            cur.execute(f"PRAGMA table_info({dialect.table})")
-            return [(r[1], r[2] or "") for r in cur.fetchall()]
-        return dialect.table, store._read(action, "reports catalog")
-    if dialect.name == "postgresql":
-        sql = ("SELECT table_schema, table_name, column_name, udt_name FROM "
-               "information_schema.columns WHERE lower(table_schema) = lower(%s) AND "
-               "lower(table_name) = lower(%s) ORDER BY table_schema, table_name, "
-               "ordinal_position")
-    else:
-        sql = ("SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, DATA_TYPE FROM "
-               "INFORMATION_SCHEMA.COLUMNS WHERE UPPER(TABLE_SCHEMA) = UPPER(?) AND "
-               "UPPER(TABLE_NAME) = UPPER(?) ORDER BY ORDINAL_POSITION")
-
-    def action(conn):
-        cur = conn.cursor()
-        cur.execute(sql, [dialect.schema, dialect.table])
-        return cur.fetchall()
-    rows = store._read(action, "reports catalog")
-    if not rows:
-        return dialect.qualified_table, []
-    tables = list(dict.fromkeys((r[0], r[1]) for r in rows))
-    if dialect.name == "postgresql":
-        # unquoted names fold to lower case: prefer that table when both spellings exist
-        schema, table = next((t for t in tables if t == (dialect.schema.lower(),
-                                                          dialect.table.lower())), tables[0])
-        name = f"{_pg_name(schema)}.{_pg_name(table)}"
-    else:
-        schema, table = tables[0]
-        name = f"{schema}.{table}"
-    return name, [(r[2], r[3] or "") for r in rows if (r[0], r[1]) == (schema, table)]
-
-
 def inspect_reports(store) -> ReportsTable:
     """The reports table ``store`` points at, as the catalog describes it."""
-    qualified, columns = _catalog(store)
-    if not columns:
-        raise UserError(f"no reports table {store.dialect.qualified_table} at "
+    dialect = store.dialect
+
+    def action(conn):
+        names = dialect.find_table(conn)
+        return names, names and dialect.describe_table(conn, names, dimension=False)
+    names, shape = store._read(action, "reports catalog")
+    if not shape:
+        raise UserError(f"no reports table {dialect.qualified_table} at "
                         f"{redact_url(store.url)} (give its name with --reports-table / "
                         "--reports-schema, or load reports with `dicomvec reports`)")
-    table = ReportsTable(store.dialect, qualified, {c.lower(): (c, t) for c, t in columns})
+    qualified = dialect.sql_name(*names)
+    table = ReportsTable(dialect, qualified,
+                         {c.name.lower(): (c.name, c.declared) for c in shape.columns})
     if not table.has("StudyID"):
         raise UserError(f"the reports table {qualified} has no StudyID column: it cannot be "
                         "joined to the images")
@@ -193,41 +152,13 @@ def lookup_reports(store, table: ReportsTable, studies: Iterable[str]) -> Dict[s
         chunk = keys[start:start + 500]
         sql = (f"SELECT {table.select_list()} FROM {table.qualified} WHERE "
                f"{table.column('StudyID')} IN ({', '.join([marker] * len(chunk))})")
-
-        def action(conn, sql=sql, chunk=chunk):
-            cur = conn.cursor()
-            cur.execute(sql, chunk)
-            return cur.fetchall()
-        for row in store._read(action, "reports lookup"):
+        for row in store.query(sql, chunk, "reports lookup"):
             hit = table.hit(row)
             found.setdefault(hit.StudyID, hit)
     return found
 
 
 # -- vectors ----------------------------------------------------------------------------------
-def decode_vector(value, expected: Optional[int] = None) -> np.ndarray:
-    """A stored vector in any of the forms in the module docstring → float64 array.
-
-    Raises ValueError for a value that is none of them."""
-    if value is None:
-        raise ValueError("no vector")
-    if hasattr(value, "to_numpy"):  # pgvector Vector / HalfVector
-        return np.asarray(value.to_numpy(), dtype=np.float64)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raw = bytes(value)
-        if len(raw) % 4:
-            raise ValueError(f"a {len(raw)}-byte BLOB is not a float32 or float64 vector")
-        if expected and len(raw) == 8 * expected:
-            return np.frombuffer(raw, dtype="<f8").astype(np.float64)
-        return np.frombuffer(raw, dtype="<f4").astype(np.float64)
-    if isinstance(value, str):
-        text = value.strip().strip("[]").strip()
-        if not text:
-            raise ValueError("empty vector text")
-        return np.array(text.split(","), dtype=np.float64)
-    return np.asarray(value, dtype=np.float64).reshape(-1)
-
-
 @dataclasses.dataclass(frozen=True)
 class VectorColumn:
     """How a reports table keeps its vectors: ``kind`` decides where the search runs."""
@@ -239,18 +170,11 @@ class VectorColumn:
     iris_type: str = "DOUBLE"
 
 
-def _sample(store, table: ReportsTable, column: str):
-    dialect = store.dialect
-    top = "TOP 1 " if dialect.name == "iris" else ""
-    limit = "" if dialect.name == "iris" else " LIMIT 1"
-    sql = f"SELECT {top}{column} FROM {table.qualified} WHERE {column} IS NOT NULL{limit}"
-
-    def action(conn):
-        cur = conn.cursor()
-        cur.execute(sql)
-        row = cur.fetchone()
-        return None if row is None else row[0]
-    return store._read(action, "reports vector sample")
+def _sample(store, table: ReportsTable, column: str, expression: str = "{}"):
+    """``expression`` of one stored vector of ``column`` (None: the table has none)."""
+    sql = store.dialect.sample_vectors_sql(expression.format(column), column, table.qualified, 1)
+    rows = store.query(sql, (), "reports vector sample")
+    return rows[0][0] if rows else None
 
 
 def vector_column(store, table: ReportsTable, expected: Optional[int] = None) -> VectorColumn:
@@ -261,15 +185,10 @@ def vector_column(store, table: ReportsTable, expected: Optional[int] = None) ->
     declared = table.declared_type("Vector")
     dialect = store.dialect.name
     if dialect == "postgresql" and declared in ("vector", "halfvec"):
-        def action(conn):
-            cur = conn.cursor()
-            cur.execute(f"SELECT vector_dims({column}) FROM {table.qualified} "
-                        f"WHERE {column} IS NOT NULL LIMIT 1")
-            row = cur.fetchone()
-            return None if row is None else int(row[0])
-        dimension = store._read(action, "reports vector length")
+        dimension = _sample(store, table, column, "vector_dims({})")
         if dimension is None:
             raise UserError(f"the reports table {table.qualified} has no vectors")
+        dimension = int(dimension)
         return VectorColumn(column, "pgvector" if declared == "vector" else "halfvec",
                             dimension, f"pgvector {declared}({dimension})")
     value = _sample(store, table, column)
@@ -297,11 +216,6 @@ def vector_column(store, table: ReportsTable, expected: Optional[int] = None) ->
     return VectorColumn(column, "scan", dimension, storage)
 
 
-def _vector_text(vector: np.ndarray) -> str:
-    values = np.asarray(vector, dtype=np.float64).reshape(-1).tolist()
-    return ",".join(["%.9g"] * len(values)) % tuple(values)
-
-
 def nearest_reports_sql(table: ReportsTable, column: VectorColumn, query: np.ndarray,
                         n: int) -> Optional[Tuple[str, list]]:
     """The database-side search (ReportHit fields + score, best first, at most ``n``) for
@@ -310,7 +224,7 @@ def nearest_reports_sql(table: ReportsTable, column: VectorColumn, query: np.nda
     where = f" WHERE {column.name} IS NOT NULL"
     if column.kind in ("pgvector", "halfvec"):
         cast = "vector" if column.kind == "pgvector" else "halfvec"
-        literal = "[" + _vector_text(query) + "]"
+        literal = "[" + vector_text(query) + "]"
         return (f"SELECT {select}, 1 - ({column.name} <=> %s::{cast}) AS score FROM "
                 f"{table.qualified}{where} ORDER BY {column.name} <=> %s::{cast} "
                 f"LIMIT {validate_k(n)}", [literal, literal])
@@ -320,7 +234,7 @@ def nearest_reports_sql(table: ReportsTable, column: VectorColumn, query: np.nda
             f"TO_VECTOR({column.name}, {column.iris_type}, {column.dimension})"
         return (f"SELECT TOP {validate_k(n)} {select}, VECTOR_COSINE({stored}, {bound}) AS "
                 f"score FROM {table.qualified}{where} ORDER BY score DESC",
-                [_vector_text(query)])
+                [vector_text(query)])
     return None
 
 
@@ -337,22 +251,14 @@ def nearest_reports(store, table: ReportsTable, column: VectorColumn, query: np.
     if statement is None:
         return _scan(store, table, column, query, n)
     try:
-        rows = _fetch(store, *statement)
+        rows = store.query(*statement, "nearest reports")
     except Exception as exc:
         if column.kind != "iris-vector" or store.dialect.is_transient(exc):
             raise
         # vectors kept as text of numbers: convert them in the query
         text = dataclasses.replace(column, kind="iris-text")
-        rows = _fetch(store, *nearest_reports_sql(table, text, query, n))
+        rows = store.query(*nearest_reports_sql(table, text, query, n), "nearest reports")
     return [table.hit(row[:-1], float(row[-1])) for row in rows], 0
-
-
-def _fetch(store, sql: str, params: list) -> list:
-    def action(conn):
-        cur = conn.cursor()
-        cur.execute(sql, params)
-        return cur.fetchall()
-    return store._read(action, "nearest reports")
 
 
 def _scan(store, table: ReportsTable, column: VectorColumn, query: np.ndarray,

@@ -69,12 +69,7 @@ def images_of_studies(options, studies: Sequence[str], view: Optional[str]) -> L
                 sql += f" AND ViewPosition = {dialect.marker}"
                 params.append(view)
             sql += " ORDER BY ImageID, Provider"
-
-            def action(conn, sql=sql, params=params):
-                cur = conn.cursor()
-                cur.execute(sql, params)
-                return cur.fetchall()
-            for row in store._read(action, "images of studies"):
+            for row in store.query(sql, params, "images of studies"):
                 found.setdefault(row[0], Hit(*row, score=0.0))
     return list(found.values())
 

@@ -385,6 +385,14 @@ class VectorStore:
                                               provider, view_position),
             "nearest")
 
+    def query(self, sql: str, params: Sequence = (), what: str = "query") -> list:
+        """Every row of one read-only statement (``_read``: retried, transaction ended)."""
+        def action(conn):
+            cur = conn.cursor()
+            cur.execute(sql, list(params)) if params else cur.execute(sql)
+            return cur.fetchall()
+        return self._read(action, what)
+
     def _read(self, action, what: str):
         """``_with_retry`` for a query, ending its transaction afterwards so an idle worker
         holds no snapshot or read lock (which would block DDL, VACUUM, WAL checkpoints)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import dataclasses
 import importlib
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -143,15 +144,49 @@ class Dialect(abc.ABC):
         """True when CREATE INDEX failed only because the index name exists."""
         return False
 
-    # -- the shape of an existing table -----------------------------------------------------
-    def describe_sql(self) -> Tuple[str, list]:
+    # -- the catalog: the shape of an existing table ------------------------------------------
+    # One reader per database family, for the write-side schema guard (the bound table, as
+    # dicomvec names it) and for reading another tool's table (``find_table`` first: its names
+    # matched case-insensitively). ``names`` is (schema, table) as the catalog spells them.
+    def quote_identifier(self, name: str) -> str:
+        """``name`` as SQL text that refers to exactly that catalog name."""
+        return name
+
+    def sql_name(self, schema: str, table: str) -> str:
+        """The qualified SQL name of a table spelled (``schema``, ``table``) in the catalog."""
+        return ".".join(self.quote_identifier(part) for part in (schema, table) if part)
+
+    def catalog_names(self) -> Tuple[str, str]:
+        """(schema, table) of the bound table as the catalog stores dicomvec's names."""
+        return self.schema, self.table
+
+    def find_table_sql(self) -> Optional[Tuple[str, list]]:
+        """(schema, table) rows of the tables named like the bound one, ignoring case (None:
+        the database's names ignore case already)."""
+        return ("SELECT TABLE_SCHEMA, TABLE_NAME FROM INFORMATION_SCHEMA.TABLES WHERE "
+                f"UPPER(TABLE_SCHEMA) = UPPER({self.marker}) AND UPPER(TABLE_NAME) = "
+                f"UPPER({self.marker}) ORDER BY TABLE_SCHEMA, TABLE_NAME",
+                [self.schema, self.table])
+
+    def find_table(self, conn) -> Optional[Tuple[str, str]]:
+        """The catalog's (schema, table) of the bound table, names matched ignoring case (the
+        spelling dicomvec's unquoted names get, when several); None when there is none."""
+        if self.find_table_sql() is None:
+            return self.catalog_names()
+        cur = conn.cursor()
+        cur.execute(*self.find_table_sql())
+        found = [(str(r[0]), str(r[1])) for r in cur.fetchall()]
+        return self.catalog_names() if self.catalog_names() in found else \
+            (found[0] if found else None)
+
+    def describe_sql(self, names: Tuple[str, str]) -> Tuple[str, list]:
         """Columns of the table: rows of (name, type, VARCHAR length, nullable, default)."""
         m = self.marker
         return ("SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH, IS_NULLABLE, "
                 "COLUMN_DEFAULT FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = "
-                f"{m} AND TABLE_NAME = {m} ORDER BY ORDINAL_POSITION", [self.schema, self.table])
+                f"{m} AND TABLE_NAME = {m} ORDER BY ORDINAL_POSITION", list(names))
 
-    def primary_key_sql(self) -> Tuple[str, list]:
+    def primary_key_sql(self, names: Tuple[str, str]) -> Tuple[str, list]:
         """The primary-key columns of the table, in key order."""
         m = self.marker
         # the join sqlalchemy-iris uses for its primary-key reflection on live IRIS
@@ -160,9 +195,9 @@ class Dialect(abc.ABC):
                 "c.CONSTRAINT_NAME AND k.TABLE_SCHEMA = c.TABLE_SCHEMA AND k.TABLE_NAME = "
                 f"c.TABLE_NAME WHERE k.TABLE_SCHEMA = {m} AND k.TABLE_NAME = {m} "
                 "AND c.CONSTRAINT_TYPE = 'PRIMARY KEY' ORDER BY k.ORDINAL_POSITION",
-                [self.schema, self.table])
+                list(names))
 
-    def primary_key_fallback_sql(self) -> Optional[Tuple[str, list]]:
+    def primary_key_fallback_sql(self, names: Tuple[str, str]) -> Optional[Tuple[str, list]]:
         """A second place to look for the key when the first finds none (None: nowhere)."""
         return None
 
@@ -174,37 +209,48 @@ class Dialect(abc.ABC):
                           str(length).lstrip("-").isdigit() and int(length) > 0 else
                           declared_length(base),
                           nullable=str(nullable).upper() not in ("NO", "0", "FALSE"),
-                          has_default=default not in (None, ""))
+                          has_default=default not in (None, ""), declared=str(data_type or ""))
 
-    def describe_table(self, conn) -> Optional[TableShape]:
-        """The table's shape from the catalog, or None when it does not exist."""
+    def describe_table(self, conn, names: Optional[Tuple[str, str]] = None,
+                       dimension: bool = True) -> Optional[TableShape]:
+        """The shape of the table ``names`` (default: the bound table) from the catalog, or
+        None when it does not exist. ``dimension``: also learn the bound table's vector length
+        (declared, else sampled from stored rows)."""
+        names = names or self.catalog_names()
         cur = conn.cursor()
-        sql, params = self.describe_sql()
-        cur.execute(sql, params)
+        cur.execute(*self.describe_sql(names))
         columns = tuple(self.column_info(r) for r in cur.fetchall())
         columns = tuple(c for c in columns if c.name.upper() not in self.system_columns)
         if not columns:
             return None
-        sql, params = self.primary_key_sql()
-        cur.execute(sql, params)
-        key = tuple(str(r[0]).lower() for r in cur.fetchall())
-        if not key and self.primary_key_fallback_sql():
-            sql, params = self.primary_key_fallback_sql()
-            cur.execute(sql, params)
-            key = tuple(str(r[0]).lower() for r in cur.fetchall())
-        dimension = self.declared_dimension(conn, columns)
-        if dimension is None and any(c.name.lower() == self.spec.vector.lower()
-                                     for c in columns):
-            dimension = self.sampled_dimension(conn)
-        return TableShape(columns=columns, key=key, dimension=dimension)
+        key = ()
+        for statement in (self.primary_key_sql(names), self.primary_key_fallback_sql(names)):
+            if statement and not key:
+                cur.execute(*statement)
+                key = tuple(str(r[0]).lower() for r in cur.fetchall())
+        shape = TableShape(columns=columns, key=key)
+        if not dimension:
+            return shape
+        length = self.declared_dimension(conn, columns)
+        if length is None and shape.column(self.spec.vector) is not None:
+            length = self.sampled_dimension(conn)
+        return dataclasses.replace(shape, dimension=length)
 
     def declared_dimension(self, conn, columns: Sequence[ColumnInfo]) -> Optional[int]:
         """The vector length the catalog declares, when it does."""
         return None
 
+    def limited_sql(self, select: str, rest: str, n: int) -> str:
+        """``SELECT select rest`` returning at most ``n`` rows (no ORDER BY in ``rest``)."""
+        return f"SELECT {select} {rest} LIMIT {int(n)}"
+
+    def sample_vectors_sql(self, expression: str, column: str, table: str, n: int) -> str:
+        """``expression`` (of ``column``) for up to ``n`` rows of ``table`` with a vector."""
+        return self.limited_sql(expression, f"FROM {table} WHERE {column} IS NOT NULL", n)
+
     def first_vector_sql(self) -> str:
-        return (f"SELECT {self.spec.vector} FROM {self.qualified_table} "
-                f"WHERE {self.spec.vector} IS NOT NULL LIMIT 100")
+        v = self.spec.vector
+        return self.sample_vectors_sql(v, v, self.qualified_table, 100)
 
     def sampled_dimension(self, conn) -> Optional[int]:
         """The most common length of up to 100 stored vectors (tables whose type does not

@@ -19,6 +19,7 @@ meanwhile by another process, counts as done). Every statement this dialect send
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ import numpy as np
 from dicomvec.io.stores.dialects import (Dialect, SinkAuthenticationError, redact_url,
                                          validate_k)
 from dicomvec.io.stores.tables import ColumnInfo
+from dicomvec.io.stores.vectors import decode_vector as decode_stored_vector, vector_text
 
 log = logging.getLogger(__name__)
 
@@ -183,24 +185,22 @@ class IrisDialect(Dialect):
 
     def column_info(self, row) -> ColumnInfo:
         info = super().column_info(row)
-        if info.type.startswith("VECTOR") or "VECTOR" in info.type:
-            return ColumnInfo(info.name, "VECTOR", None, info.nullable, info.has_default)
+        if "VECTOR" in info.type:
+            return dataclasses.replace(info, type="VECTOR", length=None)
         return info
 
-    def primary_key_fallback_sql(self) -> Optional[Tuple[str, list]]:
+    def primary_key_fallback_sql(self, names: Tuple[str, str]) -> Optional[Tuple[str, list]]:
         """INFORMATION_SCHEMA.INDEXES flags the primary-key index's columns (PRIMARY_KEY)."""
         return ("SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.INDEXES WHERE TABLE_SCHEMA = ? AND "
-                "TABLE_NAME = ? AND PRIMARY_KEY = 1 ORDER BY ORDINAL_POSITION",
-                [self.schema, self.table])
+                "TABLE_NAME = ? AND PRIMARY_KEY = 1 ORDER BY ORDINAL_POSITION", list(names))
 
     def declared_dimension(self, conn, columns) -> Optional[int]:
         """IRIS's INFORMATION_SCHEMA may not carry the VECTOR length: None, so the core reads
         it from a stored row."""
         return None
 
-    def first_vector_sql(self) -> str:
-        return (f"SELECT TOP 100 {self.spec.vector} FROM {self.qualified_table} "
-                f"WHERE {self.spec.vector} IS NOT NULL")
+    def limited_sql(self, select: str, rest: str, n: int) -> str:
+        return f"SELECT TOP {int(n)} {select} {rest}"
 
     def widen_column_sql(self, column) -> Optional[str]:
         return (f"ALTER TABLE {self.qualified_table} ALTER COLUMN {column.name} "
@@ -291,13 +291,10 @@ class IrisDialect(Dialect):
     # -- values ----------------------------------------------------------------------------
     def encode_vector(self, vector: np.ndarray) -> str:
         """Comma-separated decimal text; 9 significant digits round-trip a float32 exactly."""
-        values = np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
-        return ",".join(["%.9g"] * len(values)) % tuple(values)
+        return vector_text(vector, np.float32)
 
     def decode_vector(self, value) -> np.ndarray:
         """A stored vector (IRIS returns text, ``"0.1,0.2,..."``) → float32 array."""
         if isinstance(value, (bytes, bytearray)):
             value = value.decode("ascii")
-        if isinstance(value, str):
-            return np.array(value.strip().strip("[]").split(","), dtype=np.float32)
-        return np.asarray(value, dtype=np.float32)
+        return decode_stored_vector(value).astype(np.float32)

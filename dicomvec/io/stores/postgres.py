@@ -12,6 +12,7 @@ Search orders by the ``<=>`` cosine distance (score = 1 - distance) so an HNSW
 from __future__ import annotations
 
 import logging
+import re
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from dicomvec.io.stores.dialects import (Dialect, SinkAuthenticationError, redact_url,
                                          validate_k)
 from dicomvec.io.stores.tables import ColumnInfo
+from dicomvec.io.stores.vectors import decode_vector as decode_stored_vector
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ _TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "40001", "40P01
 #: libpq's words for a refused login (the connect error often carries no SQLSTATE)
 _AUTH_FAILURES = ("password authentication failed", "no password supplied",
                   "authentication failed for user", "role \"")
+#: a name PostgreSQL keeps as written when unquoted
+_PLAIN_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 class PostgresDialect(Dialect):
@@ -88,31 +92,43 @@ class PostgresDialect(Dialect):
         return int(row[0]) if row and row[0] and row[0] > 0 else None
 
     # -- the shape of an existing table -----------------------------------------------------
-    def describe_sql(self) -> Tuple[str, list]:
+    def quote_identifier(self, name: str) -> str:
+        """Unquoted names fold to lower case: any other spelling is quoted."""
+        return name if _PLAIN_IDENTIFIER.match(name) else '"' + name.replace('"', '""') + '"'
+
+    def catalog_names(self) -> Tuple[str, str]:
+        return self.schema.lower(), self.table.lower()
+
+    def find_table_sql(self) -> Tuple[str, list]:
+        return ("SELECT table_schema, table_name FROM information_schema.tables WHERE "
+                "lower(table_schema) = lower(%s) AND lower(table_name) = lower(%s) "
+                "ORDER BY table_schema, table_name", [self.schema, self.table])
+
+    def describe_sql(self, names: Tuple[str, str]) -> Tuple[str, list]:
         return ("SELECT a.attname, t.typname, a.atttypmod, a.attnotnull, a.atthasdef "
                 "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
                 "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
-                "ORDER BY a.attnum", [self.qualified_table.lower()])
+                "ORDER BY a.attnum", [self.sql_name(*names)])
 
     def column_info(self, row) -> ColumnInfo:
-        name, typname, typmod, notnull, has_default = row
-        typname = str(typname).upper()
+        name, declared, typmod, notnull, has_default = row
+        typname = str(declared).upper()
         length = typmod - 4 if typname in ("VARCHAR", "BPCHAR") and typmod > 4 else None
         return ColumnInfo(name=name, type=typname, length=length, nullable=not notnull,
-                          has_default=bool(has_default))
+                          has_default=bool(has_default), declared=str(declared))
 
-    def primary_key_sql(self) -> Tuple[str, list]:
+    def primary_key_sql(self, names: Tuple[str, str]) -> Tuple[str, list]:
         return ("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = "
                 "i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) "
                 "AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
-                [self.qualified_table.lower()])
+                [self.sql_name(*names)])
 
     def declared_dimension(self, conn, columns: Sequence[ColumnInfo]) -> Optional[int]:
         return self.table_dimension(conn)
 
     def first_vector_sql(self) -> str:
-        return (f"SELECT vector_dims({self.spec.vector}) FROM {self.qualified_table} "
-                f"WHERE {self.spec.vector} IS NOT NULL LIMIT 100")
+        v = self.spec.vector
+        return self.sample_vectors_sql(f"vector_dims({v})", v, self.qualified_table, 100)
 
     def vector_length(self, value) -> int:
         return int(value)  # first_vector_sql selects vector_dims(...)
@@ -204,9 +220,6 @@ class PostgresDialect(Dialect):
         return np.asarray(vector, dtype=np.float32)
 
     def decode_vector(self, value) -> np.ndarray:
-        if hasattr(value, "to_numpy"):
-            return np.asarray(value.to_numpy(), dtype=np.float32)
-        if isinstance(value, str):  # text form "[1,2,3]" when no adapter is registered
-            return np.array(value.strip("[]").split(","), dtype=np.float32)
-        return np.asarray(value, dtype=np.float32)
+        """pgvector's value, or its text form "[1,2,3]" when no adapter is registered."""
+        return decode_stored_vector(value).astype(np.float32)
 

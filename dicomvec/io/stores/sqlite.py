@@ -49,19 +49,22 @@ class SQLiteDialect(Dialect):
         return "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [table]
 
     # -- the shape of an existing table -----------------------------------------------------
-    def describe_sql(self) -> Tuple[str, list]:
+    def find_table_sql(self) -> None:
+        return None  # SQLite matches table names ignoring case
+
+    def describe_sql(self, names: Tuple[str, str]) -> Tuple[str, list]:
         return "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?)", \
-            [self.table]
+            [names[1]]
 
     def column_info(self, row) -> ColumnInfo:
         name, declared, notnull, default, _pk = row
         declared = str(declared or "").upper()
         return ColumnInfo(name=name, type=declared.split("(")[0].strip(),
                           length=declared_length(declared), nullable=not notnull,
-                          has_default=default is not None)
+                          has_default=default is not None, declared=str(row[1] or ""))
 
-    def primary_key_sql(self) -> Tuple[str, list]:
-        return "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk", [self.table]
+    def primary_key_sql(self, names: Tuple[str, str]) -> Tuple[str, list]:
+        return "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk", [names[1]]
 
     def declared_dimension(self, conn, columns: Sequence[ColumnInfo]) -> Optional[int]:
         """From the ``CHECK (length(Vector) = 4·n)`` constraint dicomvec declares."""

@@ -201,13 +201,7 @@ def lookup(store, keys: Sequence[str]) -> dict:
     keys = list(dict.fromkeys(k for k in keys if k))
     found = {}
     for start in range(0, len(keys), 500):
-        sql, params = store.dialect.lookup_sql(keys[start:start + 500])
-
-        def action(conn, sql=sql, params=params):
-            cur = conn.cursor()
-            cur.execute(sql, params)
-            return cur.fetchall()
-        for row in store._read(action, "lookup"):
+        for row in store.query(*store.dialect.lookup_sql(keys[start:start + 500]), "lookup"):
             found[row[0]] = store.spec.hit_type(*row)
     return found
 
@@ -217,13 +211,15 @@ def lookup(store, keys: Sequence[str]) -> dict:
 @dataclasses.dataclass(frozen=True)
 class ColumnInfo:
     """One column of an existing table: ``type`` is the catalog's base type name, upper case
-    (VARCHAR, TEXT, VECTOR, BLOB, ...), ``length`` the declared VARCHAR length when any."""
+    (VARCHAR, TEXT, VECTOR, BLOB, ...), ``length`` the declared VARCHAR length when any,
+    ``declared`` the type as the catalog spells it (e.g. ``_float4``, ``VARCHAR(64)``)."""
 
     name: str
     type: str
     length: Optional[int] = None
     nullable: bool = True
     has_default: bool = False
+    declared: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
