@@ -173,7 +173,7 @@ class VectorColumn:
 def _sample(store, table: ReportsTable, column: str, expression: str = "{}"):
     """``expression`` of one stored vector of ``column`` (None: the table has none)."""
     sql = store.dialect.sample_vectors_sql(expression.format(column), column, table.qualified, 1)
-    rows = store.query(sql, (), "reports vector sample")
+    rows = store.query(sql, None, "reports vector sample")
     return rows[0][0] if rows else None
 
 

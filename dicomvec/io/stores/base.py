@@ -328,13 +328,7 @@ class VectorStore:
         return found
 
     def count(self, provider: Optional[str] = None) -> int:
-        sql, params = self.dialect.count_sql(provider)
-
-        def action(conn):
-            cur = conn.cursor()
-            cur.execute(sql, params)
-            return int(cur.fetchone()[0])
-        return self._read(action, "count")
+        return int(self.query(*self.dialect.count_sql(provider), "count")[0][0])
 
     def vectors(self, image_ids: Sequence[str], provider: str) -> Dict[str, np.ndarray]:
         """Stored vectors by ImageID (for checks and image → image search by ID)."""
@@ -361,21 +355,13 @@ class VectorStore:
 
     def provider_counts(self) -> Dict[Optional[str], int]:
         """Rows per Provider."""
-        def action(conn):
-            cur = conn.cursor()
-            cur.execute(self.dialect.provider_counts_sql())
-            return {r[0]: int(r[1]) for r in cur.fetchall()}
-        return self._read(action, "provider_counts")
+        rows = self.query(self.dialect.provider_counts_sql(), None, "provider_counts")
+        return {r[0]: int(r[1]) for r in rows}
 
     def invalid_rows(self, dimension: int) -> List[tuple]:
         """Key values of rows whose vector is NULL, all zeros or not ``dimension`` long."""
         sql, params = self.dialect.invalid_vectors_sql(dimension)
-
-        def action(conn):
-            cur = conn.cursor()
-            cur.execute(sql, params)
-            return [tuple(r) for r in cur.fetchall()]
-        return self._read(action, "invalid_rows")
+        return [tuple(r) for r in self.query(sql, params, "invalid_rows")]
 
     def nearest(self, vector: np.ndarray, k: int = 10, provider: Optional[str] = None,
                 view_position: Optional[str] = None) -> List[Hit]:
@@ -385,11 +371,11 @@ class VectorStore:
                                               provider, view_position),
             "nearest")
 
-    def query(self, sql: str, params: Sequence = (), what: str = "query") -> list:
+    def query(self, sql: str, params: Optional[Sequence] = None, what: str = "query") -> list:
         """Every row of one read-only statement (``_read``: retried, transaction ended)."""
         def action(conn):
             cur = conn.cursor()
-            cur.execute(sql, list(params)) if params else cur.execute(sql)
+            cur.execute(sql) if params is None else cur.execute(sql, list(params))
             return cur.fetchall()
         return self._read(action, what)
 

@@ -144,10 +144,8 @@ class Dialect(abc.ABC):
         """True when CREATE INDEX failed only because the index name exists."""
         return False
 
-    # -- the catalog: the shape of an existing table ------------------------------------------
-    # One reader per database family, for the write-side schema guard (the bound table, as
-    # dicomvec names it) and for reading another tool's table (``find_table`` first: its names
-    # matched case-insensitively). ``names`` is (schema, table) as the catalog spells them.
+    # -- the catalog: the shape of an existing table (dicomvec's, or another tool's found by
+    # ``find_table``); ``names``: (schema, table) as the catalog spells them -------------------
     def quote_identifier(self, name: str) -> str:
         """``name`` as SQL text that refers to exactly that catalog name."""
         return name

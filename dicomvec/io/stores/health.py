@@ -81,25 +81,16 @@ def _run(store: VectorStore, url: str, schema: str, reports_table: str, dimensio
         where += f" (namespace {dialect.namespace} exists and this user may use it)"
     checks.append(Check("connect", True, where))
 
-    version = {"text": ""}
-
     def server():
-        cur = conn.cursor()
-        cur.execute(dialect.server_version_sql())
-        version["text"] = str(cur.fetchone()[0])
-        conn.rollback()
-        checks.append(Check("server version", True, " ".join(version["text"].split())))
-        for name, ok, detail in dialect.vector_features(conn, version["text"]):
+        version = str(store.query(dialect.server_version_sql(), None, "server version")[0][0])
+        checks.append(Check("server version", True, " ".join(version.split())))
+        for name, ok, detail in dialect.vector_features(conn, version):
             checks.append(Check(name, ok, detail))
     _attempt(checks, "server version", store, server)
 
     if dialect.schema:
         def schema_exists():
-            cur = conn.cursor()
-            sql, params = dialect.schema_exists_sql()
-            cur.execute(sql, params)
-            found = cur.fetchone() is not None
-            conn.rollback()
+            found = bool(store.query(*dialect.schema_exists_sql(), "schema"))
             checks.append(Check("schema", True if found else None,
                                 f"{dialect.schema} exists" if found else
                                 f"{dialect.schema} does not exist yet (init-db creates it "

@@ -99,11 +99,6 @@ class PostgresDialect(Dialect):
     def catalog_names(self) -> Tuple[str, str]:
         return self.schema.lower(), self.table.lower()
 
-    def find_table_sql(self) -> Tuple[str, list]:
-        return ("SELECT table_schema, table_name FROM information_schema.tables WHERE "
-                "lower(table_schema) = lower(%s) AND lower(table_name) = lower(%s) "
-                "ORDER BY table_schema, table_name", [self.schema, self.table])
-
     def describe_sql(self, names: Tuple[str, str]) -> Tuple[str, list]:
         return ("SELECT a.attname, t.typname, a.atttypmod, a.attnotnull, a.atthasdef "
                 "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
