@@ -35,8 +35,9 @@ class Recorder:
     def __init__(self, spec: TableSpec = IMAGES, table_exists: bool = False, dimension: int = 4,
                  columns=None, key=None, index_exists: bool = False,
                  stored: Optional[List[Tuple[str, str]]] = None, zversion: str = ZVERSION,
-                 index_key=()):
+                 index_key=(), catalog_name=("VectorSearch", "MIMICCXRImages")):
         self.spec = spec
+        self.catalog_name = catalog_name
         self.table_exists = table_exists
         self.columns = columns if columns is not None else spec_columns(spec, dimension)
         self.key = list(key if key is not None else spec.key)
@@ -78,8 +79,8 @@ class Recorder:
             return list(self.columns) if self.table_exists else []
         if "KEY_COLUMN_USAGE" in sql:
             return [(k,) for k in self.key] if self.table_exists else []
-        if "INFORMATION_SCHEMA.TABLES" in sql:
-            return [(1,)] if self.table_exists else []
+        if "INFORMATION_SCHEMA.TABLES" in sql:  # the table, as the catalog spells it
+            return [self.catalog_name] if self.table_exists else []
         if "INFORMATION_SCHEMA.SCHEMATA" in sql:
             return [(1,)] if self.table_exists else []
         if "INFORMATION_SCHEMA.INDEXES" in sql and "PRIMARY_KEY = 1" in sql:

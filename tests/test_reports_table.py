@@ -91,3 +91,36 @@ def test_postgres_search_sql_casts_the_bound_text_and_quotes_mixed_case_names():
                    "vectorsearch.mimiccxrreports")
     assert lower.column("StudyID") == "studyid"
     assert nearest_reports_sql(lower, VectorColumn("vector", "scan", 4, "text"), VEC, 3) is None
+
+
+def test_iris_reports_table_is_read_with_the_schema_guards_catalog_reader(monkeypatch):
+    """The table is looked up ignoring case, then described by the dialect's one catalog reader
+    (the schema guard's statements) under the catalog's own spelling."""
+    import dataclasses
+
+    from dicomvec.io.stores import VectorStore
+    from dicomvec.io.stores.iris import IrisDialect
+    from dicomvec.search.reports_table import inspect_reports
+    from tests.iris_recorder import Recorder, connect_to
+    monkeypatch.setenv("DICOMVEC_IRIS_PASSWORD", "pw")
+    columns = [("SubjectID", "VARCHAR", 50, "YES", None), ("StudyID", "VARCHAR", 50, "NO", None),
+               ("Findings", "VARCHAR", 2000, "YES", None),
+               ("Impression", "VARCHAR", 2000, "YES", None),
+               ("Vector", "VECTOR", None, "YES", None)]
+    recorder = Recorder(spec=REPORTS, table_exists=True, columns=columns, key=("StudyID",),
+                        catalog_name=("VectorSearch", "MIMICCXRReports"))
+    monkeypatch.setattr(IrisDialect, "connect", connect_to([recorder]))
+    spec = dataclasses.replace(REPORTS, table="mimiccxrreports")
+    with VectorStore("iris://dicomvec@iris.example.org:1972/USER", schema="vectorsearch",
+                     spec=spec) as store:
+        table = inspect_reports(store)
+    assert table.qualified == "VectorSearch.MIMICCXRReports"
+    assert table.missing == ["ReportPath", "EmbeddedText", "EmbeddingModel", "Provider",
+                             "CreatedAt"]
+    assert (table.column("studyid"), table.declared_type("VECTOR")) == ("StudyID", "vector")
+    sent = [(sql, params) for sql, params in recorder.statements if params is not None]
+    assert "UPPER(TABLE_NAME) = UPPER(?)" in sent[0][0]
+    assert sent[0][1] == ["vectorsearch", "mimiccxrreports"]
+    assert [sql.split(" FROM ")[1].split()[0] for sql, _ in sent[1:]] == [
+        "INFORMATION_SCHEMA.COLUMNS", "INFORMATION_SCHEMA.KEY_COLUMN_USAGE"]
+    assert all(params == ["VectorSearch", "MIMICCXRReports"] for _, params in sent[1:])

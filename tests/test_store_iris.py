@@ -169,8 +169,8 @@ def test_other_statements_use_qmark_parameters():
     assert sql == ("SELECT ImageID FROM VectorSearch.MIMICCXRImages WHERE Provider = ? AND "
                    "ImageID IN (?, ?) AND (PreprocessVersion = ? OR PreprocessVersion IS NULL)")
     assert params == ["nvclip", "a", "b", "v1"]
-    sql, params = d.table_exists_sql("VectorSearch", "MIMICCXRReports")
-    assert "INFORMATION_SCHEMA.TABLES" in sql and params == ["VectorSearch", "MIMICCXRReports"]
+    sql, params = d.find_table_sql()
+    assert "INFORMATION_SCHEMA.TABLES" in sql and params == ["VectorSearch", "MIMICCXRImages"]
 
 
 def test_error_classification():

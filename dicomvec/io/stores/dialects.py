@@ -314,11 +314,6 @@ class Dialect(abc.ABC):
         cur.execute("EXPLAIN " + sql, params)
         return "\n".join(" ".join(str(v) for v in row) for row in cur.fetchall())
 
-    def table_exists_sql(self, schema: str, table: str) -> Tuple[str, list]:
-        """A query returning a row when ``schema.table`` exists."""
-        return ("SELECT 1 FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = "
-                f"{self.marker} AND TABLE_NAME = {self.marker}", [schema, table])
-
     def table_dimension(self, conn) -> Optional[int]:
         """The declared vector length of the existing table, when the catalog tells it."""
         return None

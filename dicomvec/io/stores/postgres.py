@@ -78,11 +78,6 @@ class PostgresDialect(Dialect):
             not sqlstate
 
     # -- schema ----------------------------------------------------------------------------
-    def table_exists_sql(self, schema: str, table: str) -> Tuple[str, list]:
-        # unquoted names are stored lower-case
-        return ("SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
-                "AND table_name = %s", [schema.lower(), table.lower()])
-
     def table_dimension(self, conn) -> Optional[int]:
         cur = conn.cursor()
         cur.execute("SELECT a.atttypmod FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) "

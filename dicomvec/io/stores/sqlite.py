@@ -45,9 +45,6 @@ class SQLiteDialect(Dialect):
     def is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower()
 
-    def table_exists_sql(self, schema: str, table: str) -> Tuple[str, list]:
-        return "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [table]
-
     # -- the shape of an existing table -----------------------------------------------------
     def find_table_sql(self) -> None:
         return None  # SQLite matches table names ignoring case
