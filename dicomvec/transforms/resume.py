@@ -3,13 +3,15 @@ pixel is decoded or any embedding is paid for.
 
 In: ImageRecord. Out: the records with no matching row. The lookup is batched (``BatchElements``
 then one ``existing_ids`` query per batch of up to 500 IDs) — no per-image query and no
-whole-table side input. Counter ``skipped_existing``.
+whole-table side input. Counter ``skipped_existing`` (one per image; the image's other copies,
+if any, count as ``duplicate_files``).
 """
 from __future__ import annotations
 
 import apache_beam as beam
 
 from dicomvec.io.stores import VectorStore
+from dicomvec.transforms.dedupe import report_unused_copies
 from dicomvec.transforms.stage import counter
 
 
@@ -21,6 +23,7 @@ class _DropStored(beam.DoFn):
         self.preprocess_version = preprocess_version
         self.store = None
         self.skipped = counter("skipped_existing")
+        self.duplicates = counter("duplicate_files")
 
     def setup(self):
         sink_url, schema, table = self.args
@@ -36,6 +39,7 @@ class _DropStored(beam.DoFn):
         for record in records:
             if record.image_id in stored:
                 self.skipped.inc()
+                report_unused_copies(self.duplicates, record)  # its other copies: not needed
             else:
                 yield record
 
