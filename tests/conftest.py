@@ -1,6 +1,7 @@
 """Shared fixtures: paths to the real test DICOMs and a tiny synthetic archive."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -30,3 +31,17 @@ def streaming_runner():
         if os.environ.get("CI"):
             raise
         pytest.skip(str(exc))
+
+
+@pytest.fixture(autouse=True)
+def _drop_stream_handlers_left_behind():
+    """``dicomvec.cli.main`` configures logging with a handler on the current ``sys.stderr``,
+    which under pytest is a capture that is closed after the test: later log calls from any
+    thread would print "ValueError: I/O operation on closed file" (and slow everything down).
+    Remove plain stream handlers a test added to the root logger."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and handler not in before:
+            root.removeHandler(handler)
