@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dicomvec.imaging import preprocess
 from dicomvec.io.dead_letter import read_dead_letters
+from dicomvec.io.providers import EncodedImage, ProviderConfig, create_provider
 from dicomvec.io.stores import VectorStore
 from dicomvec.record import STAGES
 from tests.torture_corpus import DUPLICATE, NEEDS_NO_DAC_OVERRIDE, STORED, build
@@ -107,3 +109,9 @@ def test_every_kind_of_file_ends_where_it_should(tmp_path):
     for image_id, vector in vectors.items():
         assert np.all(np.isfinite(vector)) and abs(float(np.linalg.norm(vector)) - 1) < 1e-4, \
             image_id  # never a zero vector
+    # each row's vector is its own file's descriptor, recomputed outside the pipeline
+    thumbnail = create_provider(ProviderConfig("thumbnail"))
+    for name, image_id in rows:
+        encoded = preprocess((tmp_path / "in" / name).read_bytes())
+        want = thumbnail.describe(EncodedImage(encoded.data, encoded.mime))
+        assert np.allclose(vectors[image_id], want, atol=1e-6), name
