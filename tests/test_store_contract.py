@@ -21,6 +21,17 @@ IRIS_SKIP = ("IRIS contract not run: no IRIS server can be installed here. Set D
              "iris://USER@HOST:1972/NAMESPACE and DICOMVEC_IRIS_PASSWORD to run it live")
 
 
+def check_iris_url(url: str) -> None:
+    """A DICOMVEC_IRIS_URL that is set but does not parse is a failure, never a skip."""
+    from dicomvec.io.stores.dialects import dialect_for_url
+    try:
+        dialect = dialect_for_url(url, schema="DicomvecTest")
+    except ValueError as exc:
+        pytest.fail(f"DICOMVEC_IRIS_URL is set but does not parse: {exc}")
+    if dialect.name != "iris":
+        pytest.fail(f"DICOMVEC_IRIS_URL must be an iris:// URL, got a {dialect.name} URL")
+
+
 class Backend:
     """Where one test's table lives, and how to open stores on it."""
 
@@ -58,6 +69,7 @@ def _open_backend(name: str, request, tmp_path) -> Backend:
         url = os.environ.get("DICOMVEC_IRIS_URL")
         if not url:
             pytest.skip(IRIS_SKIP)
+        check_iris_url(url)
     return Backend(name, url, "DicomvecTest", table, server)
 
 
@@ -393,3 +405,10 @@ def test_unreachable_server_fails_rows_as_transient(pg_backend):
     assert [row for row, _ in failed] == rows
     assert all(store.dialect.is_transient(exc) for _, exc in failed)
     assert store.reconnects == 1
+
+
+@pytest.mark.parametrize("url", ["iris://host-without-user:1972/USER", "postgresql://x@h/db",
+                                 "iris://u@host:notaport/USER"])
+def test_an_unparseable_iris_url_fails_rather_than_skips(url):
+    with pytest.raises(pytest.fail.Exception, match="DICOMVEC_IRIS_URL"):
+        check_iris_url(url)
