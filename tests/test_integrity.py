@@ -170,3 +170,10 @@ def test_streaming_a_broken_copy_arriving_first_does_not_hide_the_good_one(
     (row,) = read_dead_letters(str(tmp_path / "dl"), "stream")
     assert row["path"].endswith("a_broken.dcm") and row["stage"] == "decode"
     assert summary.accounting.holds
+
+
+def test_a_runner_without_counters_is_reported_as_not_checked(tmp_path, caplog):
+    accounting = check_accounting(5, {}, str(tmp_path / "dl" / "run=none"))
+    assert not accounting.checked and accounting.holds
+    assert "NOT CHECKED" in accounting.render()
+    assert "cannot be checked" in caplog.text
