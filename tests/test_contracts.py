@@ -225,3 +225,49 @@ def test_the_database_going_away_mid_run_gives_retryable_write_dead_letters(
     for row in dead:
         assert row["stage"] == "write" and row["retryable"] is True, row
     assert summary.accounting.holds
+
+
+class StopsTheDatabase(ThumbnailProvider):
+    """The thumbnail descriptor; before its second batch it stops the test's PostgreSQL server
+    (``pg_ctl stop -m immediate``), so the sink disappears in the middle of the run."""
+
+    name = "stops-the-database-test-provider"
+    server = None
+    calls = 0
+
+    def embed_images(self, images):
+        type(self).calls += 1
+        if type(self).calls == 2:
+            server = type(self).server
+            server._run(["pg_ctl", "-D", str(server.data_dir), "-m", "immediate", "-w", "stop"])
+        return super().embed_images(images)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_database_server_stopping_mid_run_gives_retryable_write_dead_letters(tmp_path):
+    """A private PostgreSQL is stopped after the first batch was written: the later batches
+    come back as retryable ``write`` dead letters, the run still prints its summary (rows in
+    store unknown) and every path is accounted for."""
+    from tests.pg_fixtures import LocalPostgres, PostgresUnavailable
+    try:
+        server = LocalPostgres().start()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"PostgreSQL cannot run: {exc}")
+    try:
+        archive = tmp_path / "in"
+        archive.mkdir()
+        ids = [write_dicom(archive / f"img{i}.dcm", 40 + i) for i in range(6)]
+        register_provider(StopsTheDatabase.name, f"{__name__}:StopsTheDatabase")
+        StopsTheDatabase.server, StopsTheDatabase.calls = server, 0
+        summary = run_ingest(["--input", str(archive / "*.dcm"),
+                              *flags(tmp_path, "stopped", server.url(), "--provider",
+                                     StopsTheDatabase.name)])
+    finally:
+        server.stop()
+    dead = read_dead_letters(str(tmp_path / "dl"), "stopped")
+    assert summary.stored == 2 and summary.rows_in_store == -1
+    assert len(dead) == 4 and {row["image_id"] for row in dead} < set(ids)
+    for row in dead:
+        assert row["stage"] == "write" and row["retryable"] is True, row
+    assert summary.accounting.holds

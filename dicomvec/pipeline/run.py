@@ -95,7 +95,9 @@ class RunSummary:
             for name, value in sorted(self.provider_stats.items()):
                 lines.append(f"  provider {name + ' ':<12}{value}")
         lines += [
-            f"  rows in store        {self.rows_in_store}  ({self.sink})",
+            f"  rows in store        "
+            f"{self.rows_in_store if self.rows_in_store >= 0 else 'unknown (unreachable)'}"
+            f"  ({self.sink})",
             f"  dead letters         {self.dead_letter_dir}",
         ]
         if self.accounting is not None:
@@ -184,6 +186,19 @@ def watch_streaming_run(result, options: DicomvecOptions, poll_s: float = 1.0) -
             signal.signal(sig, handler)
 
 
+def rows_in_store(dv: DicomvecOptions, provider_name: str) -> int:
+    """Rows now stored for the provider; -1 when the sink cannot be reached any more (the
+    summary must still be printed: the dead letters say what was not written)."""
+    try:
+        with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table,
+                         max_attempts=2) as store:
+            return store.count(provider_name)
+    except Exception as exc:  # noqa: BLE001 - a summary, not a reason to lose the run's report
+        log.error("cannot count the rows in %s after the run: %s: %s", redact_url(dv.sink),
+                  type(exc).__name__, str(exc).strip()[:200])
+        return -1
+
+
 def default_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
@@ -217,8 +232,7 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
         counters = read_counters(result)
     wall = time.monotonic() - started
 
-    with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table) as store:
-        rows = store.count(provider.name)
+    rows = rows_in_store(dv, provider.name)
     summary = RunSummary(
         run_id=run_id,
         matched=counters.get("matched", 0),
