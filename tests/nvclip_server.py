@@ -159,7 +159,52 @@ class _Refusal(Exception):
         self.status, self.title, self.detail = status, title, detail
 
 
-class NVClipContractServer:
+class LocalServer:
+    """Start/stop a ``ThreadingHTTPServer`` on 127.0.0.1 (free port) whose handler class
+    (``handler_base``, a subclass of ``_Handler``) sees this object as ``owner``. Used as a
+    context manager; ``url`` is the base URL ending in /v1."""
+
+    handler_base: type = None  # set by subclasses
+    thread_name = "contract-server"
+    _httpd: Optional[ThreadingHTTPServer] = None
+    _thread: Optional[threading.Thread] = None
+
+    def start(self):
+        class Handler(self.handler_base):
+            owner = self
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.block_on_close = False
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name=self.thread_name,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None, "server not started"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+
+class NVClipContractServer(LocalServer):
+    thread_name = "nvclip-server"
+
     def __init__(self, api_key: Optional[str] = None, model: str = "nvidia/nvclip",
                  dimension: int = 1024, latency_s: float = 0.0):
         self.api_key = api_key
@@ -178,43 +223,6 @@ class NVClipContractServer:
         self.max_in_flight = 0
         self._faults: List[Fault] = []
         self._lock = threading.Lock()
-        self._httpd: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
-
-    # -- control ----------------------------------------------------------------------------
-    def start(self) -> "NVClipContractServer":
-        server = self
-
-        class Handler(_Handler):
-            owner = server
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.block_on_close = False
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="nvclip-server",
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> "NVClipContractServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
     def inject(self, *faults: Fault) -> None:
         with self._lock:
@@ -443,6 +451,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, None, raw=b"<html>gateway hiccup</html>")
             return
         self._send_json(200, owner._response(inputs, fault))
+
+
+NVClipContractServer.handler_base = _Handler
 
 
 def main(argv: Optional[List[str]] = None) -> int:

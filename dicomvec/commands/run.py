@@ -9,6 +9,9 @@ dicomvec flags: --input PATTERN  --sink URL  --dead-letter DIR  --provider NAME
   --image-size S  --image-format png|jpeg  --normalization standard|mimic-jpg  --batch-size N
   --run-id ID  --nvclip-url URL  --nvclip-model NAME  --nvclip-concurrency N
   --nvclip-max-requests-per-minute N  --nvclip-timeout S  --nvclip-max-attempts N
+  --replace-invalid (re-embed stored rows with a zero or wrong-length vector)
+An existing images table must be shaped like dicomvec's; an older dicomvec table must be
+upgraded first (`dicomvec migrate`), another tool's table is never written to.
 plus any Beam option, e.g. --runner FlinkRunner --flink_master HOST:8081, --direct_num_workers 2.
 """
 

@@ -62,10 +62,12 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
              | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
     records = _stage(files, "Identify", IdentifyDicom(), failures)
     unique = records if streaming else records | "OnePerImageID" >> OnePerImageID()
+    dimension = create_provider(options.provider_config()).dimension
     if not options.force:
         unique = unique | "SkipStored" >> SkipStored(
             options.sink, options.sink_schema, options.sink_table, options.provider,
-            options.preprocess_version())
+            options.preprocess_version(),
+            valid_dimension=dimension if options.replace_invalid else None)
     decoded = _stage(unique, "Decode", DecodePixels(options.image_size), failures)
     normalized = _stage(decoded, "Normalize", NormalizePixels(options.normalization), failures)
     encoded = _stage(normalized, "Resize",
@@ -75,7 +77,6 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
     batch_wait = (options.batch_wait or options.watch_interval / 2) if streaming else None
     batches = encoded | "Batch" >> BatchForEmbedding(options.batch_size, batch_wait)
     embedded = _stage(batches, "Embed", EmbedBatch(options.provider_config()), failures)
-    dimension = create_provider(options.provider_config()).dimension
     stored = _stage(embedded, "Write",
                     WriteToStore(options.sink, options.sink_schema, options.sink_table,
                                  options.preprocess_version(), dimension,
