@@ -412,3 +412,10 @@ def test_unreachable_server_fails_rows_as_transient(pg_backend):
 def test_an_unparseable_iris_url_fails_rather_than_skips(url):
     with pytest.raises(pytest.fail.Exception, match="DICOMVEC_IRIS_URL"):
         check_iris_url(url)
+
+
+def test_the_configured_iris_url_parses():
+    """With DICOMVEC_IRIS_URL set, a typo in it fails here, whatever the live suites do."""
+    url = os.environ.get("DICOMVEC_IRIS_URL")
+    if url:
+        check_iris_url(url)
