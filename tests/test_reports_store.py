@@ -110,10 +110,8 @@ def test_lookup_returns_only_known_studies(store):
 
 
 def _dialect(url):
-    try:
-        return dialect_for_url(url, schema="VectorSearch", spec=REPORTS)
-    except (ValueError, ImportError) as exc:
-        pytest.skip(f"dialect for {url.split(':')[0]} not available here: {exc}")
+    # the IRIS dialect builds its SQL offline: a failure here is a bug, not a reason to skip
+    return dialect_for_url(url, schema="VectorSearch", spec=REPORTS)
 
 
 def test_iris_sql_uses_insert_or_update_to_vector_and_top():

@@ -67,4 +67,8 @@ def test_files_arriving_during_the_run_are_all_stored(real_cxr_dir, tmp_path, st
     assert summary.stored == 4
     for name, arrived in arrivals.items():
         stored_at = time.mktime(time.strptime(rows[name], "%Y-%m-%d %H:%M:%S")) - time.timezone
-        assert stored_at - arrived <= 2 * WATCH_INTERVAL + 1, name  # +1: CreatedAt is in seconds
+        # a listing period + the settle time + the batch wait is 2.5 intervals on an idle
+        # machine (measured 4.6-5.0 s here with a load of 5-7); 4 intervals + 2 s holds on a
+        # loaded 2-core machine and still fails a file that is only stored at the end of the run
+        # (+1 of the 2: CreatedAt is in whole seconds)
+        assert stored_at - arrived <= 4 * WATCH_INTERVAL + 2, name

@@ -22,4 +22,4 @@ def run(args, extra) -> int:
     from dicomvec.pipeline.reprocess import run_reprocess
     report = run_reprocess(extra, stage=args.stage, retryable_only=args.retryable_only)
     print(report.render())
-    return 0
+    return report.run.exit_status

@@ -28,4 +28,4 @@ def run(args, extra) -> int:
     from dicomvec.pipeline.run import run_ingest
     summary = run_ingest(extra)
     print(summary.render())
-    return 0
+    return summary.exit_status
