@@ -30,10 +30,10 @@ setup(
         "tenacity>=8.2",
     ],
     extras_require={
-        "iris": ["intersystems-irispython>=5.1"],
+        "iris": ["intersystems-irispython>=5.2"],
         "postgres": ["psycopg[binary]>=3.1", "pgvector>=0.5"],
         "test": ["pytest>=8", "pytest-timeout>=2.3", "pgserver==0.1.4", "pgvector>=0.5",
-                 "psycopg[binary]>=3.1", "intersystems-irispython>=5.1"],
+                 "psycopg[binary]>=3.1", "intersystems-irispython>=5.2"],
     },
     entry_points={"console_scripts": ["dicomvec=dicomvec.cli:main"]},
 )

@@ -25,6 +25,8 @@ COMMANDS = (
     "dicomvec.commands.synth",
     "dicomvec.commands.init_db",
     "dicomvec.commands.create_index",
+    "dicomvec.commands.check_db",
+    "dicomvec.commands.migrate",
     "dicomvec.commands.check_nvclip",
     "dicomvec.commands.reports",
     "dicomvec.commands.search",

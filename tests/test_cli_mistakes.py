@@ -240,6 +240,22 @@ def test_directory_input_means_every_file_below_and_beam_options_pass(sample, wo
     assert out.startswith("nothing to reprocess: no dead letters")
 
 
+def test_no_help_imports_beam_numpy_or_pydicom():
+    """Every command's --help (and the top one) answers without the heavy libraries."""
+    code = ("import sys, io, contextlib\nfrom dicomvec import cli\n"
+            "names = [n for n in cli.build_parser()._subparsers._group_actions[0].choices]\n"
+            "for argv in [['--help']] + [[n, '--help'] for n in names]:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try: cli.main(argv)\n        except SystemExit: pass\n"
+            "print(len(names), [m for m in ('apache_beam', 'numpy', 'pydicom', 'PIL', 'pyarrow')"
+            " if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    count, heavy = proc.stdout.split(" ", 1)
+    assert int(count) >= 9 and heavy.strip() == "[]", proc.stdout
+
+
 def test_help_lists_every_option_with_defaults_without_importing_beam():
     """`--help` of every pipeline command: each dicomvec flag, its default, the groups and
     where Beam's options are documented, with no Beam, numpy or pydicom imported."""
@@ -256,7 +272,7 @@ def test_help_lists_every_option_with_defaults_without_importing_beam():
             "    try: main([sys.argv[1], '--help'])\n    except SystemExit: pass\n"
             "heavy = [m for m in ('apache_beam', 'numpy', 'pydicom') if m in sys.modules]\n"
             "print(buf.getvalue()); print('HEAVY', heavy)")
-    for command in ("run", "reprocess", "reports", "search"):
+    for command in ("run", "reprocess", "reports", "search"):  # the pipeline commands
         proc = subprocess.run([sys.executable, "-c", code, command], capture_output=True,
                               text=True, cwd=REPO, timeout=120)
         assert proc.returncode == 0, proc.stderr

@@ -37,4 +37,4 @@ def run(args, extra) -> int:
         print(f"nothing to reprocess: {nothing}")
         return 0
     print(report.render())
-    return 0
+    return report.run.exit_status

@@ -9,6 +9,9 @@ HELP = """Run the ingestion pipeline: DICOM files → vectors in a store, failur
 Before anything is created the job checks that --input matches files (a directory means every
 file below it), that the sink and the dead-letter folder are writable and that the provider has
 its credentials; a problem is one line on stderr and exit status 2.
+
+An existing images table must be shaped like dicomvec's; an older dicomvec table must be
+upgraded first (`dicomvec migrate`), another tool's table is never written to.
 """
 
 
@@ -27,4 +30,4 @@ def run(args, extra) -> int:
     from dicomvec.pipeline.run import run_ingest
     summary = run_ingest(extra)
     print(summary.render())
-    return 0
+    return summary.exit_status

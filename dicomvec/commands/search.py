@@ -6,6 +6,8 @@ Examples::
     dicomvec search --image scan.dcm --sink sqlite:///out/dicomvec.db --with-reports \
         --contact-sheet results.png
     dicomvec search --image scan.dcm --provider nvclip --target reports --json
+    OPENAI_API_KEY=... dicomvec search --text "pleural effusion" --via-reports \
+        --sink iris://dicomvec@db:1972/USER    # their OpenAI-embedded reports, read only
 
 The query image goes through the ingestion's decode/normalize/resize code with the same flags
 (``--image-size``, ``--normalization``, ``--image-format``) as ``dicomvec run``. User errors
@@ -18,6 +20,9 @@ import argparse
 import sys
 
 TARGETS = ("images", "reports")  # = dicomvec.search.engine.TARGETS (imported lazily: Beam)
+REPORTS_TABLE = "MIMICCXRReports"  # = dicomvec.io.stores.tables.REPORTS_TABLE
+TEXT_MODEL = "text-embedding-3-large"  # = dicomvec.io.providers.openai_client.DEFAULT_MODEL
+TEXT_URL = "https://api.openai.com/v1"  # = dicomvec.io.providers.openai_client.DEFAULT_URL
 
 
 def register(subparsers) -> None:
@@ -44,6 +49,34 @@ def register(subparsers) -> None:
                              "ImageID, view)")
     search.add_argument("--columns", type=int, default=5, help="contact sheet columns")
     parser.set_defaults(func=run, passthrough=True)
+    add_reports_flags(parser)
+
+
+def add_reports_flags(parser) -> None:
+    """The reports table to read (ours or another tool's) and ``--via-reports`` with the
+    OpenAI-compatible model that embedded it."""
+    reports = parser.add_argument_group(
+        "reports table (read only; may be another tool's, e.g. OpenAI-embedded)",
+        f"--reports-table NAME (a store flag, as for `dicomvec reports`; default "
+        f"{REPORTS_TABLE}) names it")
+    reports.add_argument("--reports-schema", default=None,
+                         help="its schema (default: --sink-schema; SQLite has none)")
+    reports.add_argument("--via-reports", action="store_true",
+                         help="text → image through the reports' own vectors: embed --text with "
+                              "--text-model (OpenAI-compatible API, key from OPENAI_API_KEY), "
+                              "find the nearest reports, return their studies' images")
+    reports.add_argument("--text-model", default=TEXT_MODEL,
+                         help=f"model that embedded the reports (default {TEXT_MODEL})")
+    reports.add_argument("--text-url", default=None,
+                         help=f"OpenAI-compatible base URL (default: $OPENAI_BASE_URL, else "
+                              f"{TEXT_URL})")
+    reports.add_argument("--text-dimensions", type=int, default=None,
+                         help="send OpenAI's `dimensions` (only if the reports were embedded "
+                              "shortened; default: the model's full length)")
+    reports.add_argument("--text-timeout", type=float, default=60.0,
+                         help="read timeout per embeddings request, s (default 60)")
+    reports.add_argument("--text-max-attempts", type=int, default=5,
+                         help="attempts per request; 429/5xx/timeouts are retried (default 5)")
 
 
 DESCRIPTION = """Store, provider and preprocessing flags are those of `dicomvec run`
@@ -61,6 +94,23 @@ def pipeline_options(extra):
     return DicomvecOptions(flags=[], **vars(known))
 
 
+def reports_request(request, args, options):
+    """``request`` with the reports table (``options.reports_table``, ``--reports-schema``) and
+    ``--via-reports``, and the ``OpenAISettings`` for it (None without it)."""
+    import dataclasses
+    request = dataclasses.replace(request, via_reports=args.via_reports,
+                                  reports_table=getattr(options, "reports_table", None),
+                                  reports_schema=args.reports_schema)
+    if not args.via_reports:
+        return request, None
+    import os
+    from dicomvec.io.providers.openai_client import DEFAULT_URL, OpenAISettings
+    return request, OpenAISettings(
+        url=args.text_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_URL,
+        model=args.text_model, dimensions=args.text_dimensions, timeout_s=args.text_timeout,
+        max_attempts=args.text_max_attempts)
+
+
 def run(args, extra) -> int:
     from dicomvec.errors import UserError
     from dicomvec.search import output
@@ -71,11 +121,12 @@ def run(args, extra) -> int:
     preflight.check_provider(options.provider_config())  # the sink: checked by run_search
     request = SearchRequest(text=args.text, image=args.image, target=args.target, k=args.k,
                             view=args.view, with_reports=args.with_reports)
+    request, text_settings = reports_request(request, args, options)
     if args.contact_sheet and args.target != "images":
         raise UserError("--contact-sheet shows image hits; it needs --target images")
     if args.columns < 1:
         raise UserError("--columns must be at least 1")
-    result = run_search(request, options)
+    result = run_search(request, options, text_settings)
     print(output.to_json(result) if args.json else output.to_text(result))
     if args.contact_sheet:
         if not result.results:

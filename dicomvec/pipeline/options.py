@@ -49,6 +49,14 @@ class DicomvecFlags:
         parser.add_argument("--force", action="store_true", default=False,
                             help="Re-embed images already stored for this provider and "
                                  "preprocessing version (default: skip them, pay nothing twice)")
+        parser.add_argument("--replace_invalid", "--replace-invalid", action="store_true",
+                            default=False,
+                            help="Re-embed images whose stored row has a zero or wrong-length "
+                                 "vector (rows written by other tools; `dicomvec check-db` "
+                                 "lists them)")
+        parser.add_argument("--reports_table", "--reports-table", default="MIMICCXRReports",
+                            help="Reports table name (in --sink-schema): `dicomvec reports` "
+                                 "writes it, `search` reads it")
         # streaming (with Beam's --streaming)
         parser.add_argument("--watch_interval", "--watch-interval", type=float, default=30.0,
                             help="streaming: seconds between polls of --input")

@@ -58,7 +58,8 @@ def build_reports(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str
     reports = _stage(keyed, "KeepFirstPerStudy", KeepFirstPerStudy(), failures)
     batches = reports | "BatchReports" >> BatchForEmbedding(options.batch_size, key="reports")
     rows = _stage(batches, "EmbedReports", EmbedReportBatch(options.provider_config()), failures)
-    stored = _stage(rows, "WriteReports", WriteReports(options.sink, options.sink_schema),
+    stored = _stage(rows, "WriteReports",
+                    WriteReports(options.sink, options.sink_schema, options.reports_table),
                     failures)
     (failures
      | "AllReportFailures" >> beam.Flatten()
@@ -132,8 +133,9 @@ def run_reports(argv: List[str]) -> ReportsSummary:
         log.warning("provider %r has no text tower: reports are stored as text only (no "
                     "vectors); use a semantic provider such as nvclip for text search",
                     provider.name)
-    with VectorStore(dv.sink, schema=dv.sink_schema, spec=REPORTS) as store:
-        store.init_schema(provider.dimension)
+    with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.reports_table,
+                     spec=REPORTS) as store:
+        store.init_schema(provider.dimension)  # refuses a table that is not ours (exit 2)
 
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
@@ -143,7 +145,8 @@ def run_reports(argv: List[str]) -> ReportsSummary:
     wall = time.monotonic() - started
 
     counters = read_counters(result)
-    with VectorStore(dv.sink, schema=dv.sink_schema, spec=REPORTS) as store:
+    with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.reports_table,
+                     spec=REPORTS) as store:
         rows = store.count()
         with_vectors = store.count(provider.name)
     return ReportsSummary(
@@ -163,7 +166,7 @@ def run_reports(argv: List[str]) -> ReportsSummary:
         wall_time_s=wall,
         rows_in_table=rows,
         vectors_in_table=with_vectors,
-        table=REPORTS.table,
+        table=dv.reports_table,
         sink=redact_url(dv.sink),
         dead_letter_dir=generation_dir(dv.dead_letter, run_id),
         provider=provider.name,

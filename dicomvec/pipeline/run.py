@@ -10,7 +10,7 @@ import datetime as _dt
 import logging
 import signal
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -19,9 +19,12 @@ from apache_beam.runners.runner import PipelineState
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from dicomvec.io.dead_letter import generation_dir
+from dicomvec.io.listing import paths_the_listing_skips
 from dicomvec.io.providers import create_provider
 from dicomvec.io.stores import VectorStore
 from dicomvec.io.stores.dialects import redact_url
+from dicomvec.pipeline.accounting import (EXIT_ACCOUNTING_MISMATCH, Accounting,
+                                          check_accounting)
 from dicomvec.pipeline.local_engine import configure_local_engine
 from dicomvec.pipeline.graph import build_ingest
 from dicomvec.pipeline.options import DicomvecOptions
@@ -52,10 +55,18 @@ class RunSummary:
     semantic: bool
     provider_stats: Dict[str, int]
     cost_line: str = ""
+    accounting: Optional[Accounting] = None  # do the counts add up? (pipeline/accounting.py)
 
     @property
     def dead_lettered_total(self) -> int:
         return sum(self.dead_lettered.values())
+
+    @property
+    def exit_status(self) -> int:
+        """0, or 3 when not every matched path is accounted for (see pipeline/accounting.py)."""
+        if self.accounting is not None and not self.accounting.holds:
+            return EXIT_ACCOUNTING_MISMATCH
+        return 0
 
     @property
     def images_per_s(self) -> float:
@@ -84,9 +95,13 @@ class RunSummary:
             for name, value in sorted(self.provider_stats.items()):
                 lines.append(f"  provider {name + ' ':<12}{value}")
         lines += [
-            f"  rows in store        {self.rows_in_store}  ({self.sink})",
+            f"  rows in store        "
+            f"{self.rows_in_store if self.rows_in_store >= 0 else 'unknown (unreachable)'}"
+            f"  ({self.sink})",
             f"  dead letters         {self.dead_letter_dir}",
         ]
+        if self.accounting is not None:
+            lines.append(self.accounting.render())
         return "\n".join(lines)
 
 
@@ -108,10 +123,22 @@ def provider_stats(counters: Dict[str, int]) -> Dict[str, int]:
     return {k[len("provider_"):]: v for k, v in counters.items() if k.startswith("provider_")}
 
 
-def check_input(pattern: Optional[str]) -> str:
-    """The pattern to read (a directory → every file below it); raises NoInputFilesError when
-    it matches nothing (``preflight.resolve_input``)."""
-    return preflight.resolve_input(pattern)
+def list_input(pattern: Optional[str]) -> Tuple[List[str], List[str]]:
+    """(Beam's listing of ``pattern``, the matched local paths it leaves out: dangling symbolic
+    links, directories — read dead letters later); raises NoInputFilesError for none."""
+    if not pattern:
+        raise NoInputFilesError("--input is required: a DICOM file pattern such as "
+                                "'/data/mimic-cxr/files/**/*.dcm'")
+    listed = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    skipped = paths_the_listing_skips(pattern, listed)
+    if not listed and not skipped:
+        raise NoInputFilesError(f"no files match --input {pattern!r}")
+    return listed, skipped
+
+
+def check_input(pattern: Optional[str]) -> int:
+    """Number of files ``pattern`` matches; raises NoInputFilesError for none."""
+    return sum(map(len, list_input(pattern)))
 
 
 def in_flight(counters: Dict[str, int]) -> int:
@@ -159,6 +186,19 @@ def watch_streaming_run(result, options: DicomvecOptions, poll_s: float = 1.0) -
             signal.signal(sig, handler)
 
 
+def rows_in_store(dv: DicomvecOptions, provider_name: str) -> int:
+    """Rows now stored for the provider; -1 when the sink cannot be reached any more (the
+    summary must still be printed: the dead letters say what was not written)."""
+    try:
+        with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table,
+                         max_attempts=2) as store:
+            return store.count(provider_name)
+    except Exception as exc:  # noqa: BLE001 - a summary, not a reason to lose the run's report
+        log.error("cannot count the rows in %s after the run: %s: %s", redact_url(dv.sink),
+                  type(exc).__name__, str(exc).strip()[:200])
+        return -1
+
+
 def default_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
@@ -168,10 +208,15 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     options = PipelineOptions(argv)
     dv = options.view_as(DicomvecOptions)
     streaming = options.view_as(StandardOptions).streaming and paths is None
-    used = preflight.check_job(dv, input_pattern=paths is None)
+    # matches are counted by list_input below (it also finds what Beam's listing skips)
+    used = preflight.check_job(dv, input_pattern=paths is None, require_match=False)
     if used is not None:
-        dv.input = used
+        dv.input = used  # a directory: every file below it
+    listed, unreadable = list_input(dv.input) if paths is None else (list(paths), [])
     configure_local_engine(options)
+    if streaming:
+        unreadable = []  # the watch lists the pattern itself, again and again
+    expected = None if streaming else len(listed) + len(unreadable)
     run_id = dv.run_id or default_run_id()
     provider = create_provider(dv.provider_config())
     if not provider.semantic:
@@ -182,7 +227,7 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
 
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
-    build_ingest(pipeline, dv, run_id, paths=paths, streaming=streaming)
+    build_ingest(pipeline, dv, run_id, paths=paths, streaming=streaming, unreadable=unreadable)
     result = pipeline.run()
     if streaming:
         counters = watch_streaming_run(result, dv)
@@ -191,8 +236,7 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
         counters = read_counters(result)
     wall = time.monotonic() - started
 
-    with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table) as store:
-        rows = store.count(provider.name)
+    rows = rows_in_store(dv, provider.name)
     summary = RunSummary(
         run_id=run_id,
         matched=counters.get("matched", 0),
@@ -211,4 +255,5 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     )
     if hasattr(provider, "cost_line"):
         summary.cost_line = provider.cost_line(summary.provider_stats)
+    summary.accounting = check_accounting(expected, counters, summary.dead_letter_dir)
     return summary
