@@ -13,7 +13,7 @@ are grouped and accepted without touching this module.
 from __future__ import annotations
 
 import argparse
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from dicomvec.errors import UsageError
 
