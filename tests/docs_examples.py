@@ -16,7 +16,8 @@ Which fences are examples: those whose info string starts with ``bash``, ``sh``,
 
 Everything runs in a working folder holding ``out/`` exactly as ``./run_local.sh`` left it
 (``out/sample``, ``out/dicomvec.db``, ``out/dead_letter``), with the project's venv first on
-PATH. Each document gets its own copy, its examples run top to bottom.
+PATH (the one running the test). Each document gets its own copy, its examples run top to
+bottom.
 
     python -m tests.docs_examples --write [FILE.md ...]   # regenerate the shown outputs
 """
@@ -121,7 +122,8 @@ def mask(lines: List[str]) -> List[str]:
 def environment() -> Dict[str, str]:
     env = dict(os.environ)
     env.pop("NVIDIA_API_KEY", None)
-    env["PATH"] = f"{REPO / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    # the venv running this (its `dicomvec` and `python`), whatever DICOMVEC_VENV named it
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     env["COLUMNS"] = "100"
     return env
