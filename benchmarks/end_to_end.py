@@ -93,9 +93,11 @@ def run_child(argv: List[str]) -> None:
 
 
 def _is_worker(cmd: List[str]) -> bool:
-    """A Beam SDK worker process (not the ``/bin/sh -c`` that may start it)."""
+    """A Beam SDK worker process (not the ``/bin/sh -c`` that may start it): Beam's
+    ``sdk_worker_main``, or ``dicomvec.pipeline.worker_main`` (the local engine's, which wraps it)."""
     return (bool(cmd) and not Path(cmd[0]).name.endswith("sh")
-            and "apache_beam.runners.worker.sdk_worker_main" in cmd)
+            and bool({"apache_beam.runners.worker.sdk_worker_main",
+                      "dicomvec.pipeline.worker_main"} & set(cmd)))
 
 
 def measured_run(work: Path, name: str, argv: List[str], poll_s: float = 0.1) -> Dict:
