@@ -62,7 +62,7 @@ class Accounting:
 
 def dead_letter_paths(generation_dir: str) -> tuple:
     """(distinct paths, rows) in one dead-letter generation folder, on any Beam filesystem."""
-    import pyarrow.parquet as pq
+    from dicomvec.io.dead_letter import read_parquet
     pattern = FileSystems.join(generation_dir, "*.parquet")
     try:
         found = FileSystems.match([pattern])[0].metadata_list
@@ -74,7 +74,7 @@ def dead_letter_paths(generation_dir: str) -> tuple:
         if metadata.path.rsplit("/", 1)[-1].startswith("."):  # a temporary file
             continue
         with FileSystems.open(metadata.path) as handle:
-            table = pq.read_table(handle, columns=["path"])
+            table = read_parquet(handle, columns=["path"])
         rows += table.num_rows
         paths.update(table.column("path").to_pylist())
     return paths, rows
