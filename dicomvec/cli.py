@@ -62,11 +62,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     configure_logging(args.log_level, args.beam_log_level)
     from dicomvec.errors import USER_ERRORS
+    from dicomvec.pipeline.job_monitor import JobInterrupted
     try:
         return int(args.func(args, extra) or 0)
     except USER_ERRORS as exc:
         print(f"dicomvec: error: {exc}", file=sys.stderr)
         return 2
+    except JobInterrupted as exc:  # SIGINT/SIGTERM: the job was cancelled, not finished
+        print(f"dicomvec: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Assemble the ingestion graph.
 
-files (fileio.MatchFiles, or listed paths, + ReadMatches) → IdentifyDicom → OnePerImageID → SkipStored
+files (fileio.MatchFiles, or listed paths; Reshuffle; ReadMatches) → IdentifyDicom → OnePerImageID → SkipStored
 (unless --force) → DecodePixels →
-NormalizePixels → ResizeAndEncode → BatchForEmbedding (GroupIntoBatches, sharded keys) →
+NormalizePixels → ResizeAndEncode → BatchForEmbedding (GroupIntoBatches, keys spread over the
+runner's parallelism) →
 EmbedBatch → WriteToStore; every stage's ``failed`` output → Flatten → WriteDeadLetters.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dicomvec.io.providers import create_provider
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.transforms.dedupe import OnePerImageID
 from dicomvec.transforms.resume import SkipStored
-from dicomvec.transforms.embed import BatchForEmbedding, EmbedBatch
+from dicomvec.transforms.embed import BatchForEmbedding, EmbedBatch, batching_shards
 from dicomvec.transforms.identify import IdentifyDicom, MatchPath
 from dicomvec.transforms.preprocess import DecodePixels, NormalizePixels, ResizeAndEncode
 from dicomvec.transforms.stage import FAILED
@@ -40,10 +41,14 @@ def match_input(pipeline: beam.Pipeline, options: DicomvecOptions, paths, failur
         return pipeline | "WatchInput" >> WatchForCompleteFiles(
             options.input, interval, options.settle_seconds or interval / 2)
     if paths is None:
-        return pipeline | "MatchFiles" >> fileio.MatchFiles(
+        matched = pipeline | "MatchFiles" >> fileio.MatchFiles(
             options.input, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
-    listed = pipeline | "ListedPaths" >> beam.Create(sorted(paths))
-    return _stage(listed, "MatchPaths", MatchPath(), failures)
+    else:
+        listed = pipeline | "ListedPaths" >> beam.Create(sorted(paths))
+        matched = _stage(listed, "MatchPaths", MatchPath(), failures)
+    # one pattern is matched by one worker: spread the file list (metadata only) so that reading
+    # the headers (Identify) runs on every worker of a cluster, not only the matching one
+    return matched | "SpreadFiles" >> beam.Reshuffle()
 
 
 def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str, paths=None,
@@ -64,7 +69,8 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
     encoded = _stage(normalized, "Resize",
                      ResizeAndEncode(options.image_size, options.image_format), failures)
     batch_wait = (options.batch_wait or options.watch_interval / 2) if streaming else None
-    batches = encoded | "Batch" >> BatchForEmbedding(options.batch_size, batch_wait)
+    batches = encoded | "Batch" >> BatchForEmbedding(options.batch_size, batch_wait,
+                                                     batching_shards(pipeline.options))
     embedded = _stage(batches, "Embed", EmbedBatch(options.provider_config()), failures)
     dimension = create_provider(options.provider_config()).dimension
     stored = _stage(embedded, "Write",
