@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 from typing import List
 
@@ -114,14 +115,15 @@ def test_dicomvec_run_on_flink_exact_counts_on_both_slots(idle_cluster, job_serv
     real = REAL_CXR if REAL_CXR.is_dir() and list(REAL_CXR.glob("*.dcm")) else None
     sample = make_sample(tmp_path / "in", 24, real_dir=real)
     out = tmp_path / "out"
+    run_id = f"flink{uuid.uuid4().hex[:8]}"   # unique: the test is also run 10 times in a row
     proc = subprocess.run([sys.executable, "-m", "dicomvec.cli",
-                           *_run_args(sample, out, "flink"),
+                           *_run_args(sample, out, run_id),
                            *flink_flags(idle_cluster, job_server_jar)],
                           text=True, capture_output=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:] + idle_cluster.tail_logs()
     _assert_summary(proc.stdout, sample, matched=24 + 2 + (6 if real else 0))
-    _assert_outcome(sample, out, "flink")
-    (job,) = idle_cluster.jobs("dicomvec-flink-")
+    _assert_outcome(sample, out, run_id)
+    (job,) = idle_cluster.jobs(f"dicomvec-{run_id}-")
     assert job["state"] == "FINISHED"
     for stage in PARALLEL_STAGES:   # keys spread by crc32(ImageID) % --parallelism
         assert subtasks_with_records(idle_cluster, job["jid"], stage) == [2], stage

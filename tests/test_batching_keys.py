@@ -1,0 +1,26 @@
+"""Batching keys: ``crc32(ImageID) % shards``, shards from the runner's parallelism, so that
+GroupIntoBatches (keyed state) and the embed / write stages fused after it run on every worker."""
+from __future__ import annotations
+
+import collections
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from dicomvec.record import ImageRecord
+from dicomvec.transforms.embed import batching_key, batching_shards
+
+
+def test_shards_follow_the_runner_parallelism():
+    assert batching_shards(PipelineOptions(["--runner", "FlinkRunner", "--parallelism", "4"])) == 4
+    assert batching_shards(PipelineOptions(["--runner", "PortableRunner"])) == 2
+    assert batching_shards(PipelineOptions([])) == 1                      # local engine, 1 worker
+    assert batching_shards(PipelineOptions(["--direct_num_workers", "3"])) == 3
+
+
+def test_keys_are_stable_and_spread():
+    records = [ImageRecord(path=f"/x/{i}.dcm", image_id=f"{i:08x}-img") for i in range(400)]
+    keys = [batching_key(r, 2) for r in records]
+    assert keys == [batching_key(r, 2) for r in records]                  # same in every process
+    counts = collections.Counter(keys)
+    assert set(counts) == {0, 1} and min(counts.values()) > 150           # both halves used
+    assert {batching_key(r, 1) for r in records} == {0}
