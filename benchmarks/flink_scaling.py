@@ -110,7 +110,11 @@ def run_once(work: Path, name: str, files: Path, batch_size: int, flags: List[st
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
     stored = int(re.search(r"images stored\s+(\d+)", proc.stdout).group(1))
+    rows = int(re.search(r"rows in store\s+(\d+)", proc.stdout).group(1))
     wall = float(re.search(r"wall time\s+([\d.]+) s", proc.stdout).group(1))
+    if stored != rows:
+        raise RuntimeError(f"{name}: summary says {stored} stored, the store holds {rows}:\n"
+                           f"{proc.stdout}\n{proc.stderr[-3000:]}")
     return {"stored": stored, "wall_s": wall, "img_s": round(stored / wall, 2),
             "loadavg_1m": os.getloadavg()[0]}
 

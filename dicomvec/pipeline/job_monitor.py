@@ -20,6 +20,7 @@ dead-letter periods, so the last dead letters are written) → cancel, return th
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import signal
@@ -99,6 +100,10 @@ class FlinkRest:
     def cancel(self, jid: str) -> None:
         self._call(f"/jobs/{jid}?mode=cancel", method="PATCH")
 
+    def final_counters(self, jid: str) -> Dict[str, int]:
+        """Beam user counters of an ended job, from its accumulators."""
+        return accumulated_counters(self._call(f"/jobs/{jid}/accumulators"))
+
     def counters(self, jid: str, namespace: str = NAMESPACE) -> Dict[str, int]:
         """Beam user counters of ``namespace``, summed over operators and subtasks, from the
         live metrics of a running job (empty once the job has ended)."""
@@ -114,6 +119,33 @@ class FlinkRest:
                     name = metric["id"].rsplit(".", 1)[-1][len(prefix):]
                     totals[name] = totals.get(name, 0) + int(float(metric["value"]))
         return totals
+
+
+def _varint(data: bytes) -> int:
+    """A Beam ``sum_int64`` metric payload (VarIntCoder: base-128 varint, two's complement)."""
+    value = shift = 0
+    for byte in data:
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def accumulated_counters(accumulators: dict, namespace: str = NAMESPACE) -> Dict[str, int]:
+    """Beam user counters of ``namespace`` from a Flink job's ``/accumulators`` answer (Beam's
+    ``__metricscontainers`` accumulator: monitoring infos with base64 varint payloads)."""
+    totals: Dict[str, int] = {}
+    for accumulator in accumulators.get("user-task-accumulators", []):
+        if accumulator.get("name") != "__metricscontainers":
+            continue
+        for info in json.loads(accumulator["value"]).get("metrics", {}).get("attempted", []):
+            labels = info.get("labels", {})
+            if (info.get("urn") == "beam:metric:user:sum_int64:v1"
+                    and labels.get("NAMESPACE") == namespace):
+                name = labels["NAME"]
+                totals[name] = totals.get(name, 0) + _varint(base64.b64decode(info["payload"]))
+    return totals
 
 
 def flink_rest_url(options: PipelineOptions) -> Optional[str]:
@@ -174,14 +206,20 @@ class JobMonitor:
         return counters
 
     def final_counters(self) -> Dict[str, int]:
-        """Counters after the job ended: Beam's committed metrics (Flink reports them at the
-        end of a batch job), else the last live reading."""
+        """Counters after the job ended: the last live reading, overridden by Beam's final
+        metrics, overridden by the Flink job's accumulators (what Beam's Flink runner reports
+        at the end; read directly because the job server's answer was seen empty once)."""
+        counters = dict(self.last_counters)
         try:
-            counters = beam_counters(self.result)
+            counters.update(beam_counters(self.result))
         except Exception as exc:  # pylint: disable=broad-except
             log.debug("no final Beam metrics: %s", exc)
-            counters = {}
-        return counters or dict(self.last_counters)
+        if self.flink_job():
+            try:
+                counters.update(self.rest.final_counters(self.jid))
+            except (OSError, ValueError, KeyError) as exc:
+                log.debug("Flink accumulators: %s", exc)
+        return counters
 
     def _progress(self, counters: Dict[str, int]) -> None:
         if counters and time.monotonic() - self._last_progress >= self.progress_every_s:
