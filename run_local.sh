@@ -3,9 +3,12 @@
 # sets up the venv, makes a small synthetic MIMIC-layout sample, runs the pipeline on the
 # DirectRunner with the non-semantic thumbnail provider into an SQLite file, prints the summary.
 # Extra arguments go to `dicomvec run` (e.g. --direct_num_workers 2).
+# Outputs go to ./out (or $DICOMVEC_OUT) relative to the current directory: run it from the
+# repository root as the README says, or from any folder to keep the demo there.
 set -euo pipefail
-cd "$(dirname "$0")"
-VENV=$(scripts/setup_env.sh)
+HERE="$(cd "$(dirname "$0")" && pwd)"
+VENV=$("$HERE/scripts/setup_env.sh")
+case "$VENV" in /*) ;; *) VENV="$HERE/$VENV" ;; esac
 OUT="${DICOMVEC_OUT:-out}"
 SAMPLE="$OUT/sample"
 if [ ! -d "$SAMPLE/files" ]; then

@@ -17,7 +17,8 @@ Images/s is the run summary's (stored images / wall time from pipeline construct
 end, worker start-up included). Every configuration also runs on a small archive
 (``--startup-count`` images) in the same round; the **startup-corrected** rate
 (N − n) / (wall(N) − wall(n)) takes out the fixed cost (worker start-up, the last request's
-latency), which a 377K-image run pays once.
+latency), which a 377K-image run pays once. Both walls come from the same round; "best" is the
+best round's corrected rate, "median" the median over rounds.
 
 Peak RSS (``VmHWM``) per process: with 1 worker, of the run process itself (runner and worker
 share it); with 2, of each ``sdk_worker_main`` process, polled from ``/proc`` while the run
@@ -92,9 +93,11 @@ def run_child(argv: List[str]) -> None:
 
 
 def _is_worker(cmd: List[str]) -> bool:
-    """A Beam SDK worker process (not the ``/bin/sh -c`` that may start it)."""
+    """A Beam SDK worker process (not the ``/bin/sh -c`` that may start it): Beam's
+    ``sdk_worker_main``, or ``dicomvec.pipeline.worker_main`` (the local engine's, which wraps it)."""
     return (bool(cmd) and not Path(cmd[0]).name.endswith("sh")
-            and "apache_beam.runners.worker.sdk_worker_main" in cmd)
+            and bool({"apache_beam.runners.worker.sdk_worker_main",
+                      "dicomvec.pipeline.worker_main"} & set(cmd)))
 
 
 def measured_run(work: Path, name: str, argv: List[str], poll_s: float = 0.1) -> Dict:
@@ -159,15 +162,20 @@ def summarize(configs, rounds: Rounds, prep: Rounds, count: int, startup_count: 
             extra = wall_n - wall_small
             return round((count - startup_count) / extra, 2) if extra > 0 else None
 
+        # startup correction pairs the two walls of ONE round (never walls of different rounds)
+        per_round = [corrected(w, w_small) for w, w_small in zip(walls, small_walls)]
+        valid = [c for c in per_round if c is not None]
         best = rounds.best(name)
         row = {**config, "rounds": len(full), "img_s_best": best["img_s"],
                "img_s_median": round(rounds.median(name), 2),
                "img_s_all": rounds.values(name),
                "stored": best["stored"], "dead_lettered": max(s["dead_lettered"] for s in full),
                "startup_run_wall_s_median": round(statistics.median(small_walls), 3),
-               "corrected_img_s_best": corrected(min(walls), min(small_walls)),
-               "corrected_img_s_median": corrected(statistics.median(walls),
-                                                   statistics.median(small_walls)),
+               "wall_s_all": walls, "startup_run_wall_s_all": small_walls,
+               "corrected_img_s_all": per_round,
+               "corrected_img_s_best": max(valid) if valid else None,
+               "corrected_best_round": per_round.index(max(valid)) + 1 if valid else None,
+               "corrected_img_s_median": round(statistics.median(valid), 2) if valid else None,
                "run_process_peak_mb": max(s["run_process_peak_mb"] for s in full + small),
                "worker_process_peaks_mb": sorted({p for s in full
                                                   for p in s["worker_process_peaks_mb"]}),

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicomvec.io.providers.base import EncodedImage, ProviderConfig  # noqa: E402
 from dicomvec.io.providers.nvclip import NVClipProvider  # noqa: E402
+from benchmarks.common import machine  # noqa: E402
 from tests.nvclip_server import NVClipContractServer  # noqa: E402
 
 
@@ -97,7 +98,10 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline-images", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args(argv)
+    info = machine()
     result = run(args.latency, args.images, args.baseline_images, args.concurrency)
+    info["loadavg_end"] = os.getloadavg()
+    result["machine"] = info  # commit and load average, for BENCHMARKS.md
     print(json.dumps(result, indent=2))
     return 0
 

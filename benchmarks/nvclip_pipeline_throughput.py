@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dicomvec import synthetic  # noqa: E402
 from dicomvec.io.providers.base import EncodedImage, ProviderConfig  # noqa: E402
 from dicomvec.io.providers.nvclip import NVClipProvider  # noqa: E402
-from benchmarks.common import (Rounds, cached_archive, pipeline_rate,  # noqa: E402
+from benchmarks.common import (Rounds, machine, cached_archive, pipeline_rate,  # noqa: E402
                                server_process)
 
 
@@ -73,6 +73,7 @@ def main(argv: List[str] | None = None) -> int:
                         help="keep the synthetic archive in this folder and reuse it "
                              "(default: a temp folder)")
     args = parser.parse_args(argv)
+    info = machine()  # commit and load average at start, for BENCHMARKS.md
     os.environ.pop("NVIDIA_API_KEY", None)  # self-hosted style server: no key
     batches = [int(b) for b in args.batch_sizes.split(",")]
     rounds = Rounds()
@@ -93,7 +94,8 @@ def main(argv: List[str] | None = None) -> int:
                         work, f"n{batch}-{round_}", files, batch, args.workers,
                         "--provider", "nvclip", "--nvclip-url", server.url,
                         "--nvclip-concurrency", str(args.concurrency)))
-    result: Dict[str, object] = {"images": args.images, "size": list(args.size),
+    info["loadavg_end"] = os.getloadavg()
+    result: Dict[str, object] = {"machine": info, "images": args.images, "size": list(args.size),
                                  "latency_s": args.latency, "workers": args.workers,
                                  "repeats": args.repeats,
                                  "naive_client_img_s": round(naive, 2)}

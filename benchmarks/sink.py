@@ -7,7 +7,8 @@ same run it measures the baseline: the same rows written one at a time (one para
 one commit each; on a smaller sample, default 2,000 rows), and prints the ratio. A second pass
 re-upserts the same rows (the idempotent re-run path: every row is an update).
 
-Run from the repository root:
+Run from the repository root (writes ``benchmarks/results/sink.json``: every run's figures, the
+medians, the commit and the load average at start and end; ``--out ''`` writes nothing):
     PYTHONPATH=. python benchmarks/sink.py [--rows 20000] [--backends sqlite,postgresql]
 A live IRIS can be measured too: ``--backends iris`` with ``DICOMVEC_IRIS_URL`` and
 ``DICOMVEC_IRIS_PASSWORD`` set (tables in schema ``DicomvecBench``, dropped afterwards).
@@ -27,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import REPO, machine  # noqa: E402
 from dicomvec.io.stores import ImageRow, VectorStore  # noqa: E402
 from dicomvec.io.stores.base import COLUMNS  # noqa: E402
 
@@ -102,7 +104,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per backend (fresh database each); the median is reported")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "sink.json"),
+                        help="write the results (with commit and load average) here")
     args = parser.parse_args(argv)
+    info = machine()
 
     rows = make_rows(args.rows)
     runs: Dict[str, List[Dict[str, float]]] = {}
@@ -132,10 +137,14 @@ def main(argv=None) -> int:
     results = {name: {key: float(np.median([r[key] for r in rs])) for key in rs[0]}
                for name, rs in runs.items()}
 
+    info["loadavg_end"] = os.getloadavg()
+    report = {"machine": info, "rows": args.rows, "batch": args.batch, "dimension": DIM,
+              "baseline_rows": args.baseline_rows, "cpus": os.cpu_count(),
+              "repeat": args.repeat, "median": results, "runs": runs}
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
     if args.json:
-        print(json.dumps({"rows": args.rows, "batch": args.batch, "dimension": DIM,
-                          "baseline_rows": args.baseline_rows, "cpus": os.cpu_count(),
-                          "repeat": args.repeat, "median": results, "runs": runs}, indent=2))
+        print(json.dumps(report, indent=2))
         return 0
     print(f"{args.rows} rows x {DIM}-d float32, batches of {args.batch}; baseline: "
           f"{args.baseline_rows} rows one at a time, commit each ({os.cpu_count()} CPUs); "
@@ -148,6 +157,8 @@ def main(argv=None) -> int:
         ratios = ", ".join(f"{x['ratio']:.1f}x" for x in runs[name])
         batched = ", ".join(f"{x['batched_rows_per_s']:,.0f}" for x in runs[name])
         print(f"{'':<11} runs: batched rows/s {batched}; ratios {ratios}")
+    print(f"commit {info['commit']}; load average start {info['loadavg_start']}, "
+          f"end {info['loadavg_end']}" + (f"; written to {args.out}" if args.out else ""))
     return 0
 
 

@@ -3,14 +3,15 @@
 An ``ImageRecord`` is created per matched file by the identify stage and enriched stage by
 stage (``evolve``): metadata → ``header``/``decoded`` (decode) → ``pixels`` (normalize, uint8)
 → ``encoded``/``mime`` (resize; the heavy fields are dropped here, before batching) →
-``vector`` (embed). A ``Failure`` carries what a dead-letter row needs: never
+``vector`` (embed). Until decode, a record may carry ``alternates``: the other files that hold
+the same image (see ``transforms.dedupe``). A ``Failure`` carries what a dead-letter row needs: never
 pixels, never patient names.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -42,6 +43,9 @@ class ImageRecord:
     vector: Optional[np.ndarray] = None  # float32, unit length
     provider: str = ""
     embedding_model: str = ""
+    #: other files with the same ImageID (metadata only), tried in order when this one cannot be
+    #: decoded; set by the batch de-duplication, emptied by decode
+    alternates: Tuple["ImageRecord", ...] = ()
 
     @property
     def dicom_file(self) -> str:

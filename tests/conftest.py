@@ -1,22 +1,44 @@
 """Shared fixtures: paths to the real test DICOMs and a tiny synthetic archive."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_CXR = Path(os.environ.get("DICOMVEC_TESTDATA", REPO.parent / "shared" / "testdata" / "cxr"))
 
-pytest_plugins = ["tests.pg_fixtures", "tests.nvclip_fixtures"]
+
+def _real_cxr() -> Path:
+    """``DICOMVEC_TESTDATA``, else ``../shared/testdata/cxr`` from the repo root (or from its
+    parent, for a git worktree one level deeper)."""
+    if os.environ.get("DICOMVEC_TESTDATA"):
+        return Path(os.environ["DICOMVEC_TESTDATA"])
+    candidates = [REPO.parent / "shared" / "testdata" / "cxr",
+                  REPO.parent.parent / "shared" / "testdata" / "cxr"]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+REAL_CXR = _real_cxr()
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+pytest_plugins = ["tests.pg_fixtures", "tests.nvclip_fixtures", "tests.s3_fixtures"]
 
 
 @pytest.fixture(scope="session")
 def real_cxr_dir() -> Path:
-    """``../shared/testdata/cxr`` (real radiographs); tests using it skip when it is absent."""
+    """``../shared/testdata/cxr`` (real radiographs); tests using it skip when it is absent —
+    except in CI (``CI`` set), where a missing folder is a failure, not a hidden gap."""
     if not REAL_CXR.is_dir() or not list(REAL_CXR.glob("*.dcm")):
-        pytest.skip(f"real test DICOMs not present at {REAL_CXR}")
+        message = (f"real test DICOMs not present at {REAL_CXR} (set DICOMVEC_TESTDATA or "
+                   f"place them at ../shared/testdata/cxr)")
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
     return REAL_CXR
 
 
@@ -27,6 +49,20 @@ def streaming_runner():
     try:
         return ["--prism_location", find_prism()]
     except PrismNotFoundError as exc:
-        if os.environ.get("CI"):
-            raise
+        if in_ci():
+            pytest.fail(f"Prism is required in CI: {exc}")
         pytest.skip(str(exc))
+
+
+@pytest.fixture(autouse=True)
+def _drop_stream_handlers_left_behind():
+    """``dicomvec.cli.main`` configures logging with a handler on the current ``sys.stderr``,
+    which under pytest is a capture that is closed after the test: later log calls from any
+    thread would print "ValueError: I/O operation on closed file" (and slow everything down).
+    Remove plain stream handlers a test added to the root logger."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and handler not in before:
+            root.removeHandler(handler)

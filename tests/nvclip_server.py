@@ -13,8 +13,12 @@
 * ``GET /v1/health/ready`` — 200, or 503 while ``ready`` is False (404 if ``health_route``
   is False, as on the hosted API).
 
-Vectors are deterministic: input string → sha256 → seeded normal vector, scaled to norm 3 (the
-client must normalise). ``expected_vector(input)`` gives the unit vector a client should store.
+Vectors are deterministic and derived from what each input *is*: for an image, the decoded
+pixels (mode, size and pixel bytes after PIL decodes the data URL — so a test can recompute the
+vector of any image from its DICOM file, independently of how the client sent it); for a text,
+the string. That key → sha256 → seeded normal vector, scaled to norm 3 (the client must
+normalise). ``expected_vector(input)`` gives the unit vector a client should store;
+``image_vector(png_or_jpeg_bytes)`` the one for an image.
 
 Faults (``inject(Fault(...))`` queues one per embeddings request, in order; a response fault
 taken by a request that is then refused for its content waits for the next request; persistent
@@ -111,9 +115,24 @@ def sha256_hex(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
+def content_key(input_string: str) -> bytes:
+    """What a vector is derived from: the decoded pixels of an image data URL, else the text."""
+    match = _DATA_URL.match(input_string) if input_string.startswith("data:") else None
+    if match is None:
+        return b"text:" + input_string.encode()
+    try:
+        data = base64.b64decode(match.group("b64"), validate=True)
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            header = f"image:{image.mode}:{image.size[0]}x{image.size[1]}:".encode()
+            return header + hashlib.sha256(image.tobytes()).digest()
+    except Exception:  # not an image (refused by validation anyway): fall back to the text
+        return b"text:" + input_string.encode()
+
+
 def raw_vector(input_string: str, dimension: int = 1024) -> np.ndarray:
     """The server's vector for one input string (norm 3, not unit)."""
-    seed = int.from_bytes(hashlib.sha256(input_string.encode()).digest()[:8], "big")
+    seed = int.from_bytes(hashlib.sha256(content_key(input_string)).digest()[:8], "big")
     vec = np.random.default_rng(seed).standard_normal(dimension)
     return vec / np.linalg.norm(vec) * 3.0
 
@@ -122,6 +141,11 @@ def expected_vector(input_string: str, dimension: int = 1024) -> np.ndarray:
     """What a correct client stores for ``input_string``: the unit-length float32 vector."""
     vec = raw_vector(input_string, dimension)
     return (vec / np.linalg.norm(vec)).astype(np.float32)
+
+
+def image_vector(data: bytes, dimension: int = 1024) -> np.ndarray:
+    """The unit vector a correct client stores for an image with these encoded bytes."""
+    return expected_vector(image_input_string(data, "image/png"), dimension)
 
 
 def image_input_string(data: bytes, mime: str) -> str:
@@ -135,7 +159,52 @@ class _Refusal(Exception):
         self.status, self.title, self.detail = status, title, detail
 
 
-class NVClipContractServer:
+class LocalServer:
+    """Start/stop a ``ThreadingHTTPServer`` on 127.0.0.1 (free port) whose handler class
+    (``handler_base``, a subclass of ``_Handler``) sees this object as ``owner``. Used as a
+    context manager; ``url`` is the base URL ending in /v1."""
+
+    handler_base: type = None  # set by subclasses
+    thread_name = "contract-server"
+    _httpd: Optional[ThreadingHTTPServer] = None
+    _thread: Optional[threading.Thread] = None
+
+    def start(self):
+        class Handler(self.handler_base):
+            owner = self
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.block_on_close = False
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name=self.thread_name,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None, "server not started"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+
+class NVClipContractServer(LocalServer):
+    thread_name = "nvclip-server"
+
     def __init__(self, api_key: Optional[str] = None, model: str = "nvidia/nvclip",
                  dimension: int = 1024, latency_s: float = 0.0):
         self.api_key = api_key
@@ -154,43 +223,6 @@ class NVClipContractServer:
         self.max_in_flight = 0
         self._faults: List[Fault] = []
         self._lock = threading.Lock()
-        self._httpd: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
-
-    # -- control ----------------------------------------------------------------------------
-    def start(self) -> "NVClipContractServer":
-        server = self
-
-        class Handler(_Handler):
-            owner = server
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.block_on_close = False
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="nvclip-server",
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> "NVClipContractServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
     def inject(self, *faults: Fault) -> None:
         with self._lock:
@@ -419,6 +451,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, None, raw=b"<html>gateway hiccup</html>")
             return
         self._send_json(200, owner._response(inputs, fault))
+
+
+NVClipContractServer.handler_base = _Handler
 
 
 def main(argv: Optional[List[str]] = None) -> int:

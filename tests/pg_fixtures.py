@@ -204,6 +204,22 @@ class LocalPostgres:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def add_password_role(self, name: str, password: str) -> str:
+        """A LOGIN role that must give ``password`` (scram-sha-256; every other role keeps
+        trust auth). Returns its URL without the password."""
+        hba = self.data_dir / "pg_hba.conf"
+        line = f"host all {name} 127.0.0.1/32 scram-sha-256\n"
+        text = hba.read_text()
+        if line not in text:
+            hba.write_text(line + text)
+        with self.admin() as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                                  [name]).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(f"{verb} ROLE {name} LOGIN PASSWORD '{password}'")
+            conn.execute("SELECT pg_reload_conf()")
+        return f"postgresql://{name}@127.0.0.1:{self.port}/postgres"
+
     def admin(self, database: str = "postgres"):
         """An autocommit superuser connection (for terminating backends and checks)."""
         import psycopg

@@ -43,6 +43,7 @@ def test_worker_processes_are_told_from_their_shell():
     worker = ["/usr/bin/python3", "-m", "apache_beam.runners.worker.sdk_worker_main"]
     shell = ["/bin/sh", "-c", "/usr/bin/python3 -m apache_beam.runners.worker.sdk_worker_main"]
     assert end_to_end._is_worker(worker)
+    assert end_to_end._is_worker(["/usr/bin/python3", "-m", "dicomvec.pipeline.worker_main"])
     assert not end_to_end._is_worker(shell)
     assert not end_to_end._is_worker(["/usr/bin/python3", "-m", "benchmarks.end_to_end"])
 

@@ -10,13 +10,19 @@ from dicomvec.commands import check_nvclip
 
 
 def run_check(*argv: str):
+    """Exit code and the text printed; an error is one line on stderr, nothing on stdout."""
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     check_nvclip.register(sub)
     args = parser.parse_args(["check-nvclip", *argv])
-    out = io.StringIO()
-    code = args.func(args, out=out)
-    return code, out.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    code = args.func(args, out=out, err=err)
+    if code != 0:
+        assert err.getvalue().startswith("error: ") and err.getvalue().count("\n") == 1
+        assert "error" not in out.getvalue()
+    else:
+        assert err.getvalue() == ""
+    return code, out.getvalue() + err.getvalue()
 
 
 def test_ok_prints_dimension_and_latency(nvclip_server, nvclip_api_key):

@@ -110,16 +110,14 @@ def test_lookup_returns_only_known_studies(store):
 
 
 def _dialect(url):
-    try:
-        return dialect_for_url(url, schema="VectorSearch", spec=REPORTS)
-    except (ValueError, ImportError) as exc:
-        pytest.skip(f"dialect for {url.split(':')[0]} not available here: {exc}")
+    # the IRIS dialect builds its SQL offline: a failure here is a bug, not a reason to skip
+    return dialect_for_url(url, schema="VectorSearch", spec=REPORTS)
 
 
 def test_iris_sql_uses_insert_or_update_to_vector_and_top():
     dialect = _dialect("iris://demo@127.0.0.1:1972/USER")
     ddl = "\n".join(dialect.create_table_statements(1024))
-    assert "CREATE TABLE IF NOT EXISTS VectorSearch.MIMICCXRReports" in ddl
+    assert "CREATE TABLE VectorSearch.MIMICCXRReports (" in ddl  # created only when missing
     assert "Vector VECTOR(DOUBLE, 1024)" in ddl and "PRIMARY KEY (StudyID)" in ddl
     sql = dialect.upsert_sql(REPORTS.column_names, 1024)
     assert sql.startswith("INSERT OR UPDATE INTO VectorSearch.MIMICCXRReports")
@@ -130,7 +128,8 @@ def test_iris_sql_uses_insert_or_update_to_vector_and_top():
     query, params = dialect.nearest_sql(_unit(0), 7, "nvclip")
     assert query.startswith("SELECT TOP 7 StudyID")
     assert "VECTOR_COSINE(Vector, TO_VECTOR(?, DOUBLE, 8)) AS score" in query
-    assert "ORDER BY score DESC" in query and params[-1] == "nvclip"
+    assert query.endswith("ORDER BY VECTOR_COSINE(Vector, TO_VECTOR(?, DOUBLE, 8)) DESC")
+    assert params[1] == "nvclip" and params[0] == params[2]
 
 
 def test_postgres_sql_uses_on_conflict_and_cosine_distance():

@@ -54,7 +54,9 @@ def test_finished_input_costs_nothing_and_killed_run_pays_only_the_rest(
     assert again.skipped_existing == IMAGES and again.rows_in_store == IMAGES
 
     # a second store, filled by a run that is killed once about half of the images are in it
-    nvclip_server.latency_s = 0.15
+    # 0.5 s a request, one at a time: once half is stored, ≥ 2.5 s of work remain, so the kill
+    # cannot lose its race with a 20 ms poll even on a loaded machine
+    nvclip_server.latency_s = 0.5
     before = nvclip_server.request_count
     db = tmp_path / "killed.db"
     proc = subprocess.Popen(

@@ -227,5 +227,12 @@ def test_bad_query_image_and_missing_table_are_user_errors(tmp_path, capsys):
     real = next((tmp_path / "one").rglob("*.dcm"))
     rc = cli.main(["search", "--image", str(real), "--sink", f"sqlite:///{tmp_path}/x.db",
                    "--provider", "thumbnail"])
+    assert rc == 2  # no database: an error, and no empty file left behind
+    assert "no database at" in capsys.readouterr().err
+    assert not (tmp_path / "x.db").exists()
+    import sqlite3
+    sqlite3.connect(tmp_path / "x.db").close()  # a database without the table
+    rc = cli.main(["search", "--image", str(real), "--sink", f"sqlite:///{tmp_path}/x.db",
+                   "--provider", "thumbnail"])
     assert rc == 2
     assert "cannot search MIMICCXRImages" in capsys.readouterr().err

@@ -21,6 +21,17 @@ IRIS_SKIP = ("IRIS contract not run: no IRIS server can be installed here. Set D
              "iris://USER@HOST:1972/NAMESPACE and DICOMVEC_IRIS_PASSWORD to run it live")
 
 
+def check_iris_url(url: str) -> None:
+    """A DICOMVEC_IRIS_URL that is set but does not parse is a failure, never a skip."""
+    from dicomvec.io.stores.dialects import dialect_for_url
+    try:
+        dialect = dialect_for_url(url, schema="DicomvecTest")
+    except ValueError as exc:
+        pytest.fail(f"DICOMVEC_IRIS_URL is set but does not parse: {exc}")
+    if dialect.name != "iris":
+        pytest.fail(f"DICOMVEC_IRIS_URL must be an iris:// URL, got a {dialect.name} URL")
+
+
 class Backend:
     """Where one test's table lives, and how to open stores on it."""
 
@@ -58,6 +69,7 @@ def _open_backend(name: str, request, tmp_path) -> Backend:
         url = os.environ.get("DICOMVEC_IRIS_URL")
         if not url:
             pytest.skip(IRIS_SKIP)
+        check_iris_url(url)
     return Backend(name, url, "DicomvecTest", table, server)
 
 
@@ -283,39 +295,86 @@ def test_reconnect_when_backend_dies_mid_batch(pg_backend):
     assert store.count() == 64
 
 
+KILLS = 6
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_terminations_during_concurrent_writes_lose_nothing(pg_backend):
-    """Another session keeps terminating the writer's backend while batches are written."""
-    store = pg_backend.store(retry_delay_s=0.005, max_attempts=10)
+    """Another session terminates the writer's backend while batches are written: each new
+    connection at most once, KILLS times in all, fewer than the store's attempts per batch.
+
+    The test used to kill every 30 ms without bound; on a loaded machine a reconnect plus a
+    64-row write can take longer than that, so one batch could lose all 10 attempts and come
+    back failed (192 rows with AdminShutdown, seen once). That outcome is the product's
+    contract — rows that cannot be written after the retries come back failed and transient,
+    see test_relentless_terminations_return_rows_failed_and_transient — so the fault here is
+    bounded to make the test deterministic: no batch can meet more than KILLS < max_attempts
+    terminations."""
+    store = pg_backend.store(retry_delay_s=0.005, max_attempts=KILLS + 4)
     store.init_schema(DIM)
     stop = threading.Event()
     killed = []
 
     def killer():
         with pg_backend.server.admin() as admin:
-            while not stop.is_set():
+            while not stop.is_set() and len(killed) < KILLS:
                 rows = admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                    "application_name = 'dicomvec' AND pid <> pg_backend_pid()").fetchall()
-                killed.extend(r for r in rows if r[0])
+                    "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                    "application_name = 'dicomvec' AND pid <> pg_backend_pid() "
+                    "AND NOT (pid = ANY(%s))", [[pid for pid, _ in killed] or [0]]).fetchall()
+                killed.extend(r for r in rows if r[1])
                 stop.wait(0.03)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     failed, batch = [], 0
     try:
-        while batch < 30 or (len(killed) < 3 and batch < 400):
+        while batch < 30 or (store.reconnects < KILLS and batch < 2000):
             failed += store.upsert([make_row((batch % 30) * 64 + j) for j in range(64)])
             batch += 1
     finally:
         stop.set()
         thread.join(10)
     assert failed == []
-    assert len(killed) >= 3 and store.reconnects >= 1
+    assert len(killed) == KILLS and store.reconnects == KILLS
     assert store.count() == 30 * 64
     ids = [f"img-{i:05d}" for i in range(30 * 64)]
     assert store.existing_ids(ids, "nvclip") == set(ids)
+
+
+@pytest.mark.postgres
+def test_relentless_terminations_return_rows_failed_and_transient(pg_backend):
+    """A trigger terminates the writing backend on every insert: after its attempts the batch
+    comes back failed with a transient error (the write stage makes retryable dead letters of
+    them), never silently lost, and nothing half-written stays behind."""
+    store = pg_backend.store(retry_delay_s=0.005, max_attempts=3)
+    store.init_schema(DIM)
+    assert store.upsert([make_row(i) for i in range(5)]) == []
+    table = store.dialect.qualified_table
+    fn = f"{pg_backend.schema}.{pg_backend.table}_die"
+    with pg_backend.server.admin() as admin:
+        admin.execute(f"""CREATE FUNCTION {fn}() RETURNS trigger AS $$
+            BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END
+            $$ LANGUAGE plpgsql""")
+        admin.execute(f"CREATE TRIGGER {pg_backend.table}_die_t BEFORE INSERT ON {table} "
+                      f"FOR EACH ROW EXECUTE FUNCTION {fn}()")
+    try:
+        rows = [make_row(i) for i in range(5, 12)]
+        failed = store.upsert(rows)
+    finally:
+        with pg_backend.server.admin() as admin:
+            admin.execute(f"DROP TRIGGER {pg_backend.table}_die_t ON {table}")
+            admin.execute(f"DROP FUNCTION {fn}()")
+    assert [row for row, _ in failed] == rows
+    assert all(store.dialect.is_transient(exc) for _, exc in failed)
+    assert store.reconnects == 2  # between its 3 attempts
+    assert backend_count(pg_backend) == 5
+
+
+def backend_count(backend) -> int:
+    reader = backend.store()
+    return reader.count()
 
 
 @pytest.mark.postgres
@@ -346,3 +405,17 @@ def test_unreachable_server_fails_rows_as_transient(pg_backend):
     assert [row for row, _ in failed] == rows
     assert all(store.dialect.is_transient(exc) for _, exc in failed)
     assert store.reconnects == 1
+
+
+@pytest.mark.parametrize("url", ["iris://host-without-user:1972/USER", "postgresql://x@h/db",
+                                 "iris://u@host:notaport/USER"])
+def test_an_unparseable_iris_url_fails_rather_than_skips(url):
+    with pytest.raises(pytest.fail.Exception, match="DICOMVEC_IRIS_URL"):
+        check_iris_url(url)
+
+
+def test_the_configured_iris_url_parses():
+    """With DICOMVEC_IRIS_URL set, a typo in it fails here, whatever the live suites do."""
+    url = os.environ.get("DICOMVEC_IRIS_URL")
+    if url:
+        check_iris_url(url)

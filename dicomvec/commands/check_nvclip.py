@@ -3,7 +3,7 @@
 Steps: (1) ``GET {url}/health/ready`` — 200 ready; 404 tolerated (the hosted API has no such
 route); 503 or unreachable is an error. (2) One tiny text embedding through the same client the
 pipeline uses (no retries), validated like any other. Prints ``OK ... <dim>-d vector in <ms> ms``
-and exits 0, or prints a plain ``error: ...`` line and exits 1. The key comes from
+and exits 0, or prints a plain ``error: ...`` line on stderr and exits 1. The key comes from
 ``NVIDIA_API_KEY`` and is never printed.
 """
 from __future__ import annotations
@@ -13,9 +13,7 @@ import sys
 import time
 from typing import List, Optional, TextIO
 
-from dicomvec.io.providers.base import FatalProviderError, ProviderConfig
-from dicomvec.io.providers.nvclip import HOSTED_URL, NVClipProvider
-
+HOSTED_URL = "https://integrate.api.nvidia.com/v1"  # = dicomvec.io.providers.nvclip.HOSTED_URL
 PROBE_TEXT = "a frontal chest x-ray"
 
 
@@ -38,9 +36,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, extra: Optional[List[str]] = None,
-        out: Optional[TextIO] = None) -> int:
-    """Exit code 0 (usable) or 1 (a plain error was printed)."""
+        out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
+    """Exit code 0 (usable; progress on ``out``) or 1 (a plain error line on ``err``)."""
+    from dicomvec.io.providers.base import FatalProviderError, ProviderConfig
+    from dicomvec.io.providers.nvclip import NVClipProvider
     out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     settings = {"url": args.nvclip_url, "model": args.nvclip_model,
                 "timeout_s": args.nvclip_timeout, "connect_timeout_s": min(10.0,
                                                                            args.nvclip_timeout),
@@ -49,21 +50,21 @@ def run(args: argparse.Namespace, extra: Optional[List[str]] = None,
         provider = NVClipProvider(ProviderConfig("nvclip", settings))
         provider.setup()
     except (FatalProviderError, ValueError) as exc:
-        print(f"error: {exc}", file=out)
+        print(f"error: {exc}", file=err)
         return 1
     try:
-        return _check(provider, args.nvclip_url, out)
+        return _check(provider, args.nvclip_url, out, err)
     except FatalProviderError as exc:
-        print(f"error: {exc}", file=out)
+        print(f"error: {exc}", file=err)
         return 1
     finally:
         provider.teardown()
 
 
-def _check(provider: NVClipProvider, url: str, out: TextIO) -> int:
+def _check(provider, url: str, out: TextIO, err: TextIO) -> int:
     status, reason = provider.probe_ready()
     if status is None:
-        print(f"error: cannot reach {url}: {reason}", file=out)
+        print(f"error: cannot reach {url}: {reason}", file=err)
         return 1
     if status == 200:
         print(f"ready: {url}/health/ready answered 200", file=out)
@@ -71,17 +72,17 @@ def _check(provider: NVClipProvider, url: str, out: TextIO) -> int:
         print(f"ready: no /health/ready at {url} (normal for the hosted API); skipped", file=out)
     elif status == 503:
         print(f"error: the NIM at {url} is not ready yet (503); wait for the model to load",
-              file=out)
+              file=err)
         return 1
     else:
-        print(f"error: {url}/health/ready answered {status} {reason}".rstrip(), file=out)
+        print(f"error: {url}/health/ready answered {status} {reason}".rstrip(), file=err)
         return 1
     started = time.monotonic()
     result = provider.embed_texts([PROBE_TEXT])[0]
     elapsed_ms = (time.monotonic() - started) * 1000
     if not result.ok:
         print(f"error: test embedding failed: {result.error_type}: {result.error_message}",
-              file=out)
+              file=err)
         return 1
     print(f"OK: {provider.model} at {url} returned a {result.vector.shape[0]}-d vector in "
           f"{elapsed_ms:.0f} ms", file=out)

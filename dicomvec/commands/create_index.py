@@ -12,8 +12,6 @@ import sys
 import time
 
 from dicomvec.commands.init_db import add_sink_arguments
-from dicomvec.io.stores.base import VectorStore
-from dicomvec.io.stores.dialects import redact_url
 
 
 def register(subparsers) -> None:
@@ -25,6 +23,8 @@ def register(subparsers) -> None:
 
 
 def run(args, extra=None) -> int:
+    from dicomvec.io.stores.base import VectorStore
+    from dicomvec.io.stores.dialects import redact_url
     started = time.monotonic()
     try:
         with VectorStore(args.sink, schema=args.schema, table=args.table) as store:

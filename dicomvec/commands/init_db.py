@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dicomvec.io.stores.base import DEFAULT_SCHEMA, DEFAULT_TABLE, VectorStore
-from dicomvec.io.stores.dialects import redact_url
-
+# = dicomvec.io.stores.base.DEFAULT_SCHEMA / DEFAULT_TABLE (not imported here: numpy)
+DEFAULT_SCHEMA = "VectorSearch"
+DEFAULT_TABLE = "MIMICCXRImages"
 
 DEFAULT_DIMENSION = 1024  # NV-CLIP ViT-H
 
@@ -24,7 +24,7 @@ SINK_HELP = ("where vectors go: sqlite:///PATH.db | postgresql://USER@HOST:PORT/
 
 def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
     """``--sink``, ``--schema``, ``--table`` (shared by the store commands)."""
-    parser.add_argument("--sink", required=True, help=SINK_HELP)
+    parser.add_argument("--sink", required=True, help=SINK_HELP + " (required)")
     parser.add_argument("--schema", default=DEFAULT_SCHEMA,
                         help="schema name (ignored by SQLite; default %(default)s)")
     parser.add_argument("--table", default=DEFAULT_TABLE, help="table name (default %(default)s)")
@@ -56,6 +56,8 @@ def dimension_from(args) -> int:
 
 
 def run(args, extra=None) -> int:
+    from dicomvec.io.stores.base import VectorStore
+    from dicomvec.io.stores.dialects import redact_url
     try:
         dimension = dimension_from(args)
         with VectorStore(args.sink, schema=args.schema, table=args.table) as store:

@@ -9,10 +9,13 @@ Reads files/pXX/p<subject>/s<study>.txt, takes FINDINGS and IMPRESSION, embeds t
 (else FINDINGS, else the report's tail) within CLIP's 77-token window with the same provider as
 the images, upserts one row per StudyID, dead-letters what fails.
 
-dicomvec flags: --input PATTERN (e.g. 'files/**/s*.txt')  --sink URL  --dead-letter DIR
-  --provider NAME (nvclip; thumbnail stores text only)  --batch-size N  --run-id ID
-  --nvclip-url URL  --nvclip-model NAME ...
-plus any Beam option, e.g. --runner FlinkRunner --flink_master HOST:8081.
+An existing reports table must be shaped like dicomvec's (columns, key StudyID, vector length):
+a table made by another tool (e.g. one embedded with OpenAI, 3072-d) is never written to; the
+command stops with one line (exit 2) and --reports-table NAME writes a table of our own.
+
+The flags that matter here: --input PATTERN (e.g. 'files/**/s*.txt'), --sink, --sink-schema,
+--reports-table, --dead-letter, --provider (nvclip; thumbnail stores text only), --batch-size,
+--run-id and the --nvclip-* settings; the preprocessing flags are accepted and unused.
 """
 
 
@@ -20,11 +23,14 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("reports", help="embed radiology reports (reports table)",
                                    description=HELP, add_help=False,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-h", "--help", action="help")
+    from dicomvec.commands.pipeline_flags import add_help_flags
+    add_help_flags(parser)
     parser.set_defaults(func=run, passthrough=True)
 
 
 def run(args, extra) -> int:
+    from dicomvec.commands.pipeline_flags import check_flags
+    check_flags(extra, "dicomvec reports")
     from dicomvec.pipeline.reports import run_reports
     summary = run_reports(extra)
     print(summary.render())

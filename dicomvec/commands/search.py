@@ -6,6 +6,8 @@ Examples::
     dicomvec search --image scan.dcm --sink sqlite:///out/dicomvec.db --with-reports \
         --contact-sheet results.png
     dicomvec search --image scan.dcm --provider nvclip --target reports --json
+    OPENAI_API_KEY=... dicomvec search --text "pleural effusion" --via-reports \
+        --sink iris://dicomvec@db:1972/USER    # their OpenAI-embedded reports, read only
 
 The query image goes through the ingestion's decode/normalize/resize code with the same flags
 (``--image-size``, ``--normalization``, ``--image-format``) as ``dicomvec run``. User errors
@@ -18,13 +20,18 @@ import argparse
 import sys
 
 TARGETS = ("images", "reports")  # = dicomvec.search.engine.TARGETS (imported lazily: Beam)
+REPORTS_TABLE = "MIMICCXRReports"  # = dicomvec.io.stores.tables.REPORTS_TABLE
+TEXT_MODEL = "text-embedding-3-large"  # = dicomvec.io.providers.openai_client.DEFAULT_MODEL
+TEXT_URL = "https://api.openai.com/v1"  # = dicomvec.io.providers.openai_client.DEFAULT_URL
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "search", help="search the stored vectors (text/image → image/report)",
-        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1] + "\n\n" + DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    from dicomvec.commands.pipeline_flags import add_help_flags
+    add_help_flags(parser, beam=False)
     query = parser.add_argument_group("query (exactly one)")
     query.add_argument("--text", help="free-text query (semantic providers only, e.g. nvclip)")
     query.add_argument("--image", help="DICOM file to find similar images (or reports) for")
@@ -41,28 +48,80 @@ def register(subparsers) -> None:
                         help="also write the image hits as a PNG grid (thumbnail, rank, score, "
                              "ImageID, view)")
     search.add_argument("--columns", type=int, default=5, help="contact sheet columns")
-    parser.epilog = PIPELINE_FLAGS
     parser.set_defaults(func=run, passthrough=True)
+    add_reports_flags(parser)
 
 
-PIPELINE_FLAGS = """store, provider and preprocessing: the same flags as `dicomvec run`
-  --sink URL  --sink-schema NAME  --sink-table NAME  --provider NAME
-  --image-size S  --image-format png|jpeg  --normalization standard|mimic-jpg
-  --nvclip-url URL  --nvclip-model NAME  --nvclip-timeout S  --nvclip-max-attempts N ...
-"""
+def add_reports_flags(parser) -> None:
+    """The reports table to read (ours or another tool's) and ``--via-reports`` with the
+    OpenAI-compatible model that embedded it."""
+    reports = parser.add_argument_group(
+        "reports table (read only; may be another tool's, e.g. OpenAI-embedded)",
+        f"--reports-table NAME (a store flag, as for `dicomvec reports`; default "
+        f"{REPORTS_TABLE}) names it")
+    reports.add_argument("--reports-schema", default=None,
+                         help="its schema (default: --sink-schema; SQLite has none)")
+    reports.add_argument("--via-reports", action="store_true",
+                         help="text → image through the reports' own vectors: embed --text with "
+                              "--text-model (OpenAI-compatible API, key from OPENAI_API_KEY), "
+                              "find the nearest reports, return their studies' images")
+    reports.add_argument("--text-model", default=TEXT_MODEL,
+                         help=f"model that embedded the reports (default {TEXT_MODEL})")
+    reports.add_argument("--text-url", default=None,
+                         help=f"OpenAI-compatible base URL (default: $OPENAI_BASE_URL, else "
+                              f"{TEXT_URL})")
+    reports.add_argument("--text-dimensions", type=int, default=None,
+                         help="send OpenAI's `dimensions` (only if the reports were embedded "
+                              "shortened; default: the model's full length)")
+    reports.add_argument("--text-timeout", type=float, default=60.0,
+                         help="read timeout per embeddings request, s (default 60)")
+    reports.add_argument("--text-max-attempts", type=int, default=5,
+                         help="attempts per request; 429/5xx/timeouts are retried (default 5)")
+
+
+DESCRIPTION = """Store, provider and preprocessing flags are those of `dicomvec run`
+(query with the flags the archive was ingested with). The store must exist: a missing SQLite
+file or a server that refuses the login is one line and exit status 2, and nothing is created.
+A query image in a bucket (--image s3://BUCKET/KEY.dcm) takes Beam's S3 options
+(--s3_endpoint_url URL, --s3_region_name NAME); credentials come from the environment."""
 
 
 def pipeline_options(extra):
     """The ``DicomvecOptions`` for the flags after the search flags (strict: unknown flags are
-    an error, not silently dropped)."""
+    an error with a suggestion, not silently dropped; Beam's options do not apply here, except
+    its S3 options, for ``--image s3://...``: --s3_endpoint_url, --s3_region_name, ...)."""
+    import argparse as _argparse
+
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import S3Options
+
+    from dicomvec.commands.pipeline_flags import strict_parser, check_flags
+    s3_parser = _argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    S3Options._add_argparse_args(s3_parser)
+    s3_flags, rest = s3_parser.parse_known_args(extra)
+    check_flags(rest, "dicomvec search", dicomvec_only=True)
     from dicomvec.pipeline.options import DicomvecOptions
-    parser = argparse.ArgumentParser(prog="dicomvec search", add_help=False)
-    DicomvecOptions._add_argparse_args(parser)
-    known, unknown = parser.parse_known_args(extra)
-    if unknown:
-        from dicomvec.errors import UserError
-        raise UserError(f"unrecognised arguments: {' '.join(unknown)}")
-    return DicomvecOptions(flags=[], **vars(known))
+    known, _ = strict_parser("dicomvec search", dicomvec_only=True).parse_known_args(rest)
+    options = DicomvecOptions(flags=[], **vars(known), **vars(s3_flags))
+    FileSystems.set_options(options)
+    return options
+
+
+def reports_request(request, args, options):
+    """``request`` with the reports table (``options.reports_table``, ``--reports-schema``) and
+    ``--via-reports``, and the ``OpenAISettings`` for it (None without it)."""
+    import dataclasses
+    request = dataclasses.replace(request, via_reports=args.via_reports,
+                                  reports_table=getattr(options, "reports_table", None),
+                                  reports_schema=args.reports_schema)
+    if not args.via_reports:
+        return request, None
+    import os
+    from dicomvec.io.providers.openai_client import DEFAULT_URL, OpenAISettings
+    return request, OpenAISettings(
+        url=args.text_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_URL,
+        model=args.text_model, dimensions=args.text_dimensions, timeout_s=args.text_timeout,
+        max_attempts=args.text_max_attempts)
 
 
 def run(args, extra) -> int:
@@ -71,13 +130,19 @@ def run(args, extra) -> int:
     from dicomvec.search.engine import SearchRequest, run_search
 
     options = pipeline_options(extra)
+    from dicomvec.pipeline import preflight
+    preflight.check_provider(options.provider_config())  # the sink: checked by run_search
+    if args.image:
+        from dicomvec.io.object_storage import check_s3_paths
+        check_s3_paths([args.image], options)  # one line now, not minutes of Beam retries
     request = SearchRequest(text=args.text, image=args.image, target=args.target, k=args.k,
                             view=args.view, with_reports=args.with_reports)
+    request, text_settings = reports_request(request, args, options)
     if args.contact_sheet and args.target != "images":
         raise UserError("--contact-sheet shows image hits; it needs --target images")
     if args.columns < 1:
         raise UserError("--columns must be at least 1")
-    result = run_search(request, options)
+    result = run_search(request, options, text_settings)
     print(output.to_json(result) if args.json else output.to_text(result))
     if args.contact_sheet:
         if not result.results:

@@ -1,21 +1,33 @@
 """``dicomvec synth``: write a synthetic MIMIC-CXR-layout DICOM sample (see dicomvec.synthetic)."""
 from __future__ import annotations
 
+import argparse
 import collections
+
+SYNTAXES = ("native", "j2k", "rle", "jpeg-lossless", "jpegls")  # = dicomvec.synthetic.SYNTAXES
+
+
+def parse_size(text: str):
+    """``"3056x2544"`` → (rows, columns) (``dicomvec.synthetic.parse_size``, imported only when
+    used: it brings numpy and pydicom)."""
+    from dicomvec import synthetic
+    try:
+        return synthetic.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(subparsers) -> None:
-    from dicomvec import synthetic
     parser = subparsers.add_parser(
         "synth", help="generate a synthetic MIMIC-layout DICOM sample",
         description="Write files/pXX/p<subject>/s<study>/<dicom_id>.dcm with MIMIC-size 16-bit "
                     "synthetic chest images (no real patient data) plus deliberately broken files.")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory (required)")
     parser.add_argument("--count", type=int, default=12, help="good images (default 12)")
-    parser.add_argument("--size", default="3056x2544", type=synthetic.parse_size,
+    parser.add_argument("--size", default="3056x2544", type=parse_size,
                         help="ROWSxCOLUMNS (default 3056x2544, MIMIC-size)")
     parser.add_argument("--syntaxes", default="native,j2k,rle",
-                        help=f"comma-separated, cycled: {','.join(synthetic.SYNTAXES)} "
+                        help=f"comma-separated, cycled: {','.join(SYNTAXES)} "
                              "(default native,j2k,rle)")
     parser.add_argument("--broken", type=int, default=2,
                         help="extra broken files: truncated pixel data / not DICOM (default 2)")

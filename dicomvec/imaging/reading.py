@@ -6,10 +6,12 @@ ACR-NEMA style) are read with their transfer syntax inferred (implicit or explic
 endian) and ``file_meta.TransferSyntaxUID`` is filled in, so pixel decoding works on them.
 Anything that is not DICOM raises ``DicomReadError`` with a one-line reason.
 
-Seekable streams take a faster route: the header is parsed from the first ``HEAD_BYTES`` and a
-defined-length Pixel Data value that ends the file is read straight into one ``bytes`` object
-(one copy of the ~15 MB instead of two). Anything unusual (a longer header, encapsulated or
-truncated pixel data, elements after Pixel Data) falls back to pydicom reading the whole file.
+Seekable streams take a faster route: the header is parsed from the first ``HEAD_BYTES`` (a
+header-only read stops there) and a defined-length Pixel Data value that ends the file is read
+straight into one ``bytes`` object (one copy of the ~15 MB instead of two). Anything unusual (a
+longer header, encapsulated or truncated pixel data, elements after Pixel Data) falls back to
+pydicom parsing the rest of the stream, read once (on object storage every extra seek-and-read
+is another download).
 """
 from __future__ import annotations
 
@@ -54,11 +56,34 @@ def _infer_transfer_syntax(ds: pydicom.Dataset) -> str:
     return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
+class _UnnamedStream:
+    """read/seek/tell of a stream that has no file name. pydicom treats every
+    ``io.BufferedReader`` as an open file and reads its ``name``; Beam's object-storage streams
+    (a BufferedReader over a ``DownloaderStream``, e.g. ``s3://``) have none."""
+
+    def __init__(self, fp: BinaryIO):
+        self._fp = fp
+
+    def read(self, size: int = -1) -> bytes:
+        return self._fp.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._fp.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+
 def _parse(fp: BinaryIO, stop_before_pixels: bool) -> pydicom.Dataset:
+    unnamed = isinstance(fp, io.BufferedReader) and not hasattr(fp, "name")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(fp, force=True, stop_before_pixels=stop_before_pixels)
+            ds = pydicom.dcmread(_UnnamedStream(fp) if unnamed else fp, force=True,
+                                 stop_before_pixels=stop_before_pixels)
+        if unnamed:
+            ds.buffer = None  # the dataset keeps no reference to the (unpicklable) stream
+        return ds
     except Exception as exc:  # pydicom raises many types for garbage input
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DicomReadError(f"not a readable DICOM file: {first}") from None
@@ -84,6 +109,8 @@ def _read_from_seekable(fp: BinaryIO, stop_before_pixels: bool) -> Optional[pydi
     pos = probe.tell()
     if head[pos:pos + 4] != _PIXEL_DATA_LE or len(head) < pos + 12:
         return None  # header longer than the probe, no pixel data, or big endian
+    if stop_before_pixels:
+        return ds  # the whole header was in the probe
     if head[pos + 4:pos + 6] in (b"OB", b"OW", b"UN"):  # explicit VR: 2 reserved, 4-byte length
         vr, value_at = head[pos + 4:pos + 6].decode(), pos + 12
         length = int.from_bytes(head[pos + 8:pos + 12], "little")
@@ -92,8 +119,6 @@ def _read_from_seekable(fp: BinaryIO, stop_before_pixels: bool) -> Optional[pydi
         value_at, length = pos + 8, int.from_bytes(head[pos + 4:pos + 8], "little")
     if length == _UNDEFINED_LENGTH:
         return None  # encapsulated (compressed) pixel data: small, let pydicom parse it
-    if stop_before_pixels:
-        return ds
     fp.seek(start + value_at)
     value = fp.read(length)
     if len(value) != length or fp.read(1):
@@ -133,7 +158,11 @@ def read_dataset(source: Source, stop_before_pixels: bool = False) -> pydicom.Da
         preamble = _has_preamble(source.read(132))
         source.seek(start)
         ds = _read_from_seekable(source, stop_before_pixels)
-        if ds is None:
+        if ds is None and not stop_before_pixels:
+            # one read of the rest: pydicom's own seeks (e.g. to the end) would make an
+            # object-storage stream download the object again
+            ds = _parse(io.BytesIO(source.read()), stop_before_pixels)
+        elif ds is None:
             ds = _parse(source, stop_before_pixels)
         return _check(ds, preamble)
     data = source.read()

@@ -1,10 +1,11 @@
 """Assemble the ingestion graph.
 
-files (fileio.MatchFiles, or listed paths; Reshuffle; ReadMatches) → IdentifyDicom → OnePerImageID → SkipStored
-(unless --force) → DecodePixels →
-NormalizePixels → ResizeAndEncode → BatchForEmbedding (GroupIntoBatches, keys spread over the
-runner's parallelism) →
-EmbedBatch → WriteToStore; every stage's ``failed`` output → Flatten → WriteDeadLetters.
+files (fileio.MatchFiles, or listed paths; Reshuffle; ReadMatches) → IdentifyDicom → OnePerImageID (batch:
+copies of an image travel together) → SkipStored (unless --force) → DecodePixels (first copy
+that decodes) → NormalizePixels → ResizeAndEncode → [streaming: KeepFirstWorkingCopy] →
+BatchForEmbedding (GroupIntoBatches, keys spread over the runner's parallelism) → EmbedBatch → WriteToStore; matched paths
+the listing could not list → ReportUnreadable; every stage's ``failed`` output → Flatten →
+WriteDeadLetters.
 """
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
 from dicomvec.io.dead_letter import WriteDeadLetters
+from dicomvec.io.object_storage import s3_settings
 from dicomvec.io.providers import create_provider
 from dicomvec.pipeline.options import DicomvecOptions
-from dicomvec.transforms.dedupe import OnePerImageID
+from dicomvec.transforms.dedupe import KeepFirstWorkingCopy, OnePerImageID
 from dicomvec.transforms.resume import SkipStored
 from dicomvec.transforms.embed import BatchForEmbedding, EmbedBatch, batching_shards
-from dicomvec.transforms.identify import IdentifyDicom, MatchPath
+from dicomvec.transforms.identify import IdentifyDicom, MatchPath, ReportUnreadable
 from dicomvec.transforms.preprocess import DecodePixels, NormalizePixels, ResizeAndEncode
 from dicomvec.transforms.stage import FAILED
 from dicomvec.transforms.watch import WatchForCompleteFiles
@@ -42,7 +44,8 @@ def match_input(pipeline: beam.Pipeline, options: DicomvecOptions, paths, failur
             options.input, interval, options.settle_seconds or interval / 2)
     if paths is None:
         matched = pipeline | "MatchFiles" >> fileio.MatchFiles(
-            options.input, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+            # the driver has already refused an input that matches nothing
+            options.input, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
     else:
         listed = pipeline | "ListedPaths" >> beam.Create(sorted(paths))
         matched = _stage(listed, "MatchPaths", MatchPath(), failures)
@@ -52,27 +55,35 @@ def match_input(pipeline: beam.Pipeline, options: DicomvecOptions, paths, failur
 
 
 def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str, paths=None,
-                 streaming: bool = False):
+                 streaming: bool = False, unreadable=()):
     """Add the ingestion transforms to ``pipeline`` (reading ``options.input``, or the given
-    ``paths``); returns the PCollection of stored counts."""
+    ``paths``); ``unreadable``: matched paths the listing left out (each becomes a ``read``
+    dead letter). Returns the PCollection of stored counts."""
     failures = []
+    if unreadable:
+        _stage(pipeline | "UnreadablePaths" >> beam.Create(sorted(unreadable)),
+               "ReportUnreadable", ReportUnreadable(), failures)
     files = (match_input(pipeline, options, paths, failures, streaming)
              | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
-    records = _stage(files, "Identify", IdentifyDicom(), failures)
-    unique = records | "OnePerImageID" >> OnePerImageID(streaming)
+    records = _stage(files, "Identify", IdentifyDicom(s3_settings(options)), failures)
+    unique = records if streaming else records | "OnePerImageID" >> OnePerImageID()
+    dimension = create_provider(options.provider_config()).dimension
     if not options.force:
         unique = unique | "SkipStored" >> SkipStored(
             options.sink, options.sink_schema, options.sink_table, options.provider,
-            options.preprocess_version())
-    decoded = _stage(unique, "Decode", DecodePixels(options.image_size), failures)
+            options.preprocess_version(),
+            valid_dimension=dimension if options.replace_invalid else None)
+    decoded = _stage(unique, "Decode", DecodePixels(options.image_size, s3_settings(options)),
+                     failures)
     normalized = _stage(decoded, "Normalize", NormalizePixels(options.normalization), failures)
     encoded = _stage(normalized, "Resize",
                      ResizeAndEncode(options.image_size, options.image_format), failures)
+    if streaming:  # copies arrive at any time: the first one that got this far is kept
+        encoded = encoded | "OnePerImageID" >> KeepFirstWorkingCopy()
     batch_wait = (options.batch_wait or options.watch_interval / 2) if streaming else None
     batches = encoded | "Batch" >> BatchForEmbedding(options.batch_size, batch_wait,
                                                      batching_shards(pipeline.options))
     embedded = _stage(batches, "Embed", EmbedBatch(options.provider_config()), failures)
-    dimension = create_provider(options.provider_config()).dimension
     stored = _stage(embedded, "Write",
                     WriteToStore(options.sink, options.sink_schema, options.sink_table,
                                  options.preprocess_version(), dimension,

@@ -1,15 +1,20 @@
 """``DicomvecOptions``: the job's flags as a Beam ``PipelineOptions`` subclass, so the same
 command line works on the DirectRunner, the FlinkRunner and any other runner (Beam's own flags
-such as ``--runner`` or ``--direct_num_workers`` pass through untouched)."""
+such as ``--runner`` or ``--direct_num_workers`` pass through untouched).
+
+The flags are declared on ``DicomvecFlags``, which imports nothing heavy, so ``--help`` can list
+them without importing Beam; ``DicomvecOptions`` (= ``DicomvecFlags`` + Beam's
+``PipelineOptions``) is built on first use of the name. Options are grouped in ``--help`` by
+``dicomvec.commands.pipeline_flags.group_of`` (from the name and help text: no list to update).
+"""
 from __future__ import annotations
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
 from dicomvec import PREPROCESS_VERSION
-from dicomvec.io.providers.base import ProviderConfig
 
 
-class DicomvecOptions(PipelineOptions):
+class DicomvecFlags:
+    """dicomvec's own pipeline flags (and helpers over their values); Beam-free."""
+
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--input", required=False, default=None,
@@ -44,6 +49,14 @@ class DicomvecOptions(PipelineOptions):
         parser.add_argument("--force", action="store_true", default=False,
                             help="Re-embed images already stored for this provider and "
                                  "preprocessing version (default: skip them, pay nothing twice)")
+        parser.add_argument("--replace_invalid", "--replace-invalid", action="store_true",
+                            default=False,
+                            help="Re-embed images whose stored row has a zero or wrong-length "
+                                 "vector (rows written by other tools; `dicomvec check-db` "
+                                 "lists them)")
+        parser.add_argument("--reports_table", "--reports-table", default="MIMICCXRReports",
+                            help="Reports table name (in --sink-schema): `dicomvec reports` "
+                                 "writes it, `search` reads it")
         # streaming (with Beam's --streaming)
         parser.add_argument("--watch_interval", "--watch-interval", type=float, default=30.0,
                             help="streaming: seconds between polls of --input")
@@ -62,9 +75,12 @@ class DicomvecOptions(PipelineOptions):
                                  "arrived for this many seconds (0 = run until a signal)")
         # NV-CLIP provider settings (key comes from NVIDIA_API_KEY, never a flag)
         parser.add_argument("--nvclip_url", "--nvclip-url",
-                            default="https://integrate.api.nvidia.com/v1")
-        parser.add_argument("--nvclip_model", "--nvclip-model", default="nvidia/nvclip")
-        parser.add_argument("--nvclip_concurrency", "--nvclip-concurrency", type=int, default=4)
+                            default="https://integrate.api.nvidia.com/v1",
+                            help="NV-CLIP base URL ending in /v1 (hosted API or a NIM)")
+        parser.add_argument("--nvclip_model", "--nvclip-model", default="nvidia/nvclip",
+                            help="model name (self-hosted NIM: nvidia/nvclip-vit-h-14)")
+        parser.add_argument("--nvclip_concurrency", "--nvclip-concurrency", type=int, default=4,
+                            help="NV-CLIP requests in flight per embedding worker")
         parser.add_argument("--nvclip_max_requests_per_minute",
                             "--nvclip-max-requests-per-minute", type=float, default=None,
                             help="Client-side limit PER WORKER process (default: 40 for the "
@@ -73,9 +89,10 @@ class DicomvecOptions(PipelineOptions):
         parser.add_argument("--nvclip_cost_per_1k_images", "--nvclip-cost-per-1k-images",
                             type=float, default=0.0,
                             help="Price per 1,000 images, for the summary's cost estimate")
-        parser.add_argument("--nvclip_timeout", "--nvclip-timeout", type=float, default=60.0)
+        parser.add_argument("--nvclip_timeout", "--nvclip-timeout", type=float, default=60.0,
+                            help="seconds to wait for an NV-CLIP answer before retrying")
         parser.add_argument("--nvclip_max_attempts", "--nvclip-max-attempts", type=int,
-                            default=5)
+                            default=5, help="attempts per NV-CLIP request (1 = never retry)")
 
     def preprocess_version(self) -> str:
         """What made the model input, stored per row (≤ 20 chars): code version, normalization,
@@ -84,8 +101,9 @@ class DicomvecOptions(PipelineOptions):
                                                               self.normalization)
         return f"{PREPROCESS_VERSION}-{method}-{self.image_size}-{self.image_format}"[:20]
 
-    def provider_config(self) -> ProviderConfig:
+    def provider_config(self):
         """The provider's name and settings (no secrets) for workers to build it from."""
+        from dicomvec.io.providers.base import ProviderConfig
         return ProviderConfig(name=self.provider, settings={
             "url": self.nvclip_url,
             "model": self.nvclip_model,
@@ -95,3 +113,18 @@ class DicomvecOptions(PipelineOptions):
             "max_attempts": self.nvclip_max_attempts,
             "cost_per_1k_images": self.nvclip_cost_per_1k_images,
         })
+
+
+def __getattr__(name: str):
+    """``DicomvecOptions``, built (importing Beam) the first time it is asked for."""
+    if name != "DicomvecOptions":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    class DicomvecOptions(DicomvecFlags, PipelineOptions):
+        """dicomvec's flags as Beam pipeline options (see ``DicomvecFlags``)."""
+
+    DicomvecOptions.__module__ = __name__
+    DicomvecOptions.__qualname__ = "DicomvecOptions"
+    globals()["DicomvecOptions"] = DicomvecOptions
+    return DicomvecOptions

@@ -28,7 +28,8 @@ from dicomvec.io.stores.dialects import redact_url
 from dicomvec.io.stores.tables import REPORTS
 from dicomvec.pipeline.local_engine import configure_local_engine
 from dicomvec.pipeline.options import DicomvecOptions
-from dicomvec.pipeline.run import check_input, default_run_id, provider_stats, read_counters
+from dicomvec.pipeline import preflight
+from dicomvec.pipeline.run import default_run_id, provider_stats, read_counters
 from dicomvec.reports.parsing import CONTEXT_TOKENS, TOKEN_BUDGET, Report
 from dicomvec.reports.transforms import (EmbedReportBatch, KeepFirstPerStudy, ParseReportFile,
                                         WriteReports)
@@ -58,7 +59,8 @@ def build_reports(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str
     batches = reports | "BatchReports" >> BatchForEmbedding(
         options.batch_size, shards=batching_shards(pipeline.options))
     rows = _stage(batches, "EmbedReports", EmbedReportBatch(options.provider_config()), failures)
-    stored = _stage(rows, "WriteReports", WriteReports(options.sink, options.sink_schema),
+    stored = _stage(rows, "WriteReports",
+                    WriteReports(options.sink, options.sink_schema, options.reports_table),
                     failures)
     (failures
      | "AllReportFailures" >> beam.Flatten()
@@ -120,20 +122,21 @@ class ReportsSummary:
 
 def run_reports(argv: List[str]) -> ReportsSummary:
     options = PipelineOptions(argv)
-    configure_local_engine(options)
     dv = options.view_as(DicomvecOptions)
     if not dv.input:
-        raise ValueError("--input is required: a report file pattern such as "
-                         "'/data/mimic-cxr/files/**/s*.txt'")
-    check_input(dv.input)
+        raise preflight.NoInputFilesError("--input is required: a report file pattern such as "
+                                          "'/data/mimic-cxr/files/**/s*.txt'")
+    dv.input = preflight.check_job(dv)
+    configure_local_engine(options)
     run_id = dv.run_id or f"reports-{default_run_id()}"
     provider = create_provider(dv.provider_config())
     if not provider.semantic:
         log.warning("provider %r has no text tower: reports are stored as text only (no "
                     "vectors); use a semantic provider such as nvclip for text search",
                     provider.name)
-    with VectorStore(dv.sink, schema=dv.sink_schema, spec=REPORTS) as store:
-        store.init_schema(provider.dimension)
+    with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.reports_table,
+                     spec=REPORTS) as store:
+        store.init_schema(provider.dimension)  # refuses a table that is not ours (exit 2)
 
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
@@ -143,7 +146,8 @@ def run_reports(argv: List[str]) -> ReportsSummary:
     wall = time.monotonic() - started
 
     counters = read_counters(result)
-    with VectorStore(dv.sink, schema=dv.sink_schema, spec=REPORTS) as store:
+    with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.reports_table,
+                     spec=REPORTS) as store:
         rows = store.count()
         with_vectors = store.count(provider.name)
     return ReportsSummary(
@@ -163,7 +167,7 @@ def run_reports(argv: List[str]) -> ReportsSummary:
         wall_time_s=wall,
         rows_in_table=rows,
         vectors_in_table=with_vectors,
-        table=REPORTS.table,
+        table=dv.reports_table,
         sink=redact_url(dv.sink),
         dead_letter_dir=generation_dir(dv.dead_letter, run_id),
         provider=provider.name,

@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import textwrap
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicomvec.io.dead_letter import read_dead_letters
+from dicomvec.io.object_storage import check_s3_paths
+from dicomvec.pipeline import preflight
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline.run import RunSummary, default_run_id, run_ingest
 
 
 class NothingToReprocessError(ValueError):
-    """No dead letters match the filters."""
+    """No dead letters match the filters: a normal outcome (the command exits 0)."""
+
+
+def short_reason(error_type: str, message: str, width: int = 100) -> str:
+    """``"Type: message"`` cut at a word boundary (``…``) to fit ``width`` characters."""
+    return textwrap.shorten(f"{error_type}: {message}", width=width, placeholder=" …")
 
 
 def latest_per_path(rows: Iterable[Dict]) -> Dict[str, Dict]:
@@ -54,7 +63,8 @@ class ReprocessReport:
     run: RunSummary
 
     def render(self) -> str:
-        lines = [self.run.render(), "", f"reprocessed {self.selected} files: {self.fixed} fixed, "
+        header = self.run.render().replace("dicomvec run ", "dicomvec reprocess ", 1)
+        lines = [header, "", f"reprocessed {self.selected} files: {self.fixed} fixed, "
                  f"{self.selected - self.fixed} still failing"]
         for (stage, error), count in sorted(self.still_failing.items()):
             lines.append(f"  {stage:<10} {count:>6}  {error}")
@@ -64,8 +74,12 @@ class ReprocessReport:
 def run_reprocess(argv: List[str], stage: Optional[str] = None,
                   retryable_only: bool = False) -> ReprocessReport:
     options = PipelineOptions(argv).view_as(DicomvecOptions)
+    FileSystems.set_options(options)  # dead letters may live on s3://
+    check_s3_paths([options.dead_letter], options)
+    preflight.require_dead_letter_folder(options.dead_letter)
     previous = read_dead_letters(options.dead_letter)
     paths = select_paths(previous, stage, retryable_only)
+    check_s3_paths(paths, options)
     if not paths:
         raise NothingToReprocessError(
             f"no dead letters to reprocess under {options.dead_letter!r}"
@@ -79,6 +93,6 @@ def run_reprocess(argv: List[str], stage: Optional[str] = None,
     new_rows = read_dead_letters(options.dead_letter, run_id)
     failing_paths = {row["path"] for row in new_rows}
     reasons = collections.Counter(
-        (row["stage"], f"{row['error_type']}: {row['error_message'][:80]}") for row in new_rows)
+        (row["stage"], short_reason(row["error_type"], row["error_message"])) for row in new_rows)
     return ReprocessReport(selected=len(paths), fixed=len(set(paths) - failing_paths),
                            still_failing=dict(reasons), run=summary)

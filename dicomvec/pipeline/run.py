@@ -10,7 +10,7 @@ import datetime as _dt
 import logging
 import time
 import uuid
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -18,21 +18,25 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
                                                   StandardOptions)
 
 from dicomvec.io.dead_letter import generation_dir
+from dicomvec.io.listing import paths_the_listing_skips
+from dicomvec.io.object_storage import check_s3_paths, match_input, worker_environment
 from dicomvec.io.providers import create_provider
 from dicomvec.io.stores import VectorStore
 from dicomvec.io.stores.dialects import redact_url
+from dicomvec.pipeline.accounting import (EXIT_ACCOUNTING_MISMATCH, Accounting,
+                                          check_accounting)
 from dicomvec.pipeline.job_monitor import JobMonitor, in_flight  # noqa: F401  (re-exported)
 from dicomvec.pipeline.job_monitor import beam_counters as read_counters
 from dicomvec.pipeline.local_engine import configure_local_engine
 from dicomvec.pipeline.graph import build_ingest
 from dicomvec.pipeline.options import DicomvecOptions
+from dicomvec.pipeline import preflight
+from dicomvec.pipeline.preflight import NoInputFilesError  # noqa: F401 (re-exported)
 from dicomvec.record import STAGES
 
 log = logging.getLogger(__name__)
 
 
-class NoInputFilesError(ValueError):
-    """The input pattern matched nothing: an error, never an empty success."""
 
 
 @dataclasses.dataclass
@@ -52,10 +56,18 @@ class RunSummary:
     semantic: bool
     provider_stats: Dict[str, int]
     cost_line: str = ""
+    accounting: Optional[Accounting] = None  # do the counts add up? (pipeline/accounting.py)
 
     @property
     def dead_lettered_total(self) -> int:
         return sum(self.dead_lettered.values())
+
+    @property
+    def exit_status(self) -> int:
+        """0, or 3 when not every matched path is accounted for (see pipeline/accounting.py)."""
+        if self.accounting is not None and not self.accounting.holds:
+            return EXIT_ACCOUNTING_MISMATCH
+        return 0
 
     @property
     def images_per_s(self) -> float:
@@ -84,9 +96,13 @@ class RunSummary:
             for name, value in sorted(self.provider_stats.items()):
                 lines.append(f"  provider {name + ' ':<12}{value}")
         lines += [
-            f"  rows in store        {self.rows_in_store}  ({self.sink})",
+            f"  rows in store        "
+            f"{self.rows_in_store if self.rows_in_store >= 0 else 'unknown (unreachable)'}"
+            f"  ({self.sink})",
             f"  dead letters         {self.dead_letter_dir}",
         ]
+        if self.accounting is not None:
+            lines.append(self.accounting.render())
         return "\n".join(lines)
 
 
@@ -95,15 +111,37 @@ def provider_stats(counters: Dict[str, int]) -> Dict[str, int]:
     return {k[len("provider_"):]: v for k, v in counters.items() if k.startswith("provider_")}
 
 
-def check_input(pattern: Optional[str]) -> int:
-    """Number of files ``pattern`` matches; raises NoInputFilesError for none."""
+def list_input(pattern: Optional[str],
+               options: Optional[PipelineOptions] = None) -> Tuple[List[str], List[str]]:
+    """(Beam's listing of ``pattern``, the matched local paths it leaves out: dangling symbolic
+    links, directories — read dead letters later); raises NoInputFilesError for none."""
     if not pattern:
         raise NoInputFilesError("--input is required: a DICOM file pattern such as "
                                 "'/data/mimic-cxr/files/**/*.dcm'")
-    matched = FileSystems.match([pattern])[0].metadata_list
-    if not matched:
+    # s3://: the bucket is checked first (ObjectStorageError: one line, not minutes of retries)
+    listed = [m.path for m in match_input(pattern, options or PipelineOptions([]))]
+    skipped = paths_the_listing_skips(pattern, listed)
+    if not listed and not skipped:
         raise NoInputFilesError(f"no files match --input {pattern!r}")
-    return len(matched)
+    return listed, skipped
+
+
+def check_input(pattern: Optional[str]) -> int:
+    """Number of files ``pattern`` matches; raises NoInputFilesError for none."""
+    return sum(map(len, list_input(pattern)))
+
+
+def rows_in_store(dv: DicomvecOptions, provider_name: str) -> int:
+    """Rows now stored for the provider; -1 when the sink cannot be reached any more (the
+    summary must still be printed: the dead letters say what was not written)."""
+    try:
+        with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table,
+                         max_attempts=2) as store:
+            return store.count(provider_name)
+    except Exception as exc:  # noqa: BLE001 - a summary, not a reason to lose the run's report
+        log.error("cannot count the rows in %s after the run: %s: %s", redact_url(dv.sink),
+                  type(exc).__name__, str(exc).strip()[:200])
+        return -1
 
 
 def default_run_id() -> str:
@@ -113,10 +151,19 @@ def default_run_id() -> str:
 def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary:
     """Run the job over ``--input`` (or over exactly ``paths``, for reprocessing)."""
     options = PipelineOptions(argv)
-    configure_local_engine(options)
     dv = options.view_as(DicomvecOptions)
-    if paths is None:
-        check_input(dv.input)
+    FileSystems.set_options(options)  # s3:// needs Beam's S3 options before the graph exists
+    streaming = options.view_as(StandardOptions).streaming and paths is None
+    # matches are counted by list_input below (it also finds what Beam's listing skips)
+    used = preflight.check_job(dv, input_pattern=paths is None, require_match=False)
+    if used is not None:
+        dv.input = used  # a directory: every file below it
+    check_s3_paths([dv.dead_letter], options)
+    listed, unreadable = list_input(dv.input, options) if paths is None else (list(paths), [])
+    configure_local_engine(options)
+    if streaming:
+        unreadable = []  # the watch lists the pattern itself, again and again
+    expected = None if streaming else len(listed) + len(unreadable)
     run_id = dv.run_id or default_run_id()
     provider = create_provider(dv.provider_config())
     if not provider.semantic:
@@ -125,21 +172,20 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table) as store:
         store.init_schema(provider.dimension)
 
-    streaming = options.view_as(StandardOptions).streaming and paths is None
     # a name unique to this run: on Flink the monitor finds, watches and cancels the job by it
     job = options.view_as(GoogleCloudOptions)
     job.job_name = job.job_name or f"dicomvec-{run_id}-{uuid.uuid4().hex[:8]}".lower()
     started = time.monotonic()
     submitted_ms = int(time.time() * 1000)
     pipeline = beam.Pipeline(options=options)
-    build_ingest(pipeline, dv, run_id, paths=paths, streaming=streaming)
-    result = pipeline.run()
-    counters = JobMonitor(result, options, job.job_name, submitted_ms).watch(
-        streaming, dv.stop_after_idle, dv.dead_letter_frequency)
+    build_ingest(pipeline, dv, run_id, paths=paths, streaming=streaming, unreadable=unreadable)
+    with worker_environment(options):  # S3 options for local worker processes
+        result = pipeline.run()
+        counters = JobMonitor(result, options, job.job_name, submitted_ms).watch(
+            streaming, dv.stop_after_idle, dv.dead_letter_frequency)
     wall = time.monotonic() - started
 
-    with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table) as store:
-        rows = store.count(provider.name)
+    rows = rows_in_store(dv, provider.name)
     summary = RunSummary(
         run_id=run_id,
         matched=counters.get("matched", 0),
@@ -158,4 +204,5 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     )
     if hasattr(provider, "cost_line"):
         summary.cost_line = provider.cost_line(summary.provider_stats)
+    summary.accounting = check_accounting(expected, counters, summary.dead_letter_dir)
     return summary

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import List
+from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.coders import StrUtf8Coder
@@ -154,16 +154,18 @@ class EmbedReportBatch(ProviderDoFn):
 class WriteReports(beam.DoFn):
     """In: list[ReportRow]. Out: rows stored (int); ``Failure`` per row the database refused."""
 
-    def __init__(self, sink_url: str, schema: str):
+    def __init__(self, sink_url: str, schema: str, table: Optional[str] = None):
         super().__init__()
         self.sink_url = sink_url
         self.schema = schema
+        self.table = table
         self.store = None
         self.stored = counter("reports_write_ok")
         self.failed = counter("reports_write_failed")
 
     def setup(self):
-        self.store = VectorStore(self.sink_url, schema=self.schema, spec=REPORTS).open()
+        self.store = VectorStore(self.sink_url, schema=self.schema, table=self.table,
+                                 spec=REPORTS).open()
 
     def teardown(self):
         if self.store is not None:

@@ -14,7 +14,7 @@ from dicomvec.errors import UserError
 from dicomvec.io.providers import TextNotSupportedError, create_provider
 from dicomvec.io.stores import Hit, VectorStore
 from dicomvec.io.stores.dialects import redact_url
-from dicomvec.io.stores.tables import REPORTS, ReportHit, lookup
+from dicomvec.io.stores.tables import REPORTS, ReportHit
 from dicomvec.search.queries import embed_query_image, embed_query_text, image_record
 
 TARGETS = ("images", "reports")
@@ -31,10 +31,18 @@ class SearchRequest:
     k: int = 10
     view: Optional[str] = None
     with_reports: bool = False
+    #: embed the text with the reports' own (OpenAI-compatible) model and search their vectors
+    via_reports: bool = False
+    #: the reports table (default ``MIMICCXRReports`` in the sink schema); read only
+    reports_table: Optional[str] = None
+    reports_schema: Optional[str] = None
 
     def __post_init__(self):
         if bool(self.text) == bool(self.image):
             raise UserError("give exactly one query: --text TEXT or --image FILE.dcm")
+        if self.via_reports and not self.text:
+            raise UserError("--via-reports embeds a text query with the reports' model: use "
+                            "it with --text")
         if self.target not in TARGETS:
             raise UserError(f"--target must be one of {TARGETS}")
         if isinstance(self.k, bool) or int(self.k) < 1:
@@ -49,7 +57,8 @@ class SearchRequest:
 
     @property
     def kind(self) -> str:
-        return f"{'text' if self.text else 'image'} → {self.target[:-1]}"
+        kind = f"{'text' if self.text else 'image'} → {self.target[:-1]}"
+        return kind + " (via reports)" if self.via_reports else kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +108,11 @@ class SearchResult:
     sink: str
     table: str
     results: List[Union[ImageResult, ReportResult]]
+    #: how a search through another tool's reports ran (table, vector storage, ranking)
+    via: Optional[dict] = None
 
     def to_dict(self) -> dict:
+        extra = {"via_reports": self.via} if self.via else {}
         return {
             "query": {"text": self.request.text, "image": self.request.image,
                       "kind": self.request.kind, "k": self.request.k, "view": self.request.view},
@@ -110,6 +122,7 @@ class SearchResult:
             "embedding_model": self.embedding_model,
             "semantic": self.semantic,
             "sink": self.sink,
+            **extra,
             "results": [r.to_dict() for r in self.results],
         }
 
@@ -121,8 +134,8 @@ def _store_error(exc: Exception, table: str, sink: str) -> UserError:
 
 
 def _same_subject(report: Optional[ReportHit], hit: Hit) -> Optional[ReportHit]:
-    """The study's report, unless it belongs to another subject (a StudyID clash)."""
-    if report is not None and report.SubjectID != hit.SubjectID:
+    """The study's report, unless it names another subject (a StudyID clash)."""
+    if report is not None and report.SubjectID and report.SubjectID != hit.SubjectID:
         return None
     return report
 
@@ -135,10 +148,39 @@ def query_vector(request: SearchRequest, options, provider):
     return embed_query_image(provider, record)
 
 
-def run_search(request: SearchRequest, options) -> SearchResult:
-    """Embed the query with ``options``' provider and search ``request.target``."""
+def _reports_are_ours(request: SearchRequest, options) -> bool:
+    """True when the reports table has dicomvec's columns (and so its provider's vectors)."""
+    from dicomvec.search.reports_table import inspect_reports
+    from dicomvec.search.via_reports import open_reports
+    try:
+        with open_reports(options, request.reports_table, request.reports_schema) as store:
+            return inspect_reports(store).ours
+    except UserError:  # no such table: the search below says so in its own words
+        return True
+
+
+def _nearest_images(request: SearchRequest, options, vector, provider, k: int) -> List[Hit]:
+    try:
+        with VectorStore(options.sink, schema=options.sink_schema,
+                         table=options.sink_table) as store:
+            return store.nearest(vector, k, provider.name, request.view)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise _store_error(exc, options.sink_table, options.sink) from None
+
+
+def run_search(request: SearchRequest, options, text_settings=None) -> SearchResult:
+    """Embed the query with ``options``' provider and search ``request.target``; with
+    ``request.via_reports`` embed the text with ``text_settings`` (``OpenAISettings``) and
+    search the reports' own vectors instead."""
+    if request.via_reports:
+        from dicomvec.io.providers.openai_client import OpenAISettings
+        from dicomvec.search.via_reports import search_via_reports
+        return search_via_reports(request, options, text_settings or OpenAISettings())
     provider = create_provider(options.provider_config())
-    if request.target == "reports" and not provider.semantic:
+    foreign_reports = request.target == "reports" and not _reports_are_ours(request, options)
+    if request.target == "reports" and not provider.semantic and not foreign_reports:
         raise TextNotSupportedError(
             f"searching reports needs a semantic model: the {provider.name!r} provider is a "
             "non-semantic image descriptor and stores no report vectors; use --provider nvclip")
@@ -147,11 +189,24 @@ def run_search(request: SearchRequest, options) -> SearchResult:
         vector = query_vector(request, options, provider)
     finally:
         provider.teardown()
+    from dicomvec.pipeline.preflight import check_sink
+    check_sink(options.sink, must_exist=True)  # a missing database is an error, never created
 
+    if foreign_reports:  # another tool's reports: rank each study's report by its images
+        from dicomvec.search.via_reports import reports_via_images
+        hits = _nearest_images(request, options, vector, provider, 4 * request.k)
+        results = reports_via_images(request, hits, options)
+        table = request.reports_table or REPORTS.table
+        return SearchResult(request=request, provider=provider.name,
+                            embedding_model=provider.model, semantic=provider.semantic,
+                            sink=redact_url(options.sink), table=table, results=results,
+                            via={"ranking": "each study's report by its best image hit (the "
+                                            "reports table has no vectors of this provider)"})
     if request.target == "reports":
-        table = REPORTS.table
+        table = request.reports_table or REPORTS.table
         try:
-            with VectorStore(options.sink, schema=options.sink_schema, spec=REPORTS) as store:
+            from dicomvec.search.via_reports import open_reports
+            with open_reports(options, request.reports_table, request.reports_schema) as store:
                 hits = store.nearest(vector, request.k, provider.name)
         except UserError:
             raise
@@ -160,22 +215,17 @@ def run_search(request: SearchRequest, options) -> SearchResult:
         results = [ReportResult(rank, hit) for rank, hit in enumerate(hits, start=1)]
     else:
         table = options.sink_table
-        try:
-            with VectorStore(options.sink, schema=options.sink_schema,
-                             table=options.sink_table) as store:
-                hits = store.nearest(vector, request.k, provider.name, request.view)
-        except UserError:
-            raise
-        except Exception as exc:
-            raise _store_error(exc, table, options.sink) from None
+        hits = _nearest_images(request, options, vector, provider, request.k)
         reports = {}
         if request.with_reports and hits:
+            from dicomvec.search.via_reports import reports_for
             try:
-                with VectorStore(options.sink, schema=options.sink_schema,
-                                 spec=REPORTS) as store:
-                    reports = lookup(store, [hit.StudyID for hit in hits])
+                reports = reports_for(options, request, [hit.StudyID for hit in hits])
+            except UserError:
+                raise
             except Exception as exc:
-                raise _store_error(exc, REPORTS.table, options.sink) from None
+                raise _store_error(exc, request.reports_table or REPORTS.table,
+                                   options.sink) from None
         results = [ImageResult(rank, hit, _same_subject(reports.get(hit.StudyID), hit),
                                request.with_reports)
                    for rank, hit in enumerate(hits, start=1)]

@@ -20,6 +20,16 @@ def _query_line(result: SearchResult) -> str:
         line += f"  |  view={request.view.upper()}"
     if not result.semantic:
         line += "\nNOTE: non-semantic descriptor, not CLIP: scores measure pixel likeness only"
+    via = result.via or {}
+    if via.get("reports_table"):
+        line += (f"\nvia reports: {via['reports_table']}.{via['vector_column']} "
+                 f"({via['vector_storage']}); {via['reports_considered']} nearest reports; "
+                 f"ranked by {via['ranking']}")
+        if via.get("unreadable_vectors_skipped"):
+            line += (f"\nNOTE: {via['unreadable_vectors_skipped']} stored vectors were "
+                     "unreadable or of another length and were skipped")
+    elif via.get("ranking"):
+        line += f"\nranked by {via['ranking']}"
     return line
 
 
@@ -32,6 +42,11 @@ def _wrapped(label: str, text: str, width: int = 100) -> str:
 
 def to_text(result: SearchResult) -> str:
     lines = [_query_line(result)]
+    if not result.results and (result.via or {}).get("reports_table"):
+        lines.append(f"no results: no images in {result.table} belong to the studies of the "
+                     f"{result.via['reports_considered']} nearest reports"
+                     + (f" (view {result.request.view})" if result.request.view else ""))
+        return "\n".join(lines)
     if not result.results:
         lines.append(f"no results: {result.table} has no rows with a {result.provider} vector"
                      + (f" and view {result.request.view.upper()}" if result.request.view
@@ -59,8 +74,9 @@ def to_text(result: SearchResult) -> str:
         lines.append(f"{'rank':>4}  {'score':>7}  {'study':<10}  {'subject':<9}  embedded text")
         for item in result.results:
             hit = item.hit
-            text = hit.EmbeddedText if len(hit.EmbeddedText) <= 90 else \
-                hit.EmbeddedText[:87] + "..."
+            # another tool's table has no EmbeddedText: show its IMPRESSION (else FINDINGS)
+            text = hit.EmbeddedText or hit.Impression or hit.Findings
+            text = text if len(text) <= 90 else text[:87] + "..."
             lines.append(f"{item.rank:>4}  {hit.score:>7.4f}  {hit.StudyID:<10}  "
                          f"{hit.SubjectID:<9}  {text}")
     return "\n".join(lines)

@@ -9,22 +9,54 @@
 """
 from __future__ import annotations
 
-from apache_beam.io.filesystems import FileSystems
+import logging
+
+import apache_beam as beam
 
 from dicomvec import imaging
+from dicomvec.io.object_storage import ObjectReader
 from dicomvec.record import ImageRecord
-from dicomvec.transforms.stage import RecordStage
+from dicomvec.transforms.dedupe import copy_failure, decode_first_copy, report_unused_copies
+from dicomvec.transforms.stage import FAILED, RecordStage, counter
+
+log = logging.getLogger(__name__)
 
 
 class DecodePixels(RecordStage):
+    """Decodes the record's file; when it fails and the record carries ``alternates`` (other
+    files with the same ImageID), the next copy is tried: the first copy that decodes goes on,
+    each copy that failed is dead-lettered with its own reason, untried copies are counted as
+    duplicates. ``storage_settings``: Beam's S3 options as a dict
+    (``object_storage.s3_settings``), so ``s3://`` files are read on one S3 client per DoFn
+    instance."""
+
     stage = "decode"
 
-    def __init__(self, image_size: int):
+    def __init__(self, image_size: int, storage_settings=None):
         super().__init__()
         self.image_size = image_size
+        self.storage_settings = storage_settings
+        self.reader = None
+        self.duplicates = counter("duplicate_files")
+
+    def process(self, record: ImageRecord):
+        decoded, failed = decode_first_copy(record, self.process_record)
+        used = decoded.path if decoded is not None else ""
+        for copy, exc in failed:
+            self.failed.inc()
+            log.warning("decode failed for %s: %s: %s%s", copy.path, type(exc).__name__, exc,
+                        f" (using its copy {used})" if used else "")
+            yield beam.pvalue.TaggedOutput(FAILED, copy_failure(copy, self.stage, exc, used))
+        if decoded is None:
+            return
+        self.ok.inc()
+        report_unused_copies(self.duplicates, decoded)
+        yield decoded.evolve(alternates=())
 
     def process_record(self, record: ImageRecord) -> ImageRecord:
-        with FileSystems.open(record.path) as stream:
+        if self.reader is None:  # lazily, on the worker (search calls this without setup)
+            self.reader = ObjectReader(self.storage_settings)
+        with self.reader.open(record.path) as stream:
             dataset = imaging.read_dataset(stream)
         decoded = imaging.decode_pixels(dataset, self.image_size)
         if "PixelData" in dataset:

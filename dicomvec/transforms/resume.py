@@ -3,48 +3,73 @@ pixel is decoded or any embedding is paid for.
 
 In: ImageRecord. Out: the records with no matching row. The lookup is batched (``BatchElements``
 then one ``existing_ids`` query per batch of up to 500 IDs) — no per-image query and no
-whole-table side input. Counter ``skipped_existing``.
+whole-table side input. Counter ``skipped_existing`` (one per image; the image's other copies,
+if any, count as ``duplicate_files``). With ``valid_dimension`` (``run --replace-invalid``) a
+stored row whose vector is zero or not that long does not count as stored: the image is
+embedded again and its row replaced. If the store cannot be reached (a transient error after
+the store's retries), the records go on as not stored: the write stage then stores them or turns
+them into retryable ``write`` dead letters — the job does not fail and no image is lost (counter
+``resume_lookup_failed``).
 """
 from __future__ import annotations
 
 import apache_beam as beam
 
+import logging
+
 from dicomvec.io.stores import VectorStore
+from dicomvec.transforms.dedupe import report_unused_copies
 from dicomvec.transforms.stage import counter
+
+log = logging.getLogger(__name__)
 
 
 class _DropStored(beam.DoFn):
-    def __init__(self, sink_url, schema, table, provider, preprocess_version):
+    def __init__(self, sink_url, schema, table, provider, preprocess_version,
+                 valid_dimension=None):
         super().__init__()
+        self.valid_dimension = valid_dimension
         self.args = (sink_url, schema, table)
         self.provider = provider
         self.preprocess_version = preprocess_version
         self.store = None
         self.skipped = counter("skipped_existing")
+        self.duplicates = counter("duplicate_files")
+        self.lookup_failed = counter("resume_lookup_failed")
 
     def setup(self):
         sink_url, schema, table = self.args
-        self.store = VectorStore(sink_url, schema=schema, table=table).open()
+        self.store = VectorStore(sink_url, schema=schema, table=table)  # connects on first use
 
     def teardown(self):
         if self.store is not None:
             self.store.close()
 
     def process(self, records):
-        stored = self.store.existing_ids([r.image_id for r in records], self.provider,
-                                         self.preprocess_version)
+        try:
+            stored = self.store.existing_ids([r.image_id for r in records], self.provider,
+                                             self.preprocess_version, self.valid_dimension)
+        except Exception as exc:
+            if not self.store.dialect.is_transient(exc):
+                raise
+            self.lookup_failed.inc(len(records))
+            log.warning("resume: cannot reach the store (%s); %d images go on as not stored",
+                        type(exc).__name__, len(records))
+            stored = set()
         for record in records:
             if record.image_id in stored:
                 self.skipped.inc()
+                report_unused_copies(self.duplicates, record)  # its other copies: not needed
             else:
                 yield record
 
 
 class SkipStored(beam.PTransform):
     def __init__(self, sink_url, schema, table, provider, preprocess_version,
-                 max_batch_size: int = 500):
+                 max_batch_size: int = 500, valid_dimension=None):
         super().__init__()
-        self.dofn = _DropStored(sink_url, schema, table, provider, preprocess_version)
+        self.dofn = _DropStored(sink_url, schema, table, provider, preprocess_version,
+                                valid_dimension)
         self.max_batch_size = max_batch_size
 
     def expand(self, records):

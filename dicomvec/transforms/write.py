@@ -44,7 +44,15 @@ class WriteToStore(beam.DoFn):
 
     def setup(self):
         self.store = VectorStore(self.sink_url, schema=self.schema, table=self.table,
-                                 dimension=self.dimension).open()
+                                 dimension=self.dimension)
+        try:
+            self.store.open()
+        except Exception as exc:
+            if not self.store.dialect.is_transient(exc):
+                raise  # wrong credentials, bad URL: the job cannot write at all
+            # unreachable right now: each batch retries, then becomes retryable dead letters
+            log.warning("write: the store is unreachable at start-up (%s); will retry per "
+                        "batch", type(exc).__name__)
         self._started = time.monotonic()
         self._written = 0
         self._next_report = self.progress_every

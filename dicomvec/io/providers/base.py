@@ -103,6 +103,10 @@ class EmbeddingProvider(abc.ABC):
     def dimension(self) -> int:
         """Vector length."""
 
+    def preflight(self) -> None:
+        """Before a job starts, in the launching process: raise ``FatalProviderError`` when no
+        call can succeed (e.g. missing credentials). Sends nothing, creates nothing."""
+
     def setup(self) -> None:
         """Open connections; called once per DoFn instance."""
 

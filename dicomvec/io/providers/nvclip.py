@@ -284,14 +284,22 @@ class NVClipProvider(EmbeddingProvider):
         return self.settings.dimension
 
     # -- lifecycle --------------------------------------------------------------------------
-    def setup(self) -> None:
-        if self._client is not None:
-            return
+    def preflight(self) -> None:
+        self._api_key()
+
+    def _api_key(self) -> Optional[str]:
+        """The key from the environment; FatalProviderError when the hosted API lacks one."""
         api_key = os.environ.get(API_KEY_ENV, "").strip() or None
         if api_key is None and self.settings.hosted:
             raise FatalProviderError(
                 f"{API_KEY_ENV} is not set: the hosted NV-CLIP API at {self.settings.url} "
                 f"needs an API key (export {API_KEY_ENV}=nvapi-...); a self-hosted NIM does not")
+        return api_key
+
+    def setup(self) -> None:
+        if self._client is not None:
+            return
+        api_key = self._api_key()
         s = self.settings
         client_settings = ClientSettings(
             endpoint=s.url, model=s.model, dimension=s.dimension,

@@ -1,4 +1,9 @@
-"""HTTP client for NIM ``POST {url}/embeddings``: one request (≤ 64 input strings) with retries.
+"""HTTP client for ``POST {url}/embeddings``: one request (≤ 64 input strings) with retries.
+
+``EmbeddingsClient`` speaks the embeddings request/response shape NVIDIA's NIM shares with
+OpenAI's API (``{"input": [...], "model": ..., "encoding_format": ...}`` in; ``{"data":
+[{"index": i, "embedding": [...]}], "usage": {...}}`` out); ``NVClipClient`` is it with NV-CLIP's
+messages, and ``dicomvec.io.providers.openai_client.OpenAIClient`` with OpenAI's.
 
 In: a list of input strings (image data URLs or texts). Out: one ``EmbeddingResult`` per input,
 matched by the response's ``index``, each vector checked (dimension, finite, non-zero) and
@@ -99,12 +104,12 @@ class RetriesExhausted(Exception):
 class RejectedRequest(Exception):
     """The server refused the request's content (4xx other than auth/credits)."""
 
-    def __init__(self, status: int, title: str, detail: str):
+    def __init__(self, status: int, title: str, detail: str, service: str = "NV-CLIP"):
         self.status = status
         self.title = title
         self.detail = detail
         self.bisectable = status in BISECTABLE_STATUSES
-        text = f"NV-CLIP rejected the input ({status}"
+        text = f"{service} rejected the input ({status}"
         text += f" {title})" if title else ")"
         if detail:
             text += f": {detail}"
@@ -138,6 +143,10 @@ def problem_detail(response: requests.Response) -> Tuple[str, str]:
         return response.reason or "", (response.text or "").strip()
     if not isinstance(body, dict):
         return response.reason or "", str(body)
+    error = body.get("error")
+    if isinstance(error, dict):  # OpenAI: {"error": {"message", "type", "param", "code"}}
+        return (str(error.get("type") or response.reason or ""),
+                str(error.get("message") or error.get("code") or ""))
     title = str(body.get("title") or response.reason or "")
     detail = body.get("detail", "")
     if isinstance(detail, list):  # FastAPI validation errors: [{"loc": [...], "msg": ...}]
@@ -160,8 +169,15 @@ class ClientSettings:
     pool_size: int
 
 
-class NVClipClient:
-    """Pooled, thread-safe client for one NIM endpoint. ``close()`` when done."""
+class EmbeddingsClient:
+    """Pooled, thread-safe client for one embeddings endpoint. ``close()`` when done.
+
+    Subclasses name the service for messages (``service``) and say what a fatal status means
+    for their users (``fatal``); ``request_body`` and ``decode_embedding`` adapt the shape.
+    """
+
+    #: the service's name in messages and logs
+    service = "embeddings API"
 
     def __init__(self, settings: ClientSettings, api_key: Optional[str], limiter: RateLimiter,
                  counters: Counters):
@@ -208,7 +224,7 @@ class NVClipClient:
         """
         if not inputs:
             return []
-        body = {"input": list(inputs), "model": self.settings.model, "encoding_format": "float"}
+        body = self.request_body(inputs)
         attempts = 0
         retrying = Retrying(stop=stop_after_attempt(max(1, self.settings.max_attempts)),
                             wait=self._wait, retry=retry_if_exception_type(TransientError),
@@ -230,6 +246,29 @@ class NVClipClient:
                 results.append(EmbeddingResult.success(value, attempts=attempts))
         return results
 
+    def request_body(self, inputs: Sequence[str]) -> Dict[str, Any]:
+        """The JSON body of one request."""
+        return {"input": list(inputs), "model": self.settings.model, "encoding_format": "float"}
+
+    def decode_embedding(self, value: Any) -> Any:
+        """One response item's ``embedding`` → a sequence of numbers (``unit_vector`` checks)."""
+        return value
+
+    def fatal(self, status: int, detail: str) -> Optional[FatalProviderError]:
+        """The job-stopping error for ``status`` (401/402/403/404), or None when not fatal."""
+        if status == 401:
+            return FatalProviderError(f"{self.service} rejected the API key (401)")
+        if status == 402:
+            return FatalProviderError(f"{self.service} reports no credits left (402): "
+                                      f"{detail or 'add credits to the account'}")
+        if status == 403:
+            return FatalProviderError(f"{self.service} refused access (403): the API key may "
+                                      f"not be allowed to use model {self.settings.model!r}")
+        if status == 404:
+            return FatalProviderError(f"{self.service} endpoint or model not found (404) at "
+                                      f"{self.embeddings_url}: {detail or 'check URL and model'}")
+        return None
+
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, TransientError) and exc.retry_after is not None:
@@ -239,7 +278,7 @@ class NVClipClient:
     def _before_sleep(self, state: RetryCallState) -> None:
         self.counters.add("retries")
         exc = state.outcome.exception() if state.outcome else None
-        logger.warning("NV-CLIP request failed (%s); retry %d of %d in %.1f s",
+        logger.warning("%s request failed (%s); retry %d of %d in %.1f s", self.service,
                        getattr(exc, "message", type(exc).__name__), state.attempt_number,
                        self.settings.max_attempts - 1, state.next_action.sleep)
 
@@ -253,15 +292,15 @@ class NVClipClient:
                                                   self.settings.timeout_s))
         except requests.Timeout:
             self.counters.add("timeouts")
-            raise TransientError("Timeout", f"NV-CLIP did not answer within "
+            raise TransientError("Timeout", f"{self.service} did not answer within "
                                  f"{self.settings.timeout_s:g} s") from None
         except requests.ConnectionError as exc:
             self.counters.add("connection_errors")
             raise TransientError("ConnectionError", self.redact(
-                f"connection to NV-CLIP failed: {_root_cause(exc)}")) from None
+                f"connection to {self.service} failed: {_root_cause(exc)}")) from None
         except requests.RequestException as exc:
             raise TransientError(type(exc).__name__,
-                                 self.redact(f"NV-CLIP request failed: {exc}")) from None
+                                 self.redact(f"{self.service} request failed: {exc}")) from None
         with response:
             return self._handle(response, count)
 
@@ -270,62 +309,71 @@ class NVClipClient:
         if status == 200:
             return self._parse(response, count)
         title, detail = (self.redact(t) for t in problem_detail(response))
-        if status == 401:
-            raise FatalProviderError("NV-CLIP rejected the API key (401): check NVIDIA_API_KEY")
-        if status == 402:
-            raise FatalProviderError("NV-CLIP reports no credits left (402): "
-                                     f"{detail or 'add credits to the account'}")
-        if status == 403:
-            raise FatalProviderError("NV-CLIP refused access (403): the API key may not be "
-                                     f"allowed to use model {self.settings.model!r}")
-        if status == 404:
-            raise FatalProviderError(f"NV-CLIP endpoint or model not found (404) at "
-                                     f"{self.embeddings_url}: check --nvclip-url and "
-                                     f"--nvclip-model ({self.settings.model!r})")
+        fatal = self.fatal(status, detail)
+        if fatal is not None:
+            raise fatal
         if status == 429:
             self.counters.add("rate_limited")
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if retry_after is not None:
                 self.limiter.hold(min(retry_after, self.settings.max_retry_after_s))
-            raise TransientError("RateLimited", "NV-CLIP rate limit hit (429)", retry_after)
+            raise TransientError("RateLimited", f"{self.service} rate limit hit (429)",
+                                 retry_after)
         if status in TRANSIENT_STATUSES or status >= 500:
-            text = f"NV-CLIP server error ({status}"
+            text = f"{self.service} server error ({status}"
             text += f" {title})" if title else ")"
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise TransientError("ServerError", text + (f": {detail}" if detail else ""),
                                  retry_after)
-        raise RejectedRequest(status, title, detail)
+        raise RejectedRequest(status, title, detail, self.service)
 
     def _parse(self, response: requests.Response, count: int) -> List[Any]:
         try:
             payload = response.json()
         except ValueError:
-            raise TransientError("BadResponse", "NV-CLIP response is not JSON") from None
+            raise TransientError("BadResponse", f"{self.service} response is not JSON") \
+                from None
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):
-            raise TransientError("BadResponse", "NV-CLIP response has no 'data' list")
+            raise TransientError("BadResponse", f"{self.service} response has no 'data' list")
         by_index: Dict[int, Any] = {}
         for item in data:
             index = item.get("index") if isinstance(item, dict) else None
             if not isinstance(index, int) or isinstance(index, bool) \
                     or not 0 <= index < count or index in by_index:
-                raise TransientError("BadResponse", f"NV-CLIP response has an invalid or "
+                raise TransientError("BadResponse", f"{self.service} response has an invalid or "
                                      f"repeated index {index!r} for {count} inputs")
             by_index[index] = item.get("embedding")
         if len(by_index) != count:
-            raise TransientError("BadResponse", f"NV-CLIP response has {len(by_index)} "
+            raise TransientError("BadResponse", f"{self.service} response has {len(by_index)} "
                                  f"vectors for {count} inputs")
         usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
-        for key in ("num_images", "total_tokens"):
+        for key in ("num_images", "prompt_tokens", "total_tokens"):
             if isinstance(usage.get(key), (int, float)):
                 self.counters.add(f"usage_{key}", usage[key])
         out: List[Any] = []
         for index in range(count):
             try:
-                out.append(unit_vector(by_index[index], self.settings.dimension))
+                out.append(unit_vector(self.decode_embedding(by_index[index]),
+                                       self.settings.dimension))
             except (ValueError, TypeError) as exc:
-                out.append(f"NV-CLIP returned an unusable vector: {exc}")
+                out.append(f"{self.service} returned an unusable vector: {exc}")
         return out
+
+
+class NVClipClient(EmbeddingsClient):
+    """The NIM endpoint of NV-CLIP: fatal statuses name NVIDIA_API_KEY and the --nvclip-* flags."""
+
+    service = "NV-CLIP"
+
+    def fatal(self, status: int, detail: str) -> Optional[FatalProviderError]:
+        if status == 401:
+            return FatalProviderError("NV-CLIP rejected the API key (401): check NVIDIA_API_KEY")
+        if status == 404:
+            return FatalProviderError(f"NV-CLIP endpoint or model not found (404) at "
+                                      f"{self.embeddings_url}: check --nvclip-url and "
+                                      f"--nvclip-model ({self.settings.model!r})")
+        return super().fatal(status, detail)
 
 
 def _root_cause(exc: BaseException) -> str:

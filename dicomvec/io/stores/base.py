@@ -17,8 +17,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from dicomvec.io.stores.dialects import Dialect, dialect_for_url, redact_url
-from dicomvec.io.stores.tables import IMAGES, Hit, ImageRow, TableSpec
+from dicomvec.io.stores import schema_check
+from dicomvec.io.stores.dialects import (Dialect, StoredVectorError, dialect_for_url,
+                                         redact_url)
+from dicomvec.io.stores.tables import IMAGES, Hit, ImageRow, TableShape, TableSpec
 
 __all__ = ["COLUMNS", "DEFAULT_SCHEMA", "DEFAULT_TABLE", "Hit", "ImageRow", "VectorStore",
            "open_store", "vector_problem"]
@@ -40,22 +42,23 @@ class VectorStore:
     #: ImageIDs per ``existing_ids`` query
     id_chunk = 500
 
-    def __init__(self, url: str, schema: str = DEFAULT_SCHEMA, table: str = DEFAULT_TABLE,
+    def __init__(self, url: str, schema: str = DEFAULT_SCHEMA, table: Optional[str] = None,
                  max_attempts: int = 4, retry_delay_s: float = 0.5,
                  dimension: Optional[int] = None, spec: Optional[TableSpec] = None):
         """``dimension``: the table's vector length, when known (IRIS needs it as a literal in
         ``TO_VECTOR``); otherwise it comes from ``init_schema``, the catalog, or the batch.
-        ``spec``: a ``tables.TableSpec`` for a table other than the images table (``REPORTS``),
-        stored under the spec's own table name; ``table`` names the images table."""
+        ``spec``: a ``tables.TableSpec`` for a table other than the images table (``REPORTS``);
+        ``table``: the table's name (default: the spec's, MIMICCXRImages / MIMICCXRReports)."""
         self.url = url
         self.spec = spec or IMAGES
         self.dialect: Dialect = dialect_for_url(url, schema=schema, spec=self.spec,
-                                                table=table if self.spec is IMAGES else None)
+                                                table=table or None)
         self.max_attempts = max_attempts
         self.retry_delay_s = retry_delay_s
         self.dimension = int(dimension) if dimension else None
         self._conn = None
         self._catalog_checked = False
+        self._shape_checked = False
         self.reconnects = 0
 
     def __repr__(self) -> str:
@@ -121,20 +124,36 @@ class VectorStore:
 
     # -- schema ----------------------------------------------------------------------------
     def init_schema(self, dimension: int, with_report_fk: bool = False) -> bool:
-        """Create schema and table if missing (idempotent). Returns True when the foreign key
-        to the reports table was declared (asked for and that table exists)."""
+        """Create schema and table if missing (idempotent). An existing table must be shaped
+        like ours (``schema_check``): otherwise ``SchemaMismatchError`` /
+        ``NeedsMigrationError`` and nothing is written. Returns True when the foreign key to
+        the reports table was declared (asked for and that table exists)."""
         dimension = int(dimension)
         if dimension < 1:
             raise ValueError(f"vector dimension must be positive, got {dimension}")
 
         def action(conn):
+            shape = self.dialect.describe_table(conn)
+            conn.rollback()
+            if shape is not None:
+                schema_check.check_shape(self.spec, shape, dimension,
+                                         self.dialect.qualified_table, redact_url(self.url),
+                                         self.dialect.enforces_varchar_length)
+                self._shape_checked = True
+                return False
             add_fk = (with_report_fk and self.spec.foreign_key is not None
                       and self._reports_table_exists(conn))
             cur = conn.cursor()
-            for statement in self.dialect.create_table_statements(dimension, add_fk):
-                cur.execute(statement)
-            conn.commit()
+            try:
+                for statement in self.dialect.create_table_statements(dimension, add_fk):
+                    cur.execute(statement)
+                conn.commit()
+            except Exception as exc:
+                if not self.dialect.is_duplicate_table(exc):
+                    raise
+                self._rollback_quietly()  # created meanwhile by another process
             self.dialect.prepare(conn)
+            self._shape_checked = True
             return add_fk
         added = self._with_retry(action, "init_schema")
         if with_report_fk and not added:
@@ -144,12 +163,31 @@ class VectorStore:
         self.dimension = dimension
         return added
 
+    def shape(self) -> Optional[TableShape]:
+        """The existing table's columns, key and vector length (None: no such table)."""
+        return self._read(self.dialect.describe_table, "describe")
+
+    def check_writable(self, dimension: Optional[int] = None) -> None:
+        """Raise when the existing table is not shaped like ours (once per store)."""
+        if not self._shape_checked:
+            schema_check.check_table_writable(self, dimension)
+            self._shape_checked = True
+
     def _reports_table_exists(self, conn) -> bool:
-        sql, params = self.dialect.table_exists_sql(self.dialect.schema,
-                                                    self.spec.foreign_key[1])
-        cur = conn.cursor()
-        cur.execute(sql, params)
-        return cur.fetchone() is not None
+        """True when the foreign key's target exists and is keyed on the FK column alone (a
+        reports table of another tool, with no unique StudyID, gets no foreign key)."""
+        from dicomvec.io.stores.tables import REPORTS
+        column, table = self.spec.foreign_key
+        target = dialect_for_url(self.url, schema=self.dialect.schema or DEFAULT_SCHEMA,
+                                 table=table, spec=REPORTS)
+        shape = target.describe_table(conn)
+        if shape is None:
+            return False
+        if shape.key != (column.lower(),):
+            log.warning("no foreign key on %s: %s is keyed on (%s), not on %s alone",
+                        column, target.qualified_table, ", ".join(shape.key), column)
+            return False
+        return True
 
     def _index_exists(self, conn) -> bool:
         """True when the dialect can tell the index exists (dialects whose DDL has no
@@ -177,6 +215,8 @@ class VectorStore:
                      self.dialect.name)
             return
 
+        self.check_writable()  # no index on a table that is not ours
+
         def action(conn):
             self.dialect.check_index_support(conn)
             if self._index_exists(conn):
@@ -188,6 +228,10 @@ class VectorStore:
                     cur.execute(statement)
                 conn.commit()
             except Exception as exc:
+                if self.dialect.is_duplicate_index(exc):
+                    self._rollback_quietly()
+                    log.info("vector index already exists on %s", self.dialect.qualified_table)
+                    return
                 if self.dialect.is_transient(exc) or not hasattr(self.dialect, "index_error"):
                     raise
                 self._rollback_quietly()
@@ -216,6 +260,13 @@ class VectorStore:
                 failed.append((row, ValueError(f"{self.spec.row_label(row)}: {problem}")))
             else:
                 good.append(row)
+        if good:
+            try:
+                self.check_writable(dimension)  # never write into a table that is not ours
+            except Exception as exc:
+                if not self.dialect.is_transient(exc):
+                    raise
+                return failed + [(row, exc) for row in good]
         return failed + self._upsert_valid(good, dimension)
 
     def _upsert_valid(self, rows: Sequence[ImageRow],
@@ -257,13 +308,17 @@ class VectorStore:
 
     # -- reads -----------------------------------------------------------------------------
     def existing_ids(self, image_ids: Iterable[str], provider: str,
-                     preprocess_version: Optional[str] = None) -> Set[str]:
-        """Which of ``image_ids`` already have a row for ``provider`` (and version)."""
+                     preprocess_version: Optional[str] = None,
+                     valid_dimension: Optional[int] = None) -> Set[str]:
+        """Which of ``image_ids`` already have a row for ``provider`` (and version; a row from
+        before versions were recorded counts). ``valid_dimension``: only rows whose vector has
+        that length and is not all zeros (``run --replace-invalid``)."""
         ids = list(dict.fromkeys(image_ids))
         found: Set[str] = set()
         for start in range(0, len(ids), self.id_chunk):
             chunk = ids[start:start + self.id_chunk]
-            sql, params = self.dialect.existing_sql(chunk, provider, preprocess_version)
+            sql, params = self.dialect.existing_sql(chunk, provider, preprocess_version,
+                                                    valid_dimension)
 
             def action(conn, sql=sql, params=params):
                 cur = conn.cursor()
@@ -273,13 +328,7 @@ class VectorStore:
         return found
 
     def count(self, provider: Optional[str] = None) -> int:
-        sql, params = self.dialect.count_sql(provider)
-
-        def action(conn):
-            cur = conn.cursor()
-            cur.execute(sql, params)
-            return int(cur.fetchone()[0])
-        return self._read(action, "count")
+        return int(self.query(*self.dialect.count_sql(provider), "count")[0][0])
 
     def vectors(self, image_ids: Sequence[str], provider: str) -> Dict[str, np.ndarray]:
         """Stored vectors by ImageID (for checks and image → image search by ID)."""
@@ -288,10 +337,31 @@ class VectorStore:
         sql, params = self.dialect.vectors_sql(list(image_ids), provider)
 
         def action(conn):
+            if self.dimension is None:
+                self.dimension = self.dialect.table_dimension(conn)
             cur = conn.cursor()
             cur.execute(sql, params)
-            return {r[0]: self.dialect.decode_vector(r[1]) for r in cur.fetchall()}
+            found = {}
+            for image_id, value in cur.fetchall():
+                vector = self.dialect.decode_vector(value)
+                if self.dimension is not None and vector.shape[0] != self.dimension:
+                    raise StoredVectorError(
+                        f"the stored vector of {image_id} has {vector.shape[0]} values, the "
+                        f"table {self.dialect.qualified_table} stores {self.dimension} "
+                        "(truncated or written by another tool?)")
+                found[image_id] = vector
+            return found
         return self._read(action, "vectors")
+
+    def provider_counts(self) -> Dict[Optional[str], int]:
+        """Rows per Provider."""
+        rows = self.query(self.dialect.provider_counts_sql(), None, "provider_counts")
+        return {r[0]: int(r[1]) for r in rows}
+
+    def invalid_rows(self, dimension: int) -> List[tuple]:
+        """Key values of rows whose vector is NULL, all zeros or not ``dimension`` long."""
+        sql, params = self.dialect.invalid_vectors_sql(dimension)
+        return [tuple(r) for r in self.query(sql, params, "invalid_rows")]
 
     def nearest(self, vector: np.ndarray, k: int = 10, provider: Optional[str] = None,
                 view_position: Optional[str] = None) -> List[Hit]:
@@ -300,6 +370,14 @@ class VectorStore:
             lambda conn: self.dialect.nearest(conn, np.asarray(vector, dtype=np.float32), k,
                                               provider, view_position),
             "nearest")
+
+    def query(self, sql: str, params: Optional[Sequence] = None, what: str = "query") -> list:
+        """Every row of one read-only statement (``_read``: retried, transaction ended)."""
+        def action(conn):
+            cur = conn.cursor()
+            cur.execute(sql) if params is None else cur.execute(sql, list(params))
+            return cur.fetchall()
+        return self._read(action, what)
 
     def _read(self, action, what: str):
         """``_with_retry`` for a query, ending its transaction afterwards so an idle worker

@@ -14,6 +14,8 @@ identifiers, never raw user text.
 from __future__ import annotations
 
 import abc
+import collections
+import dataclasses
 import importlib
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -21,7 +23,8 @@ from urllib.parse import parse_qsl, urlencode, urlparse
 
 import numpy as np
 
-from dicomvec.io.stores.tables import IMAGES, REPORTS_TABLE, TEXT, VECTOR, TableSpec
+from dicomvec.io.stores.tables import (IMAGES, REPORTS_TABLE, TEXT, VECTOR, ColumnInfo,
+                                       TableShape, TableSpec, declared_length)
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -31,6 +34,16 @@ def validate_identifier(name: str) -> str:
     if not _IDENTIFIER.match(name or ""):
         raise ValueError(f"invalid SQL identifier {name!r}: use letters, digits and _")
     return name
+
+
+class SinkAuthenticationError(ValueError):
+    """The database refused the login (wrong user or password, password change required):
+    never retried, reported as one line (the CLI exits 2)."""
+
+
+class StoredVectorError(ValueError):
+    """A vector read back from the database does not have the table's length (e.g. a
+    truncated text value)."""
 
 
 def validate_k(k: int) -> int:
@@ -53,6 +66,15 @@ class Dialect(abc.ABC):
     marker = "?"
     #: the SQL type of a ``TEXT`` (long text) column
     text_type = "TEXT"
+    #: ``IF NOT EXISTS`` in CREATE TABLE; a dialect without it gets plain CREATE TABLE, run
+    #: only after the core found the table missing
+    create_if_not_exists = True
+    #: whether the database enforces VARCHAR lengths (SQLite does not: no widening needed)
+    enforces_varchar_length = True
+    #: whether the catalog lists every vector index (IRIS may not list HNSW indexes)
+    index_catalog_complete = True
+    #: columns the database adds by itself, ignored when comparing shapes
+    system_columns: Tuple[str, ...] = ()
 
     def __init__(self, url: str, schema: str, table: Optional[str] = None,
                  spec: TableSpec = IMAGES):
@@ -110,13 +132,187 @@ class Dialect(abc.ABC):
             column, table = self.spec.foreign_key
             lines.append(f"  FOREIGN KEY ({column}) REFERENCES {self.qualify(table)}({column})")
         body = ",\n".join(lines)
+        exists = "IF NOT EXISTS " if self.create_if_not_exists else ""
         return self.schema_statements() + [
-            f"CREATE TABLE IF NOT EXISTS {self.qualified_table} (\n{body}\n)"]
+            f"CREATE TABLE {exists}{self.qualified_table} (\n{body}\n)"]
 
-    def table_exists_sql(self, schema: str, table: str) -> Tuple[str, list]:
-        """A query returning a row when ``schema.table`` exists."""
-        return ("SELECT 1 FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = "
-                f"{self.marker} AND TABLE_NAME = {self.marker}", [schema, table])
+    def is_duplicate_table(self, exc: BaseException) -> bool:
+        """True when CREATE TABLE failed only because the table exists (a concurrent init)."""
+        return False
+
+    def is_duplicate_index(self, exc: BaseException) -> bool:
+        """True when CREATE INDEX failed only because the index name exists."""
+        return False
+
+    # -- the catalog: the shape of an existing table (dicomvec's, or another tool's found by
+    # ``find_table``); ``names``: (schema, table) as the catalog spells them -------------------
+    def quote_identifier(self, name: str) -> str:
+        """``name`` as SQL text that refers to exactly that catalog name."""
+        return name
+
+    def sql_name(self, schema: str, table: str) -> str:
+        """The qualified SQL name of a table spelled (``schema``, ``table``) in the catalog."""
+        return ".".join(self.quote_identifier(part) for part in (schema, table) if part)
+
+    def catalog_names(self) -> Tuple[str, str]:
+        """(schema, table) of the bound table as the catalog stores dicomvec's names."""
+        return self.schema, self.table
+
+    def find_table_sql(self) -> Optional[Tuple[str, list]]:
+        """(schema, table) rows of the tables named like the bound one, ignoring case (None:
+        the database's names ignore case already)."""
+        return ("SELECT TABLE_SCHEMA, TABLE_NAME FROM INFORMATION_SCHEMA.TABLES WHERE "
+                f"UPPER(TABLE_SCHEMA) = UPPER({self.marker}) AND UPPER(TABLE_NAME) = "
+                f"UPPER({self.marker}) ORDER BY TABLE_SCHEMA, TABLE_NAME",
+                [self.schema, self.table])
+
+    def find_table(self, conn) -> Optional[Tuple[str, str]]:
+        """The catalog's (schema, table) of the bound table, names matched ignoring case (the
+        spelling dicomvec's unquoted names get, when several); None when there is none."""
+        if self.find_table_sql() is None:
+            return self.catalog_names()
+        cur = conn.cursor()
+        cur.execute(*self.find_table_sql())
+        found = [(str(r[0]), str(r[1])) for r in cur.fetchall()]
+        return self.catalog_names() if self.catalog_names() in found else \
+            (found[0] if found else None)
+
+    def describe_sql(self, names: Tuple[str, str]) -> Tuple[str, list]:
+        """Columns of the table: rows of (name, type, VARCHAR length, nullable, default)."""
+        m = self.marker
+        return ("SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH, IS_NULLABLE, "
+                "COLUMN_DEFAULT FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = "
+                f"{m} AND TABLE_NAME = {m} ORDER BY ORDINAL_POSITION", list(names))
+
+    def primary_key_sql(self, names: Tuple[str, str]) -> Tuple[str, list]:
+        """The primary-key columns of the table, in key order."""
+        m = self.marker
+        # the join sqlalchemy-iris uses for its primary-key reflection on live IRIS
+        return ("SELECT k.COLUMN_NAME FROM INFORMATION_SCHEMA.KEY_COLUMN_USAGE k JOIN "
+                "INFORMATION_SCHEMA.TABLE_CONSTRAINTS c ON k.CONSTRAINT_NAME = "
+                "c.CONSTRAINT_NAME AND k.TABLE_SCHEMA = c.TABLE_SCHEMA AND k.TABLE_NAME = "
+                f"c.TABLE_NAME WHERE k.TABLE_SCHEMA = {m} AND k.TABLE_NAME = {m} "
+                "AND c.CONSTRAINT_TYPE = 'PRIMARY KEY' ORDER BY k.ORDINAL_POSITION",
+                list(names))
+
+    def primary_key_fallback_sql(self, names: Tuple[str, str]) -> Optional[Tuple[str, list]]:
+        """A second place to look for the key when the first finds none (None: nowhere)."""
+        return None
+
+    def column_info(self, row) -> ColumnInfo:
+        name, data_type, length, nullable, default = row[:5]
+        base = str(data_type or "").strip().upper()
+        return ColumnInfo(name=str(name), type=base.split("(")[0].strip(),
+                          length=int(length) if length not in (None, "") and
+                          str(length).lstrip("-").isdigit() and int(length) > 0 else
+                          declared_length(base),
+                          nullable=str(nullable).upper() not in ("NO", "0", "FALSE"),
+                          has_default=default not in (None, ""), declared=str(data_type or ""))
+
+    def describe_table(self, conn, names: Optional[Tuple[str, str]] = None,
+                       dimension: bool = True) -> Optional[TableShape]:
+        """The shape of the table ``names`` (default: the bound table) from the catalog, or
+        None when it does not exist. ``dimension``: also learn the bound table's vector length
+        (declared, else sampled from stored rows)."""
+        names = names or self.catalog_names()
+        cur = conn.cursor()
+        cur.execute(*self.describe_sql(names))
+        columns = tuple(self.column_info(r) for r in cur.fetchall())
+        columns = tuple(c for c in columns if c.name.upper() not in self.system_columns)
+        if not columns:
+            return None
+        key = ()
+        for statement in (self.primary_key_sql(names), self.primary_key_fallback_sql(names)):
+            if statement and not key:
+                cur.execute(*statement)
+                key = tuple(str(r[0]).lower() for r in cur.fetchall())
+        shape = TableShape(columns=columns, key=key)
+        if not dimension:
+            return shape
+        length = self.declared_dimension(conn, columns)
+        if length is None and shape.column(self.spec.vector) is not None:
+            length = self.sampled_dimension(conn)
+        return dataclasses.replace(shape, dimension=length)
+
+    def declared_dimension(self, conn, columns: Sequence[ColumnInfo]) -> Optional[int]:
+        """The vector length the catalog declares, when it does."""
+        return None
+
+    def limited_sql(self, select: str, rest: str, n: int) -> str:
+        """``SELECT select rest`` returning at most ``n`` rows (no ORDER BY in ``rest``)."""
+        return f"SELECT {select} {rest} LIMIT {int(n)}"
+
+    def sample_vectors_sql(self, expression: str, column: str, table: str, n: int) -> str:
+        """``expression`` (of ``column``) for up to ``n`` rows of ``table`` with a vector."""
+        return self.limited_sql(expression, f"FROM {table} WHERE {column} IS NOT NULL", n)
+
+    def first_vector_sql(self) -> str:
+        v = self.spec.vector
+        return self.sample_vectors_sql(v, v, self.qualified_table, 100)
+
+    def sampled_dimension(self, conn) -> Optional[int]:
+        """The most common length of up to 100 stored vectors (tables whose type does not
+        declare it); None for an empty table."""
+        cur = conn.cursor()
+        cur.execute(self.first_vector_sql())
+        lengths = collections.Counter(self.vector_length(row[0]) for row in cur.fetchall()
+                                      if row[0] is not None)
+        return lengths.most_common(1)[0][0] if lengths else None
+
+    def vector_length(self, value) -> int:
+        return int(self.decode_vector(value).shape[0])
+
+    # -- upgrades of an older dicomvec table -------------------------------------------------
+    def add_column_sql(self, column, dimension: int) -> str:
+        """``ALTER TABLE ... ADD COLUMN`` for a nullable spec column."""
+        sql = self.column_sql(column, dimension).strip()
+        return f"ALTER TABLE {self.qualified_table} ADD COLUMN {sql}"
+
+    def widen_column_sql(self, column) -> Optional[str]:
+        """Widen a VARCHAR column to the spec's length (None: not needed here)."""
+        return (f"ALTER TABLE {self.qualified_table} ALTER COLUMN {column.name} "
+                f"TYPE {column.type}")
+
+    # -- checks ----------------------------------------------------------------------------
+    def server_version_sql(self) -> str:
+        return "SELECT version()"
+
+    def schema_exists_sql(self) -> Tuple[str, list]:
+        return (f"SELECT 1 FROM INFORMATION_SCHEMA.SCHEMATA WHERE SCHEMA_NAME = {self.marker}",
+                [self.schema])
+
+    def vector_features(self, conn, version_text: str):
+        """(name, ok, detail) for the VECTOR type and the HNSW index on this server."""
+        return []
+
+    def scratch_statements(self, scratch_table: str) -> Tuple[List[str], List[str]]:
+        """(create, drop): a throw-away table with a vector column and an index, to learn
+        whether this user may create tables and indexes here."""
+        scratch = type(self)(self.url, schema=self.schema, table=scratch_table, spec=self.spec)
+        create = scratch.create_table_statements(3)
+        create.append(f"CREATE INDEX {scratch_table}Idx ON {scratch.qualified_table} "
+                      f"({self.spec.key[0]})")
+        return create, [f"DROP TABLE {scratch.qualified_table}"]
+
+    def provider_counts_sql(self) -> str:
+        return (f"SELECT Provider, COUNT(*) FROM {self.qualified_table} "
+                "GROUP BY Provider ORDER BY Provider")
+
+    def valid_vector_sql(self, dimension: int) -> Tuple[str, list]:
+        """A condition true for a stored vector of the right length that is not all zeros."""
+        raise NotImplementedError
+
+    def invalid_vectors_sql(self, dimension: int) -> Tuple[str, list]:
+        """Key columns of the rows whose vector is NULL, zero or of another length."""
+        valid, params = self.valid_vector_sql(dimension)
+        return (f"SELECT {', '.join(self.spec.key)} FROM {self.qualified_table} "
+                f"WHERE NOT ({valid}) ORDER BY {', '.join(self.spec.key)}", params)
+
+    def explain(self, conn, sql: str, params: list) -> str:
+        """The query plan of ``sql`` as text."""
+        cur = conn.cursor()
+        cur.execute("EXPLAIN " + sql, params)
+        return "\n".join(" ".join(str(v) for v in row) for row in cur.fetchall())
 
     def table_dimension(self, conn) -> Optional[int]:
         """The declared vector length of the existing table, when the catalog tells it."""
@@ -165,13 +361,21 @@ class Dialect(abc.ABC):
 
     # -- reads -----------------------------------------------------------------------------
     def existing_sql(self, image_ids: Sequence[str], provider: str,
-                     preprocess_version: Optional[str]) -> Tuple[str, list]:
+                     preprocess_version: Optional[str],
+                     valid_dimension: Optional[int] = None) -> Tuple[str, list]:
+        """ImageIDs stored for ``provider``: made with ``preprocess_version`` (a row from
+        before versions were recorded, NULL, counts as stored) and, with ``valid_dimension``,
+        only rows whose vector is valid at that length."""
         sql = (f"SELECT ImageID FROM {self.qualified_table} WHERE Provider = {self.marker}"
                f" AND ImageID IN ({self.placeholders(len(image_ids))})")
         params = [provider, *image_ids]
         if preprocess_version is not None:
-            sql += f" AND PreprocessVersion = {self.marker}"
+            sql += (f" AND (PreprocessVersion = {self.marker} OR PreprocessVersion IS NULL)")
             params.append(preprocess_version)
+        if valid_dimension is not None:
+            valid, valid_params = self.valid_vector_sql(valid_dimension)
+            sql += f" AND {valid}"
+            params += valid_params
         return sql, params
 
     def count_sql(self, provider: Optional[str]) -> Tuple[str, list]:

@@ -7,11 +7,19 @@ The password never travels in the URL or on the command line: it is read when co
 Writes are ``INSERT OR UPDATE ... TO_VECTOR(?, DOUBLE, <dim>)`` with the vector bound as a
 comma-separated string parameter (never inlined: a 1024-d literal is ~11-20 KB and IRIS caps
 inlined literals), ``executemany`` per batch, autocommit off and one commit per batch.
-Search is ``SELECT TOP k ... VECTOR_COSINE(...) AS score ... ORDER BY score DESC``; the HNSW
-index (IRIS 2025.1+) is built by ``create-index`` after a bulk load.
+Search is ``SELECT TOP k ... VECTOR_COSINE(Vector, TO_VECTOR(?)) AS score ... ORDER BY
+VECTOR_COSINE(Vector, TO_VECTOR(?)) DESC`` (the query vector bound twice): the documented form
+the HNSW index (IRIS 2025.1+, built by ``create-index`` after a bulk load) serves.
+
+No ``CREATE SCHEMA`` (IRIS creates the schema with its first table; ``CREATE SCHEMA IF NOT
+EXISTS`` is documented only from 2026.1) and no ``CREATE TABLE IF NOT EXISTS``: the core reads
+INFORMATION_SCHEMA first and creates the table only when it is missing (SQLCODE -201, created
+meanwhile by another process, counts as done). Every statement this dialect sends is listed in
+``tests/golden/iris_statements.sql``.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -20,7 +28,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from dicomvec.io.stores.dialects import Dialect, redact_url, validate_k
+from dicomvec.io.stores.dialects import (Dialect, SinkAuthenticationError, redact_url,
+                                         validate_k)
+from dicomvec.io.stores.tables import ColumnInfo
+from dicomvec.io.stores.vectors import decode_vector as decode_stored_vector, vector_text
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +43,19 @@ DEFAULT_NAMESPACE = "USER"
 VECTOR_TYPE = "DOUBLE"
 #: IRIS release that introduced ``CREATE INDEX ... AS HNSW``
 HNSW_MIN_VERSION = (2025, 1)
+#: IRIS release that introduced the VECTOR type and VECTOR_COSINE
+VECTOR_MIN_VERSION = (2024, 1)
 
 _SQLCODE = re.compile(r"SQLCODE:?\s*<?\s*(-?\d+)\s*>?", re.IGNORECASE)
-#: SQLCODE -114: row/table lock conflict (another process holds the lock) - retry later
-_TRANSIENT_SQLCODES = {-114}
+#: SQLCODE -110 (lock timeout, e.g. writing while an index builds) and -114 (row/table locked
+#: by another process): retry later
+_TRANSIENT_SQLCODES = {-110, -114}
+#: SQLCODE -201: table already exists; -324: index name already exists
+_DUPLICATE_TABLE, _DUPLICATE_INDEX = -201, -324
+#: a refused login arrives as <COMMUNICATION LINK ERROR> with one of these (never transient)
+_AUTH_FAILURES = ("access denied", "invalid message received")
+#: the login status of a predefined account whose password must be changed first
+_PASSWORD_CHANGE = ("password change", "change password", "changepassword", "password expired")
 _VERSION = re.compile(r"\b(20\d\d)\.(\d+)\b")
 
 
@@ -118,21 +138,89 @@ class IrisDialect(Dialect):
                                       namespace=self.namespace, username=self.username,
                                       password=password, autoCommit=False)
         except Exception as exc:
-            if sqlcode(exc) == -853 or "password change" in str(exc).lower():
-                raise PermissionError(
-                    f"IRIS user {self.username!r} must change its password before first use "
-                    "(SQLCODE -853): log in once to the Management Portal "
-                    f"(http://{self.hostname}:52773/csp/sys/UtilHome.csp) or run "
-                    "`iris session IRIS` in the container, set a new password, then put it in "
-                    f"{PASSWORD_ENV}") from None
+            error = self.login_error(exc)
+            if error is not None:
+                raise error from None  # one line; the driver's text adds nothing
             raise
 
+    def login_error(self, exc: BaseException) -> Optional[SinkAuthenticationError]:
+        """A one-line error for a refused login (None: not a login problem)."""
+        text = str(exc).lower()
+        where = f"{self.hostname}:{self.port}/{self.namespace}"
+        if any(marker in text for marker in _PASSWORD_CHANGE):
+            return SinkAuthenticationError(
+                f"IRIS user {self.username!r} must change its password before first use (the "
+                "server's login status says a password change is required): log in once to the "
+                f"Management Portal (http://{self.hostname}:52773/csp/sys/UtilHome.csp) or run "
+                "`iris session IRIS` in the container, set a new password, then put it in "
+                f"{PASSWORD_ENV}")
+        if any(marker in text for marker in _AUTH_FAILURES):
+            return SinkAuthenticationError(
+                f"IRIS refused the login of user {self.username!r} at {where} (Access Denied): "
+                f"check the user name in the URL and the password in {PASSWORD_ENV} or "
+                f"{PASSWORD_FILE_ENV}, and that the user may use namespace {self.namespace}")
+        return None
+
     def is_transient(self, exc: BaseException) -> bool:
+        if isinstance(exc, SinkAuthenticationError) or self.login_error(exc) is not None:
+            return False
         if "COMMUNICATION LINK ERROR" in str(exc).upper():
             return True
         return sqlcode(exc) in _TRANSIENT_SQLCODES
 
+    def is_duplicate_table(self, exc: BaseException) -> bool:
+        return sqlcode(exc) == _DUPLICATE_TABLE
+
+    def is_duplicate_index(self, exc: BaseException) -> bool:
+        return sqlcode(exc) == _DUPLICATE_INDEX
+
     # -- schema ----------------------------------------------------------------------------
+    create_if_not_exists = False
+    index_catalog_complete = False
+    #: the RowID IRIS adds to every table
+    system_columns = ("ID", "%ID")
+
+    def schema_statements(self) -> List[str]:
+        return []  # IRIS creates the schema with the first table created in it
+
+    def column_info(self, row) -> ColumnInfo:
+        info = super().column_info(row)
+        if "VECTOR" in info.type:
+            return dataclasses.replace(info, type="VECTOR", length=None)
+        return info
+
+    def primary_key_fallback_sql(self, names: Tuple[str, str]) -> Optional[Tuple[str, list]]:
+        """INFORMATION_SCHEMA.INDEXES flags the primary-key index's columns (PRIMARY_KEY)."""
+        return ("SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.INDEXES WHERE TABLE_SCHEMA = ? AND "
+                "TABLE_NAME = ? AND PRIMARY_KEY = 1 ORDER BY ORDINAL_POSITION", list(names))
+
+    def declared_dimension(self, conn, columns) -> Optional[int]:
+        """IRIS's INFORMATION_SCHEMA may not carry the VECTOR length: None, so the core reads
+        it from a stored row."""
+        return None
+
+    def limited_sql(self, select: str, rest: str, n: int) -> str:
+        return f"SELECT TOP {int(n)} {select} {rest}"
+
+    def widen_column_sql(self, column) -> Optional[str]:
+        return (f"ALTER TABLE {self.qualified_table} ALTER COLUMN {column.name} "
+                f"{column.type}")
+
+    def server_version_sql(self) -> str:
+        return "SELECT $ZVERSION"
+
+    def valid_vector_sql(self, dimension: int) -> Tuple[str, list]:
+        # a VECTOR(DOUBLE, n) column enforces the length; a zero vector has dot product 0
+        v = self.spec.vector
+        return f"{v} IS NOT NULL AND VECTOR_DOT_PRODUCT({v}, {v}) > 0", []
+
+    def table_dimension(self, conn) -> Optional[int]:
+        try:
+            return self.sampled_dimension(conn)
+        except Exception:
+            log.debug("could not read a stored vector's length", exc_info=True)
+            return None
+
     def vector_type(self, dimension: int) -> str:
         return f"VECTOR({VECTOR_TYPE}, {int(dimension)})"
 
@@ -159,6 +247,18 @@ class IrisDialect(Dialect):
             log.debug("could not read the IRIS version", exc_info=True)
             return None
 
+    def vector_features(self, conn, version_text: str):
+        """(name, ok, detail) for the VECTOR type and the HNSW index at this version."""
+        version = parse_zversion(version_text)
+        if version is None:
+            return [("VECTOR type", None, "unknown: could not read the IRIS version"),
+                    ("HNSW index", None, "unknown: could not read the IRIS version")]
+        shown = f"IRIS {version[0]}.{version[1]}"
+        return [("VECTOR type", version >= VECTOR_MIN_VERSION,
+                 f"{shown}: VECTOR, TO_VECTOR, VECTOR_COSINE need 2024.1+"),
+                ("HNSW index", version >= HNSW_MIN_VERSION,
+                 f"{shown}: CREATE INDEX ... AS HNSW needs 2025.1+")]
+
     def check_index_support(self, conn) -> None:
         require_hnsw(self.server_version(conn))
 
@@ -182,20 +282,19 @@ class IrisDialect(Dialect):
     def nearest_sql(self, vector, k, provider, view_position=None) -> Tuple[str, list]:
         where, params = self.filters_sql(provider, view_position)
         dimension = int(np.asarray(vector).reshape(-1).shape[0])
+        cosine = f"VECTOR_COSINE({self.spec.vector}, {self.vector_param(dimension)})"
         sql = (f"SELECT TOP {validate_k(k)} {', '.join(self.spec.hit_columns)}, "
-               f"VECTOR_COSINE({self.spec.vector}, {self.vector_param(dimension)}) AS score "
-               f"FROM {self.qualified_table}{where} ORDER BY score DESC")
-        return sql, [self.encode_vector(vector), *params]
+               f"{cosine} AS score FROM {self.qualified_table}{where} ORDER BY {cosine} DESC")
+        query = self.encode_vector(vector)
+        return sql, [query, *params, query]
 
     # -- values ----------------------------------------------------------------------------
     def encode_vector(self, vector: np.ndarray) -> str:
         """Comma-separated decimal text; 9 significant digits round-trip a float32 exactly."""
-        values = np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
-        return ",".join(["%.9g"] * len(values)) % tuple(values)
+        return vector_text(vector, np.float32)
 
     def decode_vector(self, value) -> np.ndarray:
+        """A stored vector (IRIS returns text, ``"0.1,0.2,..."``) → float32 array."""
         if isinstance(value, (bytes, bytearray)):
             value = value.decode("ascii")
-        if isinstance(value, str):
-            return np.array(value.strip().strip("[]").split(","), dtype=np.float32)
-        return np.asarray(value, dtype=np.float32)
+        return decode_stored_vector(value).astype(np.float32)

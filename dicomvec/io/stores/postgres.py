@@ -12,17 +12,26 @@ Search orders by the ``<=>`` cosine distance (score = 1 - distance) so an HNSW
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Tuple
+import re
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dicomvec.io.stores.dialects import Dialect, redact_url, validate_k
+from dicomvec.io.stores.dialects import (Dialect, SinkAuthenticationError, redact_url,
+                                         validate_k)
+from dicomvec.io.stores.tables import ColumnInfo
+from dicomvec.io.stores.vectors import decode_vector as decode_stored_vector
 
 log = logging.getLogger(__name__)
 
 #: SQLSTATEs worth a reconnect and retry: connection exceptions (08xxx), admin/crash shutdown,
 #: cannot-connect-now, serialization failure and deadlock.
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "40001", "40P01")
+#: libpq's words for a refused login (the connect error often carries no SQLSTATE)
+_AUTH_FAILURES = ("password authentication failed", "no password supplied",
+                  "authentication failed for user", "role \"")
+#: a name PostgreSQL keeps as written when unquoted
+_PLAIN_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 class PostgresDialect(Dialect):
@@ -36,8 +45,18 @@ class PostgresDialect(Dialect):
     def connect(self):
         import psycopg
         log.debug("connecting to %s", redact_url(self.url))
-        return psycopg.connect(self.url, autocommit=False, connect_timeout=15,
-                               application_name="dicomvec")
+        try:
+            return psycopg.connect(self.url, autocommit=False, connect_timeout=15,
+                                   application_name="dicomvec")
+        except psycopg.OperationalError as exc:
+            text = str(exc)
+            if getattr(exc, "sqlstate", None) in ("28P01", "28000") or \
+                    any(marker in text for marker in _AUTH_FAILURES):
+                reason = text.strip().splitlines()[-1].split("FATAL:")[-1].strip()
+                raise SinkAuthenticationError(
+                    f"PostgreSQL refused the login at {redact_url(self.url)}: {reason} (check "
+                    "the user, PGPASSWORD or ~/.pgpass)") from None
+            raise
 
     def prepare(self, conn) -> None:
         """Register pgvector's numpy adapters once the ``vector`` type exists."""
@@ -59,11 +78,6 @@ class PostgresDialect(Dialect):
             not sqlstate
 
     # -- schema ----------------------------------------------------------------------------
-    def table_exists_sql(self, schema: str, table: str) -> Tuple[str, list]:
-        # unquoted names are stored lower-case
-        return ("SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
-                "AND table_name = %s", [schema.lower(), table.lower()])
-
     def table_dimension(self, conn) -> Optional[int]:
         cur = conn.cursor()
         cur.execute("SELECT a.atttypmod FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) "
@@ -71,6 +85,59 @@ class PostgresDialect(Dialect):
         row = cur.fetchone()
         conn.rollback()
         return int(row[0]) if row and row[0] and row[0] > 0 else None
+
+    # -- the shape of an existing table -----------------------------------------------------
+    def quote_identifier(self, name: str) -> str:
+        """Unquoted names fold to lower case: any other spelling is quoted."""
+        return name if _PLAIN_IDENTIFIER.match(name) else '"' + name.replace('"', '""') + '"'
+
+    def catalog_names(self) -> Tuple[str, str]:
+        return self.schema.lower(), self.table.lower()
+
+    def describe_sql(self, names: Tuple[str, str]) -> Tuple[str, list]:
+        return ("SELECT a.attname, t.typname, a.atttypmod, a.attnotnull, a.atthasdef "
+                "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
+                "ORDER BY a.attnum", [self.sql_name(*names)])
+
+    def column_info(self, row) -> ColumnInfo:
+        name, declared, typmod, notnull, has_default = row
+        typname = str(declared).upper()
+        length = typmod - 4 if typname in ("VARCHAR", "BPCHAR") and typmod > 4 else None
+        return ColumnInfo(name=name, type=typname, length=length, nullable=not notnull,
+                          has_default=bool(has_default), declared=str(declared))
+
+    def primary_key_sql(self, names: Tuple[str, str]) -> Tuple[str, list]:
+        return ("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = "
+                "i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) "
+                "AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                [self.sql_name(*names)])
+
+    def declared_dimension(self, conn, columns: Sequence[ColumnInfo]) -> Optional[int]:
+        return self.table_dimension(conn)
+
+    def first_vector_sql(self) -> str:
+        v = self.spec.vector
+        return self.sample_vectors_sql(f"vector_dims({v})", v, self.qualified_table, 100)
+
+    def vector_length(self, value) -> int:
+        return int(value)  # first_vector_sql selects vector_dims(...)
+
+    def sampled_dimension(self, conn) -> Optional[int]:
+        try:
+            return super().sampled_dimension(conn)
+        except Exception:  # not a pgvector column (e.g. bytea): no length to read
+            conn.rollback()
+            return None
+
+    def server_version_sql(self) -> str:
+        return ("SELECT version() || ' / pgvector ' || COALESCE((SELECT extversion FROM "
+                "pg_extension WHERE extname = 'vector'), 'not installed')")
+
+    def valid_vector_sql(self, dimension: int) -> Tuple[str, list]:
+        v = self.spec.vector
+        return (f"{v} IS NOT NULL AND vector_dims({v}) = %s AND vector_norm({v}) > 0",
+                [int(dimension)])
 
     def schema_statements(self) -> List[str]:
         return ["CREATE EXTENSION IF NOT EXISTS vector"] + super().schema_statements()
@@ -81,6 +148,34 @@ class PostgresDialect(Dialect):
     @property
     def index_name(self) -> str:
         return f"{self.table}_vector_hnsw"
+
+    def schema_exists_sql(self) -> Tuple[str, list]:
+        return "SELECT 1 FROM pg_namespace WHERE nspname = %s", [self.schema.lower()]
+
+    def index_exists_sql(self) -> Tuple[str, list]:
+        return ("SELECT 1 FROM pg_indexes WHERE schemaname = %s AND tablename = %s AND "
+                "indexname = %s", [self.schema.lower(), self.table.lower(),
+                                   self.index_name.lower()])
+
+    def vector_features(self, conn, version_text: str):
+        """(name, ok, detail) for the VECTOR type and the HNSW index on this server."""
+        cur = conn.cursor()
+        cur.execute("SELECT (SELECT extversion FROM pg_extension WHERE extname = 'vector'), "
+                    "(SELECT default_version FROM pg_available_extensions "
+                    "WHERE name = 'vector')")
+        installed, available = cur.fetchone()
+        conn.rollback()
+        version = installed or available
+        if not version:
+            return [("VECTOR type", False, "pgvector is not available on this server "
+                     "(install the extension)"), ("HNSW index", False, "needs pgvector 0.5+")]
+        state = f"pgvector {installed} installed" if installed else \
+            f"pgvector {available} available (init-db runs CREATE EXTENSION)"
+        numbers = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+        hnsw = numbers >= (0, 5)
+        return [("VECTOR type", True, state),
+                ("HNSW index", hnsw, f"USING hnsw (vector_cosine_ops) with pgvector {version}"
+                 if hnsw else f"pgvector {version} has no HNSW: needs 0.5+")]
 
     def create_index_statements(self) -> List[str]:
         return [f"CREATE INDEX IF NOT EXISTS {self.index_name} ON {self.qualified_table} "
@@ -115,9 +210,6 @@ class PostgresDialect(Dialect):
         return np.asarray(vector, dtype=np.float32)
 
     def decode_vector(self, value) -> np.ndarray:
-        if hasattr(value, "to_numpy"):
-            return np.asarray(value.to_numpy(), dtype=np.float32)
-        if isinstance(value, str):  # text form "[1,2,3]" when no adapter is registered
-            return np.array(value.strip("[]").split(","), dtype=np.float32)
-        return np.asarray(value, dtype=np.float32)
+        """pgvector's value, or its text form "[1,2,3]" when no adapter is registered."""
+        return decode_stored_vector(value).astype(np.float32)
 

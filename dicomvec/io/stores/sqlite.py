@@ -7,17 +7,20 @@ cosine search runs in numpy. SQLite has no schemas, so the table is just ``MIMIC
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
 import numpy as np
 
 from dicomvec.io.stores.dialects import Dialect, validate_k
+from dicomvec.io.stores.tables import ColumnInfo, declared_length
 
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
+    enforces_varchar_length = False
 
     def __init__(self, url: str, schema: str, *args, **kwargs):
         super().__init__(url, "", *args, **kwargs)
@@ -42,8 +45,55 @@ class SQLiteDialect(Dialect):
     def is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower()
 
-    def table_exists_sql(self, schema: str, table: str) -> Tuple[str, list]:
-        return "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [table]
+    # -- the shape of an existing table -----------------------------------------------------
+    def find_table_sql(self) -> None:
+        return None  # SQLite matches table names ignoring case
+
+    def describe_sql(self, names: Tuple[str, str]) -> Tuple[str, list]:
+        return "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?)", \
+            [names[1]]
+
+    def column_info(self, row) -> ColumnInfo:
+        name, declared, notnull, default, _pk = row
+        declared = str(declared or "").upper()
+        return ColumnInfo(name=name, type=declared.split("(")[0].strip(),
+                          length=declared_length(declared), nullable=not notnull,
+                          has_default=default is not None, declared=str(row[1] or ""))
+
+    def primary_key_sql(self, names: Tuple[str, str]) -> Tuple[str, list]:
+        return "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk", [names[1]]
+
+    def declared_dimension(self, conn, columns: Sequence[ColumnInfo]) -> Optional[int]:
+        """From the ``CHECK (length(Vector) = 4·n)`` constraint dicomvec declares."""
+        row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+                           [self.table]).fetchone()
+        match = re.search(rf"length\(\s*{self.spec.vector}\s*\)\s*=\s*(\d+)",
+                          (row or [""])[0] or "", re.I)
+        return int(match.group(1)) // 4 if match else None
+
+    def widen_column_sql(self, column) -> Optional[str]:
+        return None  # SQLite does not enforce VARCHAR lengths
+
+    def add_column_sql(self, column, dimension: int) -> str:
+        # SQLite refuses ADD COLUMN with a non-constant default (CURRENT_TIMESTAMP); dicomvec
+        # writes CreatedAt itself
+        sql = super().add_column_sql(column, dimension)
+        return sql.replace(" DEFAULT CURRENT_TIMESTAMP", "")
+
+    def vector_features(self, conn, version_text: str):
+        return [("VECTOR type", True, "float32 BLOB with a CHECK on its length; cosine in "
+                 "numpy"), ("HNSW index", None, "none on SQLite: search is an exact scan")]
+
+    def server_version_sql(self) -> str:
+        return "SELECT 'SQLite ' || sqlite_version()"
+
+    def valid_vector_sql(self, dimension: int) -> Tuple[str, list]:
+        v = self.spec.vector
+        return (f"{v} IS NOT NULL AND length({v}) = ? AND {v} <> zeroblob(?)",
+                [4 * int(dimension), 4 * int(dimension)])
+
+    def explain(self, conn, sql: str, params: list) -> str:
+        return "exact scan in numpy (SQLite has no vector index)"
 
     def vector_type(self, dimension: int) -> str:
         return f"BLOB CHECK (length({self.spec.vector}) = {4 * int(dimension)})"

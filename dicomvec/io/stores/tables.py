@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import re
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -200,12 +201,42 @@ def lookup(store, keys: Sequence[str]) -> dict:
     keys = list(dict.fromkeys(k for k in keys if k))
     found = {}
     for start in range(0, len(keys), 500):
-        sql, params = store.dialect.lookup_sql(keys[start:start + 500])
-
-        def action(conn, sql=sql, params=params):
-            cur = conn.cursor()
-            cur.execute(sql, params)
-            return cur.fetchall()
-        for row in store._read(action, "lookup"):
+        for row in store.query(*store.dialect.lookup_sql(keys[start:start + 500]), "lookup"):
             found[row[0]] = store.spec.hit_type(*row)
     return found
+
+
+# -- what an existing table looks like (read from the database's catalog) ----------------------
+
+@dataclasses.dataclass(frozen=True)
+class ColumnInfo:
+    """One column of an existing table: ``type`` is the catalog's base type name, upper case
+    (VARCHAR, TEXT, VECTOR, BLOB, ...), ``length`` the declared VARCHAR length when any,
+    ``declared`` the type as the catalog spells it (e.g. ``_float4``, ``VARCHAR(64)``)."""
+
+    name: str
+    type: str
+    length: Optional[int] = None
+    nullable: bool = True
+    has_default: bool = False
+    declared: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class TableShape:
+    """An existing table as the catalog describes it: columns (by lower-case name), the
+    primary key (lower-case names, in order; empty when none) and the vector length when the
+    catalog or a stored row tells it."""
+
+    columns: Tuple[ColumnInfo, ...]
+    key: Tuple[str, ...]
+    dimension: Optional[int] = None
+
+    def column(self, name: str) -> Optional[ColumnInfo]:
+        return next((c for c in self.columns if c.name.lower() == name.lower()), None)
+
+
+def declared_length(sql_type: str) -> Optional[int]:
+    """``VARCHAR(64)`` → 64; None when the type has no length."""
+    match = re.match(r"^\s*(?:VAR)?CHAR(?:ACTER)?(?: VARYING)?\s*\((\d+)\)", sql_type, re.I)
+    return int(match.group(1)) if match else None

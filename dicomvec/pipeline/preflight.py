@@ -1,0 +1,180 @@
+"""Checks made before a job starts, so a user's mistake is one line and exit status 2 with
+nothing created: no table, no database file, no dead-letter or ``beam-temp`` folder.
+
+In: the job's options (``DicomvecOptions``). Out: the input pattern actually used (a directory
+given as ``--input`` becomes ``DIR/**``, every file below it), or a ``PreflightError`` (a
+``UserError``: the CLI prints it as one line). Every check only looks: nothing here writes.
+
+* input: the pattern matches at least one file (``NoInputFilesError`` otherwise);
+* sink: ``sqlite:///PATH``: PATH, if it exists, is a writable file (``must_exist``: it
+  exists); else its folder is writable or can be made (the nearest existing ancestor is a
+  writable folder, not a file); a server (PostgreSQL, IRIS): the login works (connect, close);
+* dead letters: the folder is writable, or can be made (same rule);
+* provider: its credentials are present (``EmbeddingProvider.preflight``; e.g. nvclip's
+  ``NVIDIA_API_KEY`` for the hosted API). No request is sent.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Optional
+
+from dicomvec.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class PreflightError(UserError):
+    """Something the job needs is missing or unusable; nothing has been created."""
+
+
+class NoInputFilesError(PreflightError):
+    """The input pattern matched nothing: an error, never an empty success."""
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def resolve_input(pattern: Optional[str], what: str = "a DICOM file pattern such as "
+                  "'/data/mimic-cxr/files/**/*.dcm'", require_match: bool = True) -> str:
+    """The pattern to read: ``pattern`` itself, or ``DIR/**`` when it names a directory (logged:
+    say which pattern was used). Raises NoInputFilesError when it matches no file."""
+    from apache_beam.io.filesystems import FileSystems
+    if not pattern:
+        raise NoInputFilesError(f"--input is required: {what}")
+    used = pattern
+    if _is_local(pattern) and os.path.isdir(pattern):
+        used = os.path.join(pattern, "**")
+        log.info("--input %s is a directory: reading every file below it (pattern %s)",
+                 pattern, used)
+    if require_match:
+        try:
+            # one match is enough: the pipeline's MatchFiles lists the archive itself, so
+            # a 377K-file archive is not listed twice before the first file is read
+            matched = FileSystems.match([used], limits=[1])[0].metadata_list
+        except Exception as exc:  # bad scheme, unreachable bucket, no permission
+            raise NoInputFilesError(f"cannot list --input {used!r}: "
+                                    f"{type(exc).__name__}: {_first_line(exc)}") from None
+        if not matched:
+            raise NoInputFilesError(f"no files match --input {used!r}")
+    return used
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _writable_dir(directory: str) -> bool:
+    """``directory`` is a folder this process can create files in."""
+    if not os.path.isdir(directory):
+        return False
+    try:  # os.access says yes to root even where writing fails (read-only mounts, /proc)
+        fd, probe = tempfile.mkstemp(prefix=".dicomvec-probe-", dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+def folder_problem(folder: str) -> Optional[str]:
+    """Why ``folder`` cannot be written or made (its nearest existing ancestor is a file or
+    not writable), or None. Makes nothing: missing folders are made by the job itself."""
+    existing = folder or "."
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing.rstrip(os.sep)) or "."
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        return f"{existing!r} is a file, not a folder"
+    if not _writable_dir(existing):
+        return f"folder {existing!r} is not writable"
+    return None
+
+
+def check_sqlite_path(path: str, must_exist: bool = False) -> None:
+    """The SQLite file can be written, or created (its folder too); ``must_exist``: it is
+    there."""
+    if os.path.isdir(path):
+        raise PreflightError(f"sink {path!r} is a directory, not an SQLite file")
+    if os.path.exists(path):
+        try:
+            with open(path, "r+b"):  # opened for writing, nothing written
+                pass
+        except OSError as exc:
+            raise PreflightError(f"sink file {path!r} is not writable: {exc.strerror}") from None
+        return
+    if must_exist:
+        raise PreflightError(f"no database at {path!r} (fill it with `dicomvec run` first, or "
+                             "pass --sink)")
+    problem = folder_problem(os.path.dirname(path))
+    if problem:
+        raise PreflightError(f"cannot create the sink {path!r}: {problem}")
+
+
+def check_sink(url: str, must_exist: bool = False) -> None:
+    """``url`` is a store dicomvec can write (SQLite path checks; servers: a login)."""
+    from dicomvec.io.stores.dialects import dialect_for_url, redact_url, url_scheme
+    dialect = dialect_for_url(url, schema="VectorSearch")  # bad scheme/URL: ValueError
+    if url_scheme(url) == "sqlite":
+        check_sqlite_path(dialect.path, must_exist)
+        return
+    try:
+        conn = dialect.connect()
+    except ValueError:
+        raise  # a bad URL or password setting: already one plain line
+    except Exception as exc:
+        raise PreflightError(f"cannot log in to {redact_url(url)}: {type(exc).__name__}: "
+                             f"{_first_line(exc)}") from None
+    try:
+        conn.close()
+    except Exception:  # closing after a successful login must not fail the check
+        pass
+
+
+def check_dead_letter_folder(path: str) -> None:
+    """The dead-letter folder can be written: it is a writable folder, or can be made (its
+    nearest existing ancestor is a writable folder; the job makes it, not this check)."""
+    if not _is_local(path):
+        return  # object stores: Beam's filesystem reports its own errors
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise PreflightError(f"--dead-letter {path!r} is a file, not a folder")
+        if not _writable_dir(path):
+            raise PreflightError(f"--dead-letter folder {path!r} is not writable")
+        return
+    problem = folder_problem(os.path.dirname(os.path.normpath(path)))
+    if problem:
+        raise PreflightError(f"cannot create --dead-letter {path!r}: {problem}")
+
+
+def require_dead_letter_folder(path: str) -> None:
+    """For commands that read dead letters: the folder the user named must exist."""
+    if _is_local(path) and not os.path.isdir(path):
+        what = "is not a folder" if os.path.exists(path) else "does not exist"
+        raise PreflightError(f"dead-letter folder {path!r} {what}")
+
+
+def check_provider(config) -> None:
+    """The provider can be built and has its credentials (no request is sent)."""
+    from dicomvec.io.providers import create_provider
+    provider = create_provider(config)  # unknown name: ValueError
+    preflight = getattr(provider, "preflight", None)
+    if preflight is not None:
+        preflight()
+
+
+def check_job(options, input_pattern: bool = True, sink_must_exist: bool = False,
+              dead_letters: bool = True, require_match: bool = True) -> Optional[str]:
+    """Every check for a job over ``options`` (``DicomvecOptions``), cheapest first; returns the
+    input pattern to use (None when ``input_pattern`` is False)."""
+    used = resolve_input(options.input, require_match=require_match) if input_pattern else None
+    check_provider(options.provider_config())
+    if dead_letters:
+        check_dead_letter_folder(options.dead_letter)
+    check_sink(options.sink, must_exist=sink_must_exist)
+    return used
