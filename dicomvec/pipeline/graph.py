@@ -1,9 +1,9 @@
 """Assemble the ingestion graph.
 
-files (fileio.MatchFiles, or listed paths, + ReadMatches) → IdentifyDicom → OnePerImageID (batch:
+files (fileio.MatchFiles, or listed paths; Reshuffle; ReadMatches) → IdentifyDicom → OnePerImageID (batch:
 copies of an image travel together) → SkipStored (unless --force) → DecodePixels (first copy
 that decodes) → NormalizePixels → ResizeAndEncode → [streaming: KeepFirstWorkingCopy] →
-BatchForEmbedding (GroupIntoBatches, sharded keys) → EmbedBatch → WriteToStore; matched paths
+BatchForEmbedding (GroupIntoBatches, keys spread over the runner's parallelism) → EmbedBatch → WriteToStore; matched paths
 the listing could not list → ReportUnreadable; every stage's ``failed`` output → Flatten →
 WriteDeadLetters.
 """
@@ -19,7 +19,7 @@ from dicomvec.io.providers import create_provider
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.transforms.dedupe import KeepFirstWorkingCopy, OnePerImageID
 from dicomvec.transforms.resume import SkipStored
-from dicomvec.transforms.embed import BatchForEmbedding, EmbedBatch
+from dicomvec.transforms.embed import BatchForEmbedding, EmbedBatch, batching_shards
 from dicomvec.transforms.identify import IdentifyDicom, MatchPath, ReportUnreadable
 from dicomvec.transforms.preprocess import DecodePixels, NormalizePixels, ResizeAndEncode
 from dicomvec.transforms.stage import FAILED
@@ -43,11 +43,15 @@ def match_input(pipeline: beam.Pipeline, options: DicomvecOptions, paths, failur
         return pipeline | "WatchInput" >> WatchForCompleteFiles(
             options.input, interval, options.settle_seconds or interval / 2)
     if paths is None:
-        return pipeline | "MatchFiles" >> fileio.MatchFiles(
+        matched = pipeline | "MatchFiles" >> fileio.MatchFiles(
             # the driver has already refused an input that matches nothing
             options.input, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
-    listed = pipeline | "ListedPaths" >> beam.Create(sorted(paths))
-    return _stage(listed, "MatchPaths", MatchPath(), failures)
+    else:
+        listed = pipeline | "ListedPaths" >> beam.Create(sorted(paths))
+        matched = _stage(listed, "MatchPaths", MatchPath(), failures)
+    # one pattern is matched by one worker: spread the file list (metadata only) so that reading
+    # the headers (Identify) runs on every worker of a cluster, not only the matching one
+    return matched | "SpreadFiles" >> beam.Reshuffle()
 
 
 def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str, paths=None,
@@ -77,7 +81,8 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
     if streaming:  # copies arrive at any time: the first one that got this far is kept
         encoded = encoded | "OnePerImageID" >> KeepFirstWorkingCopy()
     batch_wait = (options.batch_wait or options.watch_interval / 2) if streaming else None
-    batches = encoded | "Batch" >> BatchForEmbedding(options.batch_size, batch_wait)
+    batches = encoded | "Batch" >> BatchForEmbedding(options.batch_size, batch_wait,
+                                                     batching_shards(pipeline.options))
     embedded = _stage(batches, "Embed", EmbedBatch(options.provider_config()), failures)
     stored = _stage(embedded, "Write",
                     WriteToStore(options.sink, options.sink_schema, options.sink_table,

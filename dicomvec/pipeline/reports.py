@@ -1,7 +1,7 @@
 """The reports job (``dicomvec reports``): MIMIC-CXR report files → the reports table.
 
 Graph: fileio.MatchFiles + ReadMatches → ParseReportFile → KeepFirstPerStudy (keyed state) →
-BatchForEmbedding (GroupIntoBatches, sharded keys) → EmbedReportBatch (texts, same provider as
+BatchForEmbedding (GroupIntoBatches, spread keys) → EmbedReportBatch (texts, same provider as
 the images) → WriteReports (upsert on StudyID through the shared sink core); every ``failed``
 output → Flatten → WriteDeadLetters.
 
@@ -33,7 +33,7 @@ from dicomvec.pipeline.run import default_run_id, provider_stats, read_counters
 from dicomvec.reports.parsing import CONTEXT_TOKENS, TOKEN_BUDGET, Report
 from dicomvec.reports.transforms import (EmbedReportBatch, KeepFirstPerStudy, ParseReportFile,
                                         WriteReports)
-from dicomvec.transforms.embed import BatchForEmbedding
+from dicomvec.transforms.embed import BatchForEmbedding, batching_shards
 from dicomvec.transforms.stage import FAILED
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ def build_reports(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str
     keyed = parsed | "KeyByStudyID" >> beam.Map(
         lambda report: (report.study_id, report)).with_output_types(Tuple[str, Report])
     reports = _stage(keyed, "KeepFirstPerStudy", KeepFirstPerStudy(), failures)
-    batches = reports | "BatchReports" >> BatchForEmbedding(options.batch_size, key="reports")
+    batches = reports | "BatchReports" >> BatchForEmbedding(
+        options.batch_size, shards=batching_shards(pipeline.options))
     rows = _stage(batches, "EmbedReports", EmbedReportBatch(options.provider_config()), failures)
     stored = _stage(rows, "WriteReports",
                     WriteReports(options.sink, options.sink_schema, options.reports_table),

@@ -8,15 +8,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
-import signal
 import time
+import uuid
 from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.runners.runner import PipelineState
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
+                                                  StandardOptions)
 
 from dicomvec.io.dead_letter import generation_dir
 from dicomvec.io.listing import paths_the_listing_skips
@@ -26,13 +25,14 @@ from dicomvec.io.stores import VectorStore
 from dicomvec.io.stores.dialects import redact_url
 from dicomvec.pipeline.accounting import (EXIT_ACCOUNTING_MISMATCH, Accounting,
                                           check_accounting)
+from dicomvec.pipeline.job_monitor import JobMonitor, in_flight  # noqa: F401  (re-exported)
+from dicomvec.pipeline.job_monitor import beam_counters as read_counters
 from dicomvec.pipeline.local_engine import configure_local_engine
 from dicomvec.pipeline.graph import build_ingest
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline import preflight
 from dicomvec.pipeline.preflight import NoInputFilesError  # noqa: F401 (re-exported)
 from dicomvec.record import STAGES
-from dicomvec.transforms.stage import NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -106,19 +106,6 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def read_counters(result, live: bool = False) -> Dict[str, int]:
-    """dicomvec's counters summed over steps. ``live``: a fresh reading of a running job (the
-    portable runners' result caches its first metrics response, so drop that cache)."""
-    if live and hasattr(result, "_metrics"):
-        result._metrics = None
-    totals: Dict[str, int] = {}
-    for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        name = counter.key.metric.name
-        totals[name] = totals.get(name, 0) + int(value or 0)
-    return totals
-
-
 def provider_stats(counters: Dict[str, int]) -> Dict[str, int]:
     """The provider's own counters (requests, retries, ...) from the ``provider_*`` counters."""
     return {k[len("provider_"):]: v for k, v in counters.items() if k.startswith("provider_")}
@@ -142,51 +129,6 @@ def list_input(pattern: Optional[str],
 def check_input(pattern: Optional[str]) -> int:
     """Number of files ``pattern`` matches; raises NoInputFilesError for none."""
     return sum(map(len, list_input(pattern)))
-
-
-def in_flight(counters: Dict[str, int]) -> int:
-    """Files seen arriving or matched but not yet stored, skipped, merged as duplicates or
-    dead-lettered."""
-    settled = (counters.get("write_ok", 0) + counters.get("skipped_existing", 0)
-               + counters.get("duplicate_files", 0)
-               + sum(counters.get(f"{stage}_failed", 0) for stage in STAGES))
-    arriving = counters.get("arriving", 0) - counters.get("arrived", 0)
-    return counters.get("matched", 0) - settled + arriving
-
-
-def watch_streaming_run(result, options: DicomvecOptions, poll_s: float = 1.0) -> Dict[str, int]:
-    """Wait for a streaming job; cancel it on SIGINT/SIGTERM, or once nothing is in flight and
-    the counters have not moved for ``--stop-after-idle`` seconds (at least two dead-letter
-    periods, so the last dead letters are written first). Returns the final counters."""
-    stop = {"signal": None}
-
-    def request_stop(signum, _frame):
-        stop["signal"] = signum
-        log.warning("signal %s: stopping the streaming job", signum)
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    idle_limit = (max(options.stop_after_idle, 2 * options.dead_letter_frequency + 1)
-                  if options.stop_after_idle else None)
-    last, last_change = None, time.monotonic()
-    try:
-        while stop["signal"] is None:
-            time.sleep(poll_s)
-            if PipelineState.is_terminal(result.state):
-                result.wait_until_finish()  # raises if the job failed
-                return read_counters(result)
-            counters = read_counters(result, live=True)
-            log.debug("streaming counters: %s", counters)
-            if counters != last:
-                last, last_change = counters, time.monotonic()
-            elif (idle_limit and in_flight(counters) <= 0
-                  and time.monotonic() - last_change >= idle_limit):
-                log.info("idle for %.0f s with nothing in flight: stopping", idle_limit)
-                break
-        result.cancel()
-        return read_counters(result)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def rows_in_store(dv: DicomvecOptions, provider_name: str) -> int:
@@ -230,16 +172,17 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table) as store:
         store.init_schema(provider.dimension)
 
+    # a name unique to this run: on Flink the monitor finds, watches and cancels the job by it
+    job = options.view_as(GoogleCloudOptions)
+    job.job_name = job.job_name or f"dicomvec-{run_id}-{uuid.uuid4().hex[:8]}".lower()
     started = time.monotonic()
+    submitted_ms = int(time.time() * 1000)
     pipeline = beam.Pipeline(options=options)
     build_ingest(pipeline, dv, run_id, paths=paths, streaming=streaming, unreadable=unreadable)
     with worker_environment(options):  # S3 options for local worker processes
         result = pipeline.run()
-        if streaming:
-            counters = watch_streaming_run(result, dv)
-        else:
-            result.wait_until_finish()
-            counters = read_counters(result)
+        counters = JobMonitor(result, options, job.job_name, submitted_ms).watch(
+            streaming, dv.stop_after_idle, dv.dead_letter_frequency)
     wall = time.monotonic() - started
 
     rows = rows_in_store(dv, provider.name)

@@ -1,7 +1,10 @@
-"""Batch and embed: records → ``GroupIntoBatches`` (sharded keys) → one provider call per batch.
+"""Batch and embed: records → ``GroupIntoBatches`` (spread keys) → one provider call per batch.
 
 ``BatchForEmbedding``: PCollection[ImageRecord] → PCollection[list[ImageRecord]] of at most
-``batch_size``. ``EmbedBatch``: list[ImageRecord] → list[ImageRecord] with vectors (main output,
+``batch_size``, keyed by ``crc32(ImageID) % shards`` so that the batching (a keyed, stateful
+step) and everything fused after it (embed, write) run on ``shards`` parallel workers: one key
+would put every batch on one Flink subtask. ``batching_shards`` takes ``shards`` from the
+runner's parallelism. ``EmbedBatch``: list[ImageRecord] → list[ImageRecord] with vectors (main output,
 one element per batch, for the batched write) and a ``Failure`` per image that failed (tag
 ``failed``, stage ``embed``). One bad image never fails its neighbours; a provider that cannot
 work at all (bad key, no credits) raises ``FatalProviderError`` and stops the job.
@@ -11,7 +14,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import logging
-from typing import List, Optional
+import zlib
+from typing import Any, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
@@ -24,18 +28,44 @@ from dicomvec.transforms.stage import FAILED, counter
 log = logging.getLogger(__name__)
 
 
+def batching_shards(options) -> int:
+    """Number of batching keys for these pipeline options: Flink's ``--parallelism`` when set,
+    the local engine's ``--direct_num_workers`` (default 1) on the DirectRunner / FnApiRunner,
+    otherwise 2 (one per slot of the default local cluster)."""
+    from apache_beam.options.pipeline_options import (DirectOptions, FlinkRunnerOptions,
+                                                      StandardOptions)
+    parallelism = options.view_as(FlinkRunnerOptions).parallelism or -1
+    if parallelism > 0:
+        return parallelism
+    runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
+    if runner.lower() in ("directrunner", "direct", "bundlebaseddirectrunner",
+                          "swappingrunner") or runner.endswith("FnApiRunner"):
+        return max(1, options.view_as(DirectOptions).direct_num_workers or 1)
+    return 2
+
+
+def batching_key(record, shards: int) -> int:
+    """Stable shard of a record by its ImageID (reports: StudyID); the same in every worker
+    process, unlike ``hash``."""
+    if shards <= 1:
+        return 0
+    ident = getattr(record, "image_id", None) or getattr(record, "study_id", None) or ""
+    return zlib.crc32(str(ident).encode("utf-8")) % shards
+
+
 class BatchForEmbedding(beam.PTransform):
-    def __init__(self, batch_size: int, max_wait_s: float = None, key: str = "embed"):
+    def __init__(self, batch_size: int, max_wait_s: float = None, shards: int = 1):
         super().__init__()
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s  # streaming: flush partial batches after this long
-        self.key = key
+        self.shards = max(1, int(shards))
 
     def expand(self, records):
-        key = self.key
+        shards = self.shards
         return (records
-                | "Key" >> beam.Map(lambda record: (key, record))
-                | "GroupIntoBatches" >> beam.GroupIntoBatches.WithShardedKey(
+                | "Key" >> beam.Map(lambda record: (batching_key(record, shards), record))
+                .with_output_types(Tuple[int, Any])   # int keys: a deterministic key coder
+                | "GroupIntoBatches" >> beam.GroupIntoBatches(
                     self.batch_size, max_buffering_duration_secs=self.max_wait_s)
                 | "DropKey" >> beam.Map(lambda keyed: list(keyed[1])))
 

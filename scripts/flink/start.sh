@@ -46,7 +46,8 @@ restart-strategy.type: fixed-delay
 restart-strategy.fixed-delay.attempts: $FLINK_RESTART_ATTEMPTS
 restart-strategy.fixed-delay.delay: $FLINK_RESTART_DELAY
 heartbeat.interval: 2000
-heartbeat.timeout: 10000
+heartbeat.timeout: 30000   # a loaded machine stalls JVMs for seconds; a killed TaskManager is still noticed in ~5 s (failed heartbeat RPCs)
+heartbeat.rpc-failure-threshold: 2
 state.checkpoints.dir: file://$FLINK_RUN_DIR/checkpoints
 classloader.check-leaked-classloader: false
 YAML

@@ -1,10 +1,11 @@
-"""Beam Python pipelines on the standalone Flink cluster (``--runner FlinkRunner`` with the Beam
-Flink job server jar, EXTERNAL workers from the worker pool): trivial pipelines, the dicomvec job
-with exact counts and work spread over both slots, and a TaskManager crash during a job.
+"""Beam Python pipelines on the standalone Flink 1.19 cluster: trivial pipelines, the dicomvec job
+(``--runner FlinkRunner``, the driver starting the Beam Flink job server from its jar; EXTERNAL
+workers from the worker pool) with exact counts, a correct summary and work on both slots in
+every stage that can be parallel, a TaskManager crash during a job, and ``dicomvec reprocess``
+on the cluster.
 
-Needs the job server jar ``beam-runners-flink-1.20-job-server-<apache-beam version>.jar``
-(fetched by setup.sh from Maven Central, or FLINK_JOB_SERVER_JAR); skipped, with that reason,
-where the registry does not serve it.
+Needs the Beam Flink job server (``scripts/flink/setup.sh``: the released jar, or the one built
+from ``../shared/flink-jobserver``); without one the tests skip with the reason, and fail in CI.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 from typing import List
 
@@ -22,18 +24,14 @@ import pytest
 from dicomvec.io.dead_letter import SCHEMA, read_dead_letters
 from dicomvec.io.stores import VectorStore
 from tests.conftest import REAL_CXR
-from tests.flink.conftest import FLINK_MINOR
+from tests.flink.conftest import runner_flags, subtasks_with_records, summary_numbers
 from tests.flink.mimic_sample import make_sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.flink]
 
 
 def flink_flags(cluster, jar: Path) -> List[str]:
-    """The runner flags that turn the DirectRunner command into a Flink one."""
-    return ["--runner", "FlinkRunner", "--flink_master", f"127.0.0.1:{cluster.rest_port}",
-            "--flink_version", FLINK_MINOR, "--flink_job_server_jar", str(jar),
-            "--environment_type", "EXTERNAL", "--environment_config", cluster.worker_pool,
-            "--parallelism", "2", "--sdk_worker_parallelism", "2"]
+    return runner_flags(cluster, jar, "FlinkRunner", "EXTERNAL")
 
 
 def finished_jobs(cluster) -> dict:
@@ -57,7 +55,8 @@ TRIVIAL = textwrap.dedent("""
 """)
 
 
-def test_trivial_pipelines_run_on_the_cluster(flink_cluster, job_server_jar, tmp_path):
+def test_trivial_pipelines_run_on_the_cluster(idle_cluster, job_server_jar, tmp_path):
+    flink_cluster = idle_cluster
     script = tmp_path / "trivial.py"
     script.write_text(TRIVIAL)
     before = set(finished_jobs(flink_cluster))
@@ -97,62 +96,96 @@ def _assert_outcome(sample, out: Path, run_id: str):
         assert pq.read_schema(path).remove_metadata().equals(SCHEMA)
 
 
-def _subtasks_with_records(cluster, jid: str, name_part: str) -> int:
-    """How many parallel subtasks of the job vertex whose name contains ``name_part`` read
-    records (Flink REST, per-subtask metrics of the finished job)."""
-    vertices = [v for v in cluster.get(f"/jobs/{jid}")["vertices"] if name_part in v["name"]]
-    assert vertices, [v["name"] for v in cluster.get(f"/jobs/{jid}")["vertices"]]
-    busiest = 0
-    for vertex in vertices:
-        subtasks = cluster.get(f"/jobs/{jid}/vertices/{vertex['id']}")["subtasks"]
-        busiest = max(busiest, sum(1 for s in subtasks if s["metrics"]["read-records"] > 0))
-    return busiest
+def _assert_summary(stdout: str, sample, matched: int):
+    """The driver's summary counts what happened on the cluster (Beam metrics via Flink)."""
+    numbers = summary_numbers(stdout)
+    assert numbers["files matched"] == matched, stdout
+    assert numbers["images stored"] == sample.stored, stdout
+    assert numbers["dead-lettered"] == len(sample.broken_paths), stdout
+    assert numbers["decode"] == sample.dead_letters["decode"], stdout
+    assert numbers["rows in store"] == sample.stored, stdout
 
 
-def test_dicomvec_run_on_flink_exact_counts_on_both_slots(flink_cluster, job_server_jar,
+# the stages that do per-file work, each a Flink vertex after a shuffle: all must use both slots
+PARALLEL_STAGES = ("Identify", "Decode", "Embed")
+
+
+def test_dicomvec_run_on_flink_exact_counts_on_both_slots(idle_cluster, job_server_jar,
                                                           tmp_path):
     real = REAL_CXR if REAL_CXR.is_dir() and list(REAL_CXR.glob("*.dcm")) else None
     sample = make_sample(tmp_path / "in", 24, real_dir=real)
-    before = set(finished_jobs(flink_cluster))
     out = tmp_path / "out"
+    run_id = f"flink{uuid.uuid4().hex[:8]}"   # unique: the test is also run 10 times in a row
     proc = subprocess.run([sys.executable, "-m", "dicomvec.cli",
-                           *_run_args(sample, out, "flink"),
-                           *flink_flags(flink_cluster, job_server_jar)],
+                           *_run_args(sample, out, run_id),
+                           *flink_flags(idle_cluster, job_server_jar)],
                           text=True, capture_output=True, timeout=900, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:] + flink_cluster.tail_logs()
-    assert f"images stored        {sample.stored}" in proc.stdout, proc.stdout
-    _assert_outcome(sample, out, "flink")
-    (jid,) = set(finished_jobs(flink_cluster)) - before
-    # GroupIntoBatches with sharded keys: the embedding stage ran on both slots
-    assert _subtasks_with_records(flink_cluster, jid, "Embed") >= 2
+    assert proc.returncode == 0, proc.stderr[-4000:] + idle_cluster.tail_logs()
+    _assert_summary(proc.stdout, sample, matched=24 + 2 + (6 if real else 0))
+    _assert_outcome(sample, out, run_id)
+    (job,) = idle_cluster.jobs(f"dicomvec-{run_id}-")
+    assert job["state"] == "FINISHED"
+    for stage in PARALLEL_STAGES:   # keys spread by crc32(ImageID) % --parallelism
+        assert subtasks_with_records(idle_cluster, job["jid"], stage) == [2], stage
 
 
-def test_taskmanager_crash_during_a_job_ends_finished_with_exact_rows(flink_cluster,
-                                                                      job_server_jar, tmp_path):
-    sample = make_sample(tmp_path / "in", 200)
+def _distinct_outcome(sample, out: Path, run_id: str):
+    """After a restart: exactly one row per distinct image, none missing; every broken file
+    dead-lettered (a restarted task may write a file's dead letter twice)."""
+    with VectorStore(f"sqlite:///{out}/dicomvec.db") as store:
+        ids = [row[0] for row in store.conn.execute("SELECT ImageID FROM MIMICCXRImages")]
+    assert len(ids) == len(set(ids)) == sample.stored
+    rows = read_dead_letters(str(out / "dead_letter"), run_id)
+    assert {r["path"] for r in rows} == set(sample.broken_paths)
+    assert {r["stage"] for r in rows} == {"decode"}
+    return rows
+
+
+def test_taskmanager_crash_during_a_job_then_reprocess_on_flink(idle_cluster, job_server_jar,
+                                                                tmp_path):
+    cluster = idle_cluster
+    sample = make_sample(tmp_path / "in", 200, broken=4)
     out = tmp_path / "out"
-    before = {job["jid"] for job in flink_cluster.get("/jobs/overview")["jobs"]}
     job = subprocess.Popen([sys.executable, "-m", "dicomvec.cli", *_run_args(sample, out, "crash"),
-                            *flink_flags(flink_cluster, job_server_jar)],
+                            *flink_flags(cluster, job_server_jar)],
                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     try:
         def running_job():
-            for entry in flink_cluster.get("/jobs/overview")["jobs"]:
-                if entry["jid"] not in before and entry["state"] == "RUNNING" \
-                        and entry["tasks"]["running"] > 0:
+            for entry in cluster.jobs("dicomvec-crash-"):
+                if entry["state"] == "RUNNING" and entry["tasks"]["running"] > 0:
                     return entry["jid"]
             assert job.poll() is None, "the job ended before the TaskManager could be killed"
             return None
-        jid = flink_cluster.wait_for(running_job, 300, "the dicomvec job to run", interval=0.2)
-        flink_cluster.stop("taskmanager", kill=True)       # crash mid-job
+        jid = cluster.wait_for(running_job, 300, "the dicomvec job to run", interval=0.2)
+        cluster.stop("taskmanager", kill=True)       # crash mid-job
         time.sleep(2)
-        flink_cluster.start("taskmanager")                 # a replacement registers
+        cluster.start("taskmanager")                 # a replacement registers
         stdout, stderr = job.communicate(timeout=900)
     finally:
         if job.poll() is None:
             job.kill()
-    assert job.returncode == 0, stderr[-4000:] + flink_cluster.tail_logs()
-    assert flink_cluster.get(f"/jobs/{jid}")["state"] == "FINISHED"
-    history = flink_cluster.get(f"/jobs/{jid}/exceptions")["exceptionHistory"]["entries"]
+    assert job.returncode == 0, stderr[-4000:] + cluster.tail_logs()
+    assert cluster.get(f"/jobs/{jid}")["state"] == "FINISHED"
+    history = cluster.get(f"/jobs/{jid}/exceptions")["exceptionHistory"]["entries"]
     assert history, "the job finished without a restart: the TaskManager was not killed mid-job"
-    _assert_outcome(sample, out, "crash")
+    _distinct_outcome(sample, out, "crash")
+
+    # reprocess on Flink: each dead-lettered file is tried once, however many rows it has
+    proc = subprocess.run([sys.executable, "-m", "dicomvec.cli", "reprocess",
+                           "--sink", f"sqlite:///{out}/dicomvec.db",
+                           "--dead-letter", str(out / "dead_letter"), "--provider", "thumbnail",
+                           "--batch-size", "4", "--run-id", "again",
+                           *flink_flags(cluster, job_server_jar)],
+                          text=True, capture_output=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:] + cluster.tail_logs()
+    broken = len(sample.broken_paths)
+    assert f"reprocessed {broken} files: 0 fixed, {broken} still failing" in proc.stdout, \
+        proc.stdout
+    numbers = summary_numbers(proc.stdout)
+    assert numbers["files matched"] == broken and numbers["decode"] == broken, proc.stdout
+    again = read_dead_letters(str(out / "dead_letter"), "again")
+    assert sorted(r["path"] for r in again) == sorted(sample.broken_paths)
+    (entry,) = cluster.jobs("dicomvec-again-")
+    assert entry["state"] == "FINISHED"
+    with VectorStore(f"sqlite:///{out}/dicomvec.db") as store:
+        assert store.count("thumbnail") == sample.stored

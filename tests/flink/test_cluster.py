@@ -9,6 +9,8 @@ from typing import Dict, Set
 
 import pytest
 
+from tests.flink.conftest import FLINK_MINOR
+
 pytestmark = [pytest.mark.slow, pytest.mark.flink]
 
 
@@ -48,7 +50,7 @@ def _listening_sockets_by_pid(pids: Set[int]) -> Dict[int, Set[str]]:
 
 def test_cluster_is_healthy_with_two_slots_on_loopback_only(flink_cluster):
     overview = flink_cluster.get("/overview")
-    assert overview["flink-version"].startswith("1.20.")
+    assert overview["flink-version"].startswith(FLINK_MINOR + ".")
     assert overview["taskmanagers"] == 1
     assert overview["slots-total"] == 2
 

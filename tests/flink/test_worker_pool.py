@@ -1,16 +1,15 @@
-"""``dicomvec run`` with EXTERNAL Python workers from the cluster's worker pool, into the embedded
-SQLite store and into PostgreSQL + pgvector.
+"""``dicomvec run --runner PortableRunner`` against the cluster's long-running Beam Flink job
+server (``start.sh jobserver``): EXTERNAL Python workers from the worker pool into the embedded
+SQLite store (same rows, dead letters and Parquet layout as the DirectRunner), and LOOPBACK
+workers (inside the driver) into PostgreSQL + pgvector. Both finish as Flink jobs.
 
 The worker pool (``scripts/flink/worker_pool.py``) is the process that starts the Python SDK
-workers beside each TaskManager. Here the job goes through Beam's portable job API with the
-in-process job service (``--runner PortableRunner --job_endpoint embed``), so the pipeline code
-runs in the pool's worker processes exactly as it does under Flink, and this part is tested even
-where no Beam Flink job server jar can be had. Same command line as on the DirectRunner plus the
-runner flags; same results and the same Parquet dead-letter layout as on the DirectRunner.
+workers beside each TaskManager. Same command line as on the DirectRunner plus runner flags.
 """
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from dicomvec.io.dead_letter import SCHEMA, read_dead_letters
 from dicomvec.io.stores import VectorStore
 from dicomvec.pipeline.run import run_ingest
 from tests.conftest import REAL_CXR
+from tests.flink.conftest import runner_flags, summary_numbers
 from tests.flink.mimic_sample import make_sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.flink]
@@ -43,19 +43,25 @@ def _real_dir():
     return REAL_CXR if REAL_CXR.is_dir() and list(REAL_CXR.glob("*.dcm")) else None
 
 
-def _run_on_worker_pool(cluster, sample, out: Path, run_id: str, sink: str = ""):
+def _run_on_flink(cluster, sample, out: Path, run_id: str, environment: str, sink: str = ""):
     """``dicomvec run`` as a user types it, with the portable runner flags; returns stdout."""
     starts_before = cluster.log("workerpool.out").count("Starting worker")
     proc = subprocess.run(
         [sys.executable, "-m", "dicomvec.cli", "run", *_dicomvec_run(
-            sample, out, run_id, "--runner", "PortableRunner", "--job_endpoint", "embed",
-            "--environment_type", "EXTERNAL", "--environment_config", cluster.worker_pool,
+            sample, out, run_id, *runner_flags(cluster, None, "PortableRunner", environment),
             sink=sink)],
-        text=True, capture_output=True, timeout=600, cwd=out.parent)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert f"images stored        {sample.stored}" in proc.stdout, proc.stdout
-    # the work ran in processes started by the worker pool, not in the driver
-    assert cluster.log("workerpool.out").count("Starting worker") > starts_before
+        text=True, capture_output=True, timeout=900, cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr[-4000:] + cluster.tail_logs()
+    numbers = summary_numbers(proc.stdout)
+    assert numbers["images stored"] == numbers["rows in store"] == sample.stored, proc.stdout
+    assert numbers["dead-lettered"] == numbers["decode"] == len(sample.broken_paths), proc.stdout
+    (job,) = cluster.jobs(f"dicomvec-{run_id}-")
+    assert job["state"] == "FINISHED"
+    started = cluster.log("workerpool.out").count("Starting worker") - starts_before
+    if environment == "EXTERNAL":   # the work ran in processes started by the worker pool
+        assert started > 0
+    else:                           # LOOPBACK: in the driver, the pool is not asked
+        assert started == 0
     return proc.stdout
 
 
@@ -67,10 +73,10 @@ def _assert_dead_letters(sample, dead_letter_dir: Path, run_id: str):
     return rows
 
 
-def test_external_workers_match_the_direct_runner(flink_cluster, tmp_path):
+def test_external_workers_match_the_direct_runner(idle_cluster, job_server_jar, tmp_path):
     sample = make_sample(tmp_path / "in", SYNTHETIC, real_dir=_real_dir())
     portable = tmp_path / "portable"
-    _run_on_worker_pool(flink_cluster, sample, portable, "ext")
+    _run_on_flink(idle_cluster, sample, portable, "ext", "EXTERNAL")
 
     with VectorStore(f"sqlite:///{portable}/dicomvec.db") as store:
         assert store.count("thumbnail") == sample.stored
@@ -87,7 +93,11 @@ def test_external_workers_match_the_direct_runner(flink_cluster, tmp_path):
     direct_rows = read_dead_letters(str(direct / "dead_letter"), "ext")
     key = lambda r: (r["path"], r["stage"], r["error_type"])  # noqa: E731
     assert sorted(map(key, rows)) == sorted(map(key, direct_rows))
-    assert _layout(portable / "dead_letter") == _layout(direct / "dead_letter")
+    # same layout; Flink writes one shard per parallel subtask that had dead letters
+    pattern = re.compile(r"run=ext/dead_letter-\d{5}-of-\d{5}\.parquet")
+    assert _layout(direct / "dead_letter") and _layout(portable / "dead_letter")
+    assert all(pattern.fullmatch(f) for f in _layout(portable / "dead_letter")
+               + _layout(direct / "dead_letter"))
     for path in (portable / "dead_letter").rglob("*.parquet"):
         assert pq.read_schema(path).remove_metadata().equals(SCHEMA)
     with VectorStore(f"sqlite:///{direct}/dicomvec.db") as store:
@@ -112,13 +122,13 @@ def postgres_url(tmp_path_factory):
 
 
 @pytest.mark.postgres
-def test_external_workers_write_to_postgres(flink_cluster, postgres_url, tmp_path):
+def test_loopback_workers_write_to_postgres(idle_cluster, job_server_jar, postgres_url, tmp_path):
     # MIMIC-layout files only: the real test radiographs are not MIMIC paths, so their ImageID
     # is the SOPInstanceUID (up to 64 characters), which the PostgreSQL schema's VARCHAR(50)
     # ImageID/StudyID columns reject (two of them land in the dead letters at stage write).
     sample = make_sample(tmp_path / "in", SYNTHETIC, seed=9)
     out = tmp_path / "pg"
-    _run_on_worker_pool(flink_cluster, sample, out, "pg", sink=postgres_url)
+    _run_on_flink(idle_cluster, sample, out, "pg", "LOOPBACK", sink=postgres_url)
     with VectorStore(postgres_url) as store:
         assert store.count("thumbnail") == sample.stored
     _assert_dead_letters(sample, out / "dead_letter", "pg")

@@ -1,0 +1,314 @@
+"""Watch a submitted Beam job until it ends, and stop it for real when asked.
+
+In: the ``PipelineResult`` of ``pipeline.run()``, the pipeline options and dicomvec's options.
+Out: dicomvec's counters (``{"matched": n, "write_ok": n, ...}``) once the job has ended, or
+``JobInterrupted`` when SIGINT / SIGTERM stopped it.
+
+Why this exists: on Flink (FlinkRunner, or PortableRunner against a Flink job server) the
+portable result reports **no metrics while the job runs**, and ``result.cancel()`` stops the job
+server's invocation but leaves the **Flink job RUNNING** on the cluster. So when the Flink REST
+API is known (``--flink_master HOST:PORT``, also accepted with ``--runner PortableRunner``) the
+monitor finds the job by its name (``--job_name``, which dicomvec makes unique per run), reads
+the live counters from Flink's REST metrics (Beam's user counters are exported per operator as
+``<subtask>.<operator>.dicomvec_<name>``), and cancels it through REST
+(``PATCH /jobs/<jid>?mode=cancel``), then waits until Flink reports it CANCELED.
+
+Stopping rules (both modes): SIGINT / SIGTERM → cancel the job, raise ``JobInterrupted`` (the CLI
+exits 128 + signal number and says what was cancelled). Streaming only: once nothing is in
+flight and the counters have not moved for ``--stop-after-idle`` seconds (at least two
+dead-letter periods, so the last dead letters are written) → cancel, return the counters.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import signal
+import time
+import urllib.error
+import urllib.request
+from typing import Dict, Optional
+
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
+
+from dicomvec.record import STAGES
+from dicomvec.transforms.stage import NAMESPACE
+
+log = logging.getLogger(__name__)
+
+TERMINAL_FLINK = {"FINISHED", "CANCELED", "FAILED", "SUSPENDED"}
+
+
+class JobInterrupted(RuntimeError):
+    """SIGINT / SIGTERM stopped the job; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int, what: str):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}: {what}")
+
+
+def beam_counters(result, live: bool = False) -> Dict[str, int]:
+    """dicomvec's counters from Beam's metrics, summed over steps. ``live``: a fresh reading of a
+    running job (the portable runners' result caches its first metrics response)."""
+    if live and hasattr(result, "_metrics"):
+        result._metrics = None
+    totals: Dict[str, int] = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        name = counter.key.metric.name
+        totals[name] = totals.get(name, 0) + int(value or 0)
+    return totals
+
+
+def in_flight(counters: Dict[str, int]) -> int:
+    """Files seen arriving or matched but not yet stored, skipped, merged as duplicates or
+    dead-lettered."""
+    settled = (counters.get("write_ok", 0) + counters.get("skipped_existing", 0)
+               + counters.get("duplicate_files", 0)
+               + sum(counters.get(f"{stage}_failed", 0) for stage in STAGES))
+    arriving = counters.get("arriving", 0) - counters.get("arrived", 0)
+    return counters.get("matched", 0) - settled + arriving
+
+
+class FlinkRest:
+    """The few Flink REST calls the monitor needs (JSON over HTTP, stdlib only)."""
+
+    def __init__(self, base_url: str, timeout: float = 10.0):
+        self.base = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def _call(self, path: str, method: str = "GET"):
+        request = urllib.request.Request(self.base + path, method=method)
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            body = response.read()
+        return json.loads(body) if body else {}
+
+    def jobs(self):
+        return self._call("/jobs/overview")["jobs"]
+
+    def find_job(self, name: str, not_before_ms: int = 0) -> Optional[str]:
+        """The newest job called ``name`` started at or after ``not_before_ms``."""
+        matches = [j for j in self.jobs() if j["name"] == name and j["start-time"] >= not_before_ms]
+        return max(matches, key=lambda j: j["start-time"])["jid"] if matches else None
+
+    def state(self, jid: str) -> str:
+        return self._call(f"/jobs/{jid}")["state"]
+
+    def cancel(self, jid: str) -> None:
+        self._call(f"/jobs/{jid}?mode=cancel", method="PATCH")
+
+    def final_counters(self, jid: str) -> Dict[str, int]:
+        """Beam user counters of an ended job, from its accumulators."""
+        return accumulated_counters(self._call(f"/jobs/{jid}/accumulators"))
+
+    def counters(self, jid: str, namespace: str = NAMESPACE) -> Dict[str, int]:
+        """Beam user counters of ``namespace``, summed over operators and subtasks, from the
+        live metrics of a running job (empty once the job has ended)."""
+        prefix = namespace + "_"
+        totals: Dict[str, int] = {}
+        for vertex in self._call(f"/jobs/{jid}")["vertices"]:
+            base = f"/jobs/{jid}/vertices/{vertex['id']}/metrics"
+            ids = [m["id"] for m in self._call(base)
+                   if m["id"].rsplit(".", 1)[-1].startswith(prefix)]
+            for start in range(0, len(ids), 40):   # keep the query string short
+                chunk = ",".join(urllib.request.quote(i, safe="") for i in ids[start:start + 40])
+                for metric in self._call(f"{base}?get={chunk}"):
+                    name = metric["id"].rsplit(".", 1)[-1][len(prefix):]
+                    totals[name] = totals.get(name, 0) + int(float(metric["value"]))
+        return totals
+
+
+def _varint(data: bytes) -> int:
+    """A Beam ``sum_int64`` metric payload (VarIntCoder: base-128 varint, two's complement)."""
+    value = shift = 0
+    for byte in data:
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def accumulated_counters(accumulators: dict, namespace: str = NAMESPACE) -> Dict[str, int]:
+    """Beam user counters of ``namespace`` from a Flink job's ``/accumulators`` answer (Beam's
+    ``__metricscontainers`` accumulator: monitoring infos with base64 varint payloads)."""
+    totals: Dict[str, int] = {}
+    for accumulator in accumulators.get("user-task-accumulators", []):
+        if accumulator.get("name") != "__metricscontainers":
+            continue
+        for info in json.loads(accumulator["value"]).get("metrics", {}).get("attempted", []):
+            labels = info.get("labels", {})
+            if (info.get("urn") == "beam:metric:user:sum_int64:v1"
+                    and labels.get("NAMESPACE") == namespace):
+                name = labels["NAME"]
+                totals[name] = totals.get(name, 0) + _varint(base64.b64decode(info["payload"]))
+    return totals
+
+
+def flink_rest_url(options: PipelineOptions) -> Optional[str]:
+    """``http://HOST:PORT`` of the Flink REST API from ``--flink_master``, or None ([auto],
+    [local] or not given)."""
+    try:
+        from apache_beam.options.pipeline_options import FlinkRunnerOptions
+        master = options.view_as(FlinkRunnerOptions).flink_master
+    except ImportError:  # pragma: no cover
+        return None
+    if not master or master.startswith("["):
+        return None
+    return master if "://" in master else f"http://{master}"
+
+
+class JobMonitor:
+    """One submitted job: its live counters, its end, and how to stop it (see module doc)."""
+
+    def __init__(self, result, options: PipelineOptions, job_name: str,
+                 submitted_ms: int, poll_s: float = 1.0, progress_every_s: float = 30.0):
+        self.result = result
+        self.job_name = job_name
+        self.submitted_ms = submitted_ms
+        self.poll_s = poll_s
+        self.progress_every_s = progress_every_s
+        url = flink_rest_url(options)
+        self.rest = FlinkRest(url) if url else None
+        self.jid: Optional[str] = None
+        self.last_counters: Dict[str, int] = {}
+        self._last_progress = time.monotonic()
+
+    # --- reading ---------------------------------------------------------------------------
+    def flink_job(self) -> Optional[str]:
+        if self.rest is not None and self.jid is None:
+            try:
+                self.jid = self.rest.find_job(self.job_name, self.submitted_ms - 60_000)
+            except (OSError, ValueError, KeyError) as exc:
+                log.debug("Flink REST: %s", exc)
+            if self.jid:
+                log.info("Flink job %s (%s) on %s", self.jid, self.job_name, self.rest.base)
+        return self.jid
+
+    def counters(self) -> Dict[str, int]:
+        """Live counters: Beam's metrics where the runner reports them, else Flink's REST
+        metrics; remembers the last non-empty reading (a cancelled job reports none)."""
+        counters: Dict[str, int] = {}
+        try:
+            counters = beam_counters(self.result, live=True)
+        except Exception as exc:  # pylint: disable=broad-except  # a runner without live metrics
+            log.debug("no live Beam metrics: %s", exc)
+        if not counters and self.flink_job():
+            try:
+                counters = self.rest.counters(self.jid)
+            except (OSError, ValueError, KeyError) as exc:
+                log.debug("Flink REST metrics: %s", exc)
+        if counters:
+            self.last_counters = counters
+        return counters
+
+    def final_counters(self) -> Dict[str, int]:
+        """Counters after the job ended: the last live reading, overridden by Beam's final
+        metrics, overridden by the Flink job's accumulators (what Beam's Flink runner reports
+        at the end; read directly because the job server's answer was seen empty once)."""
+        counters = dict(self.last_counters)
+        try:
+            counters.update(beam_counters(self.result))
+        except Exception as exc:  # pylint: disable=broad-except
+            log.debug("no final Beam metrics: %s", exc)
+        if self.flink_job():
+            try:
+                counters.update(self.rest.final_counters(self.jid))
+            except (OSError, ValueError, KeyError) as exc:
+                log.debug("Flink accumulators: %s", exc)
+        return counters
+
+    def _progress(self, counters: Dict[str, int]) -> None:
+        if counters and time.monotonic() - self._last_progress >= self.progress_every_s:
+            self._last_progress = time.monotonic()
+            failed = sum(counters.get(f"{s}_failed", 0) for s in STAGES)
+            log.info("progress: matched %d, stored %d, dead-lettered %d, in flight %d",
+                     counters.get("matched", 0), counters.get("write_ok", 0), failed,
+                     max(0, in_flight(counters)))
+
+    # --- ending ----------------------------------------------------------------------------
+    def cancel(self, timeout_s: float = 60.0) -> str:
+        """Cancel the job everywhere it runs; returns what happened, for the user."""
+        try:
+            self.result.cancel()
+        except Exception as exc:  # pylint: disable=broad-except  # already ended / not supported
+            log.debug("result.cancel(): %s", exc)
+        if not self.flink_job():
+            return "job cancelled"
+        deadline = time.monotonic() + timeout_s
+        state = "?"
+        while time.monotonic() < deadline:
+            try:
+                state = self.rest.state(self.jid)
+                if state in TERMINAL_FLINK:
+                    break
+                if state not in ("CANCELLING",):
+                    self.rest.cancel(self.jid)
+            except (OSError, ValueError, KeyError) as exc:
+                log.debug("Flink cancel: %s", exc)
+            time.sleep(0.5)
+        if state not in TERMINAL_FLINK:
+            log.error("Flink job %s still %s after %.0f s: cancel it with "
+                      "curl -X PATCH '%s/jobs/%s?mode=cancel'", self.jid, state, timeout_s,
+                      self.rest.base, self.jid)
+        return f"Flink job {self.jid} {state}"
+
+    def _terminal(self) -> bool:
+        try:
+            if PipelineState.is_terminal(self.result.state):
+                return True
+        except Exception as exc:  # pylint: disable=broad-except
+            log.debug("result.state: %s", exc)
+        return False
+
+    def watch(self, streaming: bool, stop_after_idle: float = 0.0,
+              dead_letter_frequency: float = 0.0) -> Dict[str, int]:
+        """Wait for the job (see module doc); returns its final counters."""
+        stop = {"signal": None}
+
+        def request_stop(signum, _frame):
+            stop["signal"] = signum
+            log.warning("%s: stopping the job", signal.Signals(signum).name)
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        idle_limit = (max(stop_after_idle, 2 * dead_letter_frequency + 1)
+                      if streaming and stop_after_idle else None)
+        last, last_change = None, time.monotonic()
+        try:
+            while stop["signal"] is None:
+                if self._terminal():
+                    self.result.wait_until_finish()  # raises if the job failed
+                    return self.final_counters()
+                time.sleep(self.poll_s)
+                if not streaming and self.rest is None:
+                    continue  # nothing to read while a batch job runs without Flink REST
+                counters = self.counters()
+                self._progress(counters)
+                if counters != last:
+                    last, last_change = counters, time.monotonic()
+                elif (idle_limit and counters and in_flight(counters) <= 0
+                      and time.monotonic() - last_change >= idle_limit):
+                    log.info("idle for %.0f s with nothing in flight: stopping", idle_limit)
+                    self.counters()
+                    self.cancel()
+                    return dict(self.last_counters)
+                elif (idle_limit and not counters and self.rest is None
+                      and time.monotonic() - last_change >= idle_limit):
+                    log.warning("no counters from the runner (pass --flink_master HOST:PORT "
+                                "so dicomvec can read Flink's metrics): cannot tell idle from "
+                                "busy, so the job keeps running; stop it with Ctrl-C")
+                    last_change = time.monotonic()
+            signum = stop["signal"]
+            self.counters()  # last reading before the metrics go away
+            what = self.cancel()
+            pending = max(0, in_flight(self.last_counters)) if self.last_counters else None
+            raise JobInterrupted(signum, what + (
+                f"; {pending} file(s) were in flight and are not stored: run the same command "
+                f"again to finish them (stored images are skipped)" if pending else ""))
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
