@@ -206,19 +206,24 @@ class JobMonitor:
         return counters
 
     def final_counters(self) -> Dict[str, int]:
-        """Counters after the job ended: the last live reading, overridden by Beam's final
-        metrics, overridden by the Flink job's accumulators (what Beam's Flink runner reports
-        at the end; read directly because the job server's answer was seen empty once)."""
-        counters = dict(self.last_counters)
+        """Counters after the job ended, each the largest of: the last live reading, Beam's
+        final metrics, the Flink job's accumulators. Counters only grow, and on Flink each
+        source was seen short once (the job server's answer empty; REST's accumulators a
+        snapshot cached while the job still ran)."""
+        sources = [dict(self.last_counters)]
         try:
-            counters.update(beam_counters(self.result))
+            sources.append(beam_counters(self.result))
         except Exception as exc:  # pylint: disable=broad-except
             log.debug("no final Beam metrics: %s", exc)
         if self.flink_job():
             try:
-                counters.update(self.rest.final_counters(self.jid))
+                sources.append(self.rest.final_counters(self.jid))
             except (OSError, ValueError, KeyError) as exc:
                 log.debug("Flink accumulators: %s", exc)
+        counters: Dict[str, int] = {}
+        for source in sources:
+            for name, value in source.items():
+                counters[name] = max(counters.get(name, 0), value)
         return counters
 
     def _progress(self, counters: Dict[str, int]) -> None:
