@@ -13,8 +13,9 @@ the live counters from Flink's REST metrics (Beam's user counters are exported p
 ``<subtask>.<operator>.dicomvec_<name>``), and cancels it through REST
 (``PATCH /jobs/<jid>?mode=cancel``), then waits until Flink reports it CANCELED.
 
-Stopping rules (both modes): SIGINT / SIGTERM → cancel the job, raise ``JobInterrupted`` (the CLI
-exits 128 + signal number and says what was cancelled). Streaming only: once nothing is in
+Stopping rules: SIGINT / SIGTERM → cancel the job; a batch job raises ``JobInterrupted`` (the
+CLI exits 128 + signal number and says what was cancelled), a streaming job — which only ends
+this way or idle — returns its counters for the usual summary. Streaming only: once nothing is in
 flight and the counters have not moved for ``--stop-after-idle`` seconds (at least two
 dead-letter periods, so the last dead letters are written) → cancel, return the counters.
 """
@@ -309,6 +310,9 @@ class JobMonitor:
             signum = stop["signal"]
             self.counters()  # last reading before the metrics go away
             what = self.cancel()
+            if streaming:  # the documented way to end a stream: stop, then the usual summary
+                log.warning("stopped by %s: %s", signal.Signals(signum).name, what)
+                return dict(self.last_counters)
             pending = max(0, in_flight(self.last_counters)) if self.last_counters else None
             raise JobInterrupted(signum, what + (
                 f"; {pending} file(s) were in flight and are not stored: run the same command "
