@@ -13,8 +13,9 @@ the live counters from Flink's REST metrics (Beam's user counters are exported p
 ``<subtask>.<operator>.dicomvec_<name>``), and cancels it through REST
 (``PATCH /jobs/<jid>?mode=cancel``), then waits until Flink reports it CANCELED.
 
-Stopping rules (both modes): SIGINT / SIGTERM → cancel the job, raise ``JobInterrupted`` (the CLI
-exits 128 + signal number and says what was cancelled). Streaming only: once nothing is in
+Stopping rules: SIGINT / SIGTERM → cancel the job; a batch job raises ``JobInterrupted`` (the
+CLI exits 128 + signal number and says what was cancelled), a streaming job — which only ends
+this way or idle — returns its counters for the usual summary. Streaming only: once nothing is in
 flight and the counters have not moved for ``--stop-after-idle`` seconds (at least two
 dead-letter periods, so the last dead letters are written) → cancel, return the counters.
 """
@@ -206,19 +207,24 @@ class JobMonitor:
         return counters
 
     def final_counters(self) -> Dict[str, int]:
-        """Counters after the job ended: the last live reading, overridden by Beam's final
-        metrics, overridden by the Flink job's accumulators (what Beam's Flink runner reports
-        at the end; read directly because the job server's answer was seen empty once)."""
-        counters = dict(self.last_counters)
+        """Counters after the job ended, each the largest of: the last live reading, Beam's
+        final metrics, the Flink job's accumulators. Counters only grow, and on Flink each
+        source was seen short once (the job server's answer empty; REST's accumulators a
+        snapshot cached while the job still ran)."""
+        sources = [dict(self.last_counters)]
         try:
-            counters.update(beam_counters(self.result))
+            sources.append(beam_counters(self.result))
         except Exception as exc:  # pylint: disable=broad-except
             log.debug("no final Beam metrics: %s", exc)
         if self.flink_job():
             try:
-                counters.update(self.rest.final_counters(self.jid))
+                sources.append(self.rest.final_counters(self.jid))
             except (OSError, ValueError, KeyError) as exc:
                 log.debug("Flink accumulators: %s", exc)
+        counters: Dict[str, int] = {}
+        for source in sources:
+            for name, value in source.items():
+                counters[name] = max(counters.get(name, 0), value)
         return counters
 
     def _progress(self, counters: Dict[str, int]) -> None:
@@ -304,6 +310,9 @@ class JobMonitor:
             signum = stop["signal"]
             self.counters()  # last reading before the metrics go away
             what = self.cancel()
+            if streaming:  # the documented way to end a stream: stop, then the usual summary
+                log.warning("stopped by %s: %s", signal.Signals(signum).name, what)
+                return dict(self.last_counters)
             pending = max(0, in_flight(self.last_counters)) if self.last_counters else None
             raise JobInterrupted(signum, what + (
                 f"; {pending} file(s) were in flight and are not stored: run the same command "
