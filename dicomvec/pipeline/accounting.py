@@ -36,6 +36,8 @@ class Accounting:
     dead_lettered_paths: int
     dead_letter_rows: int
     checked: bool = True  # False: the runner reported no counters, nothing could be compared
+    #: why the counts were not compared (``checked`` False)
+    unchecked_reason: str = "the runner reported no counters"
 
     @property
     def accounted(self) -> int:
@@ -48,7 +50,7 @@ class Accounting:
 
     def render(self) -> str:
         if not self.checked:
-            return ("  accounting           NOT CHECKED: the runner reported no counters, so "
+            return (f"  accounting           NOT CHECKED: {self.unchecked_reason}, so "
                     "stored + duplicates + dead letters cannot be compared with the "
                     f"{self.matched} files matched")
         terms = (f"{self.stored} stored + {self.already_stored} already stored + "
@@ -81,9 +83,11 @@ def dead_letter_paths(generation_dir: str) -> tuple:
 
 
 def check_accounting(matched: Optional[int], counters: Dict[str, int],
-                     generation_dir: str) -> Accounting:
+                     generation_dir: str, stopped_by: str = "") -> Accounting:
     """Compare the paths given to the run with where they ended; logs an error on a mismatch.
-    ``matched`` None: use the pipeline's own ``matched`` counter (streaming)."""
+    ``matched`` None: use the pipeline's own ``matched`` counter (streaming). ``stopped_by``: the
+    signal that ended a stream, whose files in flight were cancelled on purpose (and whose last
+    live counters may lag): the counts are then reported, not judged."""
     seen = counters.get("matched", 0)
     paths, rows = dead_letter_paths(generation_dir)
     if "matched" not in counters and matched:
@@ -100,6 +104,11 @@ def check_accounting(matched: Optional[int], counters: Dict[str, int],
         stored=counters.get("write_ok", 0), already_stored=counters.get("skipped_existing", 0),
         duplicates=counters.get("duplicate_files", 0), dead_lettered_paths=dead,
         dead_letter_rows=rows)
+    if stopped_by and not accounting.holds:
+        log.warning("stopped by %s with files in flight: run the same command again to finish "
+                    "them (stored images are skipped)", stopped_by)
+        return dataclasses.replace(accounting, checked=False, unchecked_reason=(
+            f"stopped by {stopped_by} with files in flight (run the same command again)"))
     if not accounting.holds:
         log.error("not every matched path is accounted for: %d matched (%d entered the "
                   "pipeline) but %d stored + %d already stored + %d duplicates + %d dead-lettered "

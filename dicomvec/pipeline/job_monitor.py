@@ -176,6 +176,7 @@ class JobMonitor:
         self.rest = FlinkRest(url) if url else None
         self.jid: Optional[str] = None
         self.last_counters: Dict[str, int] = {}
+        self.stopped_by = ""  # the signal's name when SIGINT / SIGTERM ended a streaming job
         self._last_progress = time.monotonic()
 
     # --- reading ---------------------------------------------------------------------------
@@ -311,7 +312,8 @@ class JobMonitor:
             self.counters()  # last reading before the metrics go away
             what = self.cancel()
             if streaming:  # the documented way to end a stream: stop, then the usual summary
-                log.warning("stopped by %s: %s", signal.Signals(signum).name, what)
+                self.stopped_by = signal.Signals(signum).name
+                log.warning("stopped by %s: %s", self.stopped_by, what)
                 return dict(self.last_counters)
             pending = max(0, in_flight(self.last_counters)) if self.last_counters else None
             raise JobInterrupted(signum, what + (

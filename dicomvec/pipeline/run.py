@@ -181,8 +181,8 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     build_ingest(pipeline, dv, run_id, paths=paths, streaming=streaming, unreadable=unreadable)
     with worker_environment(options):  # S3 options for local worker processes
         result = pipeline.run()
-        counters = JobMonitor(result, options, job.job_name, submitted_ms).watch(
-            streaming, dv.stop_after_idle, dv.dead_letter_frequency)
+        monitor = JobMonitor(result, options, job.job_name, submitted_ms)
+        counters = monitor.watch(streaming, dv.stop_after_idle, dv.dead_letter_frequency)
     wall = time.monotonic() - started
 
     rows = rows_in_store(dv, provider.name)
@@ -204,5 +204,6 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     )
     if hasattr(provider, "cost_line"):
         summary.cost_line = provider.cost_line(summary.provider_stats)
-    summary.accounting = check_accounting(expected, counters, summary.dead_letter_dir)
+    summary.accounting = check_accounting(expected, counters, summary.dead_letter_dir,
+                                          stopped_by=monitor.stopped_by)
     return summary

@@ -142,7 +142,7 @@ def test_a_signal_cancels_the_flink_job(idle_cluster, job_server_jar, tmp_path, 
     if streaming:   # the documented end of a stream: the job is cancelled, the summary printed
         assert proc.returncode == 0, (proc.returncode, stderr[-4000:])
         assert f"stopped by {name}: Flink job {jid} CANCELED" in stderr, stderr[-3000:]
-        assert summary_numbers(stdout)["images stored"] >= 1, stdout
+        assert summary_numbers(stdout)["rows in store"] >= 1, stdout
     else:
         assert proc.returncode == 128 + int(sig), (proc.returncode, stderr[-4000:])
         assert f"interrupted by {name}: Flink job {jid} CANCELED" in stderr, stderr[-3000:]
