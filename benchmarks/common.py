@@ -114,10 +114,12 @@ class _Server:
 
 
 @contextlib.contextmanager
-def server_process(latency: float) -> Iterator[_Server]:
-    """The contract server in its own process, as a real endpoint would be (no shared GIL)."""
+def server_process(latency: float, fault_rate: float = 0.0) -> Iterator[_Server]:
+    """The contract server in its own process, as a real endpoint would be (no shared GIL);
+    ``fault_rate``: share of requests answered 500 / 429 / dropped."""
     proc = subprocess.Popen([sys.executable, "-m", "tests.nvclip_server", "--latency",
-                             str(latency)], cwd=REPO, stdin=subprocess.PIPE,
+                             str(latency), "--fault-rate", str(fault_rate)],
+                            cwd=REPO, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     try:

@@ -32,70 +32,19 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Dict, List
 
 from benchmarks.common import REPO, Rounds, cached_archive, machine
+from benchmarks.flink_cluster import SCRIPTS, Cluster
 from dicomvec import synthetic
 
-SCRIPTS = REPO / "scripts" / "flink"
 TARGET_P2_VS_P1 = 1.5
 TARGET_SLOT_VS_LOCAL = 0.7
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Cluster:
-    """A private local Flink cluster (start.sh / stop.sh with its own ports and run folder)."""
-
-    def __init__(self, run_dir: Path):
-        self.ports = {name: _free_port() for name in ("rest", "rpc", "pool", "job")}
-        self.env = dict(os.environ, PYTHON=sys.executable, FLINK_RUN_DIR=str(run_dir),
-                        FLINK_REST_PORT=str(self.ports["rest"]),
-                        FLINK_RPC_PORT=str(self.ports["rpc"]),
-                        BEAM_WORKER_POOL_PORT=str(self.ports["pool"]),
-                        BEAM_JOB_PORT=str(self.ports["job"]))
-
-    def script(self, name: str, *args: str) -> None:
-        subprocess.run(["bash", str(SCRIPTS / name), *args], env=self.env, check=True,
-                       timeout=600)
-
-    def get(self, path: str):
-        url = f"http://127.0.0.1:{self.ports['rest']}{path}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return json.loads(response.read())
-
-    def flags(self, parallelism: int) -> List[str]:
-        return ["--runner", "PortableRunner", "--job_endpoint", f"127.0.0.1:{self.ports['job']}",
-                "--flink_master", f"127.0.0.1:{self.ports['rest']}",
-                "--environment_type", "EXTERNAL",
-                "--environment_config", f"127.0.0.1:{self.ports['pool']}",
-                "--parallelism", str(parallelism), "--sdk_worker_parallelism", str(parallelism)]
-
-    def job(self, run_id: str) -> Dict:
-        jobs = [j for j in self.get("/jobs/overview")["jobs"]
-                if j["name"].startswith(f"dicomvec-{run_id}-")]
-        return max(jobs, key=lambda j: j["start-time"])
-
-    def decode_records(self, run_id: str) -> List[int]:
-        """Records read by each subtask of the job's Decode vertex."""
-        jid = self.job(run_id)["jid"]
-        for vertex in self.get(f"/jobs/{jid}")["vertices"]:
-            if "Decode" in vertex["name"]:
-                subtasks = self.get(f"/jobs/{jid}/vertices/{vertex['id']}")["subtasks"]
-                return [s["metrics"]["read-records"] for s in subtasks]
-        return []
 
 
 def run_once(work: Path, name: str, files: Path, batch_size: int, flags: List[str]) -> Dict:

@@ -249,9 +249,22 @@ class NVClipContractServer(LocalServer):
         return expected_vector(input_string, self.dimension)
 
     # -- request handling (called by the handler) -------------------------------------------
+    def random_faults(self, rate: float, seed: int = 0) -> None:
+        """From now on, a request with no queued fault meets, with probability ``rate``, one
+        of 500, 429 (Retry-After: 1) or a dropped connection (seeded: the same sequence each
+        run). For soak runs, where faults must keep coming for as long as the run lasts."""
+        import random
+        self._random_rate, self._random = rate, random.Random(seed)
+
     def _next_fault(self) -> Optional[Fault]:
         with self._lock:
-            return self._faults.pop(0) if self._faults else None
+            if self._faults:
+                return self._faults.pop(0)
+            rate = getattr(self, "_random_rate", 0.0)
+            if rate and self._random.random() < rate:
+                return self._random.choice(
+                    [Fault.http(500), Fault.http(429, retry_after="1"), Fault.drop()])
+            return None
 
     def _requeue(self, fault: Fault) -> None:
         with self._lock:
@@ -463,9 +476,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--model", default="nvidia/nvclip")
+    parser.add_argument("--fault-rate", type=float, default=0.0,
+                        help="share of requests answered 500 / 429 / dropped (seeded)")
     args = parser.parse_args(argv)
     api_key = os.environ.get("NVCLIP_SERVER_API_KEY") or None
     with NVClipContractServer(api_key=api_key, model=args.model, latency_s=args.latency) as srv:
+        if args.fault_rate:
+            srv.random_faults(args.fault_rate)
         print(srv.url, flush=True)
         try:
             sys.stdin.read()  # until the parent closes our stdin

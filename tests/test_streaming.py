@@ -109,3 +109,22 @@ def check_files_arriving(source, tmp_path, streaming_runner):
         # 2-core machine and stays below STOP_AFTER_IDLE, so a file stored only at the end of
         # the run fails (+1: CreatedAt is in whole seconds)
         assert stored_at - arrived <= LATENCY_BOUND + 1, name
+
+
+def test_a_listing_passes_on_only_new_or_changed_files():
+    """What flows on per listing is what arrived or changed, not the whole archive again; the
+    worker keeps one small entry per file."""
+    from apache_beam.io.filesystem import FileMetadata
+    from dicomvec.transforms.watch import DropUnchangedSinceLastListing
+    dofn = DropUnchangedSinceLastListing()
+    dofn.setup()
+
+    def listing(*files):
+        return [m.path for f in files for m in dofn.process(FileMetadata(*f))]
+
+    a, b = ("/w/a.dcm", 10, 1.0), ("/w/b.dcm", 20, 1.0)
+    assert listing(a, b) == ["/w/a.dcm", "/w/b.dcm"]
+    assert listing(a, b) == []                                   # listed again: nothing new
+    assert listing(a, ("/w/b.dcm", 25, 2.0)) == ["/w/b.dcm"]     # b grew
+    assert listing(a, ("/w/b.dcm", 25, 2.0), ("/w/c.dcm", 5, 3.0)) == ["/w/c.dcm"]
+    assert len(dofn._passed) == 3

@@ -40,6 +40,16 @@ from dicomvec.transforms.stage import NAMESPACE
 log = logging.getLogger(__name__)
 
 TERMINAL_FLINK = {"FINISHED", "CANCELED", "FAILED", "SUSPENDED"}
+# a cluster that has had no TaskManager this long cannot run the job: say so, do not wait
+NO_TASKMANAGER_GRACE_S = 60.0
+# a job that just ended frees its slots within seconds: preflight waits this long for them
+SLOTS_WAIT_S = 15.0
+
+
+class JobFailed(RuntimeError):
+    """The job cannot go on (e.g. its cluster lost every TaskManager); one line for the user,
+    exit status 1."""
+    exit_code = 1
 
 
 class JobInterrupted(RuntimeError):
@@ -94,6 +104,10 @@ class FlinkRest:
         """The newest job called ``name`` started at or after ``not_before_ms``."""
         matches = [j for j in self.jobs() if j["name"] == name and j["start-time"] >= not_before_ms]
         return max(matches, key=lambda j: j["start-time"])["jid"] if matches else None
+
+    def overview(self) -> dict:
+        """The cluster: ``taskmanagers``, ``slots-total``, ``slots-available``, ``jobs-running``."""
+        return self._call("/overview")
 
     def state(self, jid: str) -> str:
         return self._call(f"/jobs/{jid}")["state"]
@@ -162,6 +176,39 @@ def flink_rest_url(options: PipelineOptions) -> Optional[str]:
     return master if "://" in master else f"http://{master}"
 
 
+def flink_cluster_problem(options: PipelineOptions, wait_s: float = SLOTS_WAIT_S) -> Optional[str]:
+    """Why the Flink cluster named by ``--flink_master`` cannot take this job now (its REST API
+    does not answer, it has no TaskManager, or fewer free task slots than ``--parallelism``), or
+    None. Slots held by a job that is ending are waited for up to ``wait_s``."""
+    url = flink_rest_url(options)
+    if url is None:
+        return None
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions
+    need = max(1, options.view_as(FlinkRunnerOptions).parallelism or 1)
+    rest = FlinkRest(url, timeout=5.0)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            overview = rest.overview()
+        except (OSError, ValueError) as exc:
+            reason = str(getattr(exc, "reason", "") or exc).splitlines()[0]
+            return (f"the Flink REST API at {url} does not answer ({reason}): is --flink_master "
+                    f"right and the JobManager running?")
+        free, total = overview.get("slots-available", 0), overview.get("slots-total", 0)
+        if free >= need:
+            return None
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    if not overview.get("taskmanagers"):
+        return (f"the Flink cluster at {url} has no TaskManager, so no task slot to run the job "
+                f"on: start one (scripts/flink/start.sh taskmanager) or see why it stopped in "
+                f"its log")
+    return (f"the Flink cluster at {url} has {free} free task slot(s) of {total}; this job needs "
+            f"{need} (--parallelism): wait for the {overview.get('jobs-running', 0)} running "
+            f"job(s) to end, or lower --parallelism")
+
+
 class JobMonitor:
     """One submitted job: its live counters, its end, and how to stop it (see module doc)."""
 
@@ -178,6 +225,8 @@ class JobMonitor:
         self.last_counters: Dict[str, int] = {}
         self.stopped_by = ""  # the signal's name when SIGINT / SIGTERM ended a streaming job
         self._last_progress = time.monotonic()
+        self._no_taskmanager_since: Optional[float] = None
+        self._cluster_checked = 0.0
 
     # --- reading ---------------------------------------------------------------------------
     def flink_job(self) -> Optional[str]:
@@ -263,6 +312,31 @@ class JobMonitor:
                       self.rest.base, self.jid)
         return f"Flink job {self.jid} {state}"
 
+    def _check_cluster(self) -> None:
+        """Raise ``JobFailed`` (after cancelling) once the cluster has had no TaskManager for
+        ``NO_TASKMANAGER_GRACE_S``: the job would wait for slots that never come."""
+        now = time.monotonic()
+        if self.rest is None or now - self._cluster_checked < 5.0:
+            return
+        self._cluster_checked = now
+        try:
+            taskmanagers = self.rest.overview().get("taskmanagers", 0)
+        except (OSError, ValueError) as exc:
+            log.debug("Flink REST overview: %s", exc)
+            return
+        if taskmanagers:
+            self._no_taskmanager_since = None
+            return
+        self._no_taskmanager_since = self._no_taskmanager_since or now
+        if now - self._no_taskmanager_since >= NO_TASKMANAGER_GRACE_S:
+            self.counters()
+            what = self.cancel(timeout_s=20.0)
+            raise JobFailed(
+                f"the Flink cluster at {self.rest.base} has had no TaskManager for "
+                f"{NO_TASKMANAGER_GRACE_S:.0f} s, so the job cannot run ({what}); see the "
+                f"TaskManager's log for why it stopped, then run the same command again "
+                f"(stored images are skipped)")
+
     def _terminal(self) -> bool:
         try:
             if PipelineState.is_terminal(self.result.state):
@@ -292,6 +366,7 @@ class JobMonitor:
                 time.sleep(self.poll_s)
                 if not streaming and self.rest is None:
                     continue  # nothing to read while a batch job runs without Flink REST
+                self._check_cluster()
                 counters = self.counters()
                 self._progress(counters)
                 if counters != last:

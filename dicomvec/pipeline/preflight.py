@@ -177,4 +177,8 @@ def check_job(options, input_pattern: bool = True, sink_must_exist: bool = False
     if dead_letters:
         check_dead_letter_folder(options.dead_letter)
     check_sink(options.sink, must_exist=sink_must_exist)
+    from dicomvec.pipeline.job_monitor import flink_cluster_problem
+    problem = flink_cluster_problem(options)
+    if problem:
+        raise PreflightError(problem)
     return used

@@ -2,11 +2,18 @@
 
 ``WatchForCompleteFiles``: pipeline root → PCollection[FileMetadata]. ``fileio.MatchContinuously``
 lists the pattern every ``interval`` seconds (without its own de-duplication: its Watch-based
-variant does not run on the local streaming runner); the stateful ``EmitWhenSettled`` DoFn, keyed
-by path, drops versions (size, mtime) already emitted and waits until a file has not changed for
-``settle_seconds`` (a processing-time timer re-checks it) before emitting it, so a file still
-being copied or downloaded is never read half-way. A file that changes after it was emitted is
-emitted again (and upserted again).
+variant does not run on the local streaming runner, and keeps every path ever seen in its
+restriction); ``DropUnchangedSinceLastListing`` passes on only the files whose (size, mtime) the
+listing worker has not passed on before, so what flows on per listing is what arrived or
+changed, not the whole archive again; the stateful ``EmitWhenSettled`` DoFn, keyed by path,
+drops versions already emitted (after a restart the worker's memory is empty) and waits until a
+file has not changed for ``settle_seconds`` (a processing-time timer re-checks it) before
+emitting it, so a file still being copied or downloaded is never read half-way. A file that
+changes after it was emitted is emitted again (and upserted again).
+
+Memory per watched file (measured by ``benchmarks/streaming_soak.py``, see BENCHMARKS.md): one
+entry of two integers in the listing worker's ``DropUnchangedSinceLastListing`` and one keyed
+state entry (``emitted``) in the runner.
 """
 from __future__ import annotations
 
@@ -78,6 +85,23 @@ class EmitWhenSettled(beam.DoFn):
         yield metadata
 
 
+class DropUnchangedSinceLastListing(beam.DoFn):
+    """In: FileMetadata of every file, at every listing. Out: the files whose (size, mtime)
+    this worker has not passed on yet. Holds one pair of integers (hashes of the path and of the
+    version) per file, in the worker's memory only: a new worker starts empty and passes
+    everything on once, which ``EmitWhenSettled`` and the resume check absorb."""
+
+    def setup(self):
+        self._passed: dict = {}
+
+    def process(self, metadata):
+        version = hash((metadata.size_in_bytes, metadata.last_updated_in_seconds))
+        key = hash(metadata.path)
+        if self._passed.get(key) != version:
+            self._passed[key] = version
+            yield metadata
+
+
 class WatchForCompleteFiles(beam.PTransform):
     def __init__(self, pattern: str, interval: float, settle_seconds: float):
         super().__init__()
@@ -90,6 +114,7 @@ class WatchForCompleteFiles(beam.PTransform):
                 | "MatchContinuously" >> fileio.MatchContinuously(
                     self.pattern, interval=self.interval, start_timestamp=Timestamp.now(),
                     has_deduplication=False)
+                | "DropUnchanged" >> beam.ParDo(DropUnchangedSinceLastListing())
                 | "KeyByPath" >> beam.Map(lambda metadata: (metadata.path, metadata))
                 .with_output_types(Tuple[str, FileMetadata])
                 | "EmitWhenSettled" >> beam.ParDo(EmitWhenSettled(self.settle_seconds)))

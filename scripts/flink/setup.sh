@@ -11,7 +11,8 @@
 #       3. the Beam 2.70.0 job server assembled by $DICOMVEC_SHARED/flink-jobserver/build.sh
 #          --prebuilt (released Beam jars from Maven + one module compiled from Beam's sources;
 #          see its README), built into $JOB_SERVER_DIR from a temporary copy of that folder
-#          (../shared may be read-only).
+#          (../shared may be read-only), with the apache/beam#27648 fix backported
+#          (backport/build.sh: keyed state of a streaming job's splittable DoFn stays bounded).
 #     It prints which one it used ("job server: ...") and writes it to $JOB_SERVER_DIR/SOURCE.
 # Exit status: 0 when Flink is installed. No job server is reported, not an error here: the Flink
 # tests fail on it in CI and skip with the reason elsewhere.
@@ -92,6 +93,10 @@ elif [ -z "$BEAM_VERSION" ]; then
 elif try_released; then
   job_server_used "released $JOB_SERVER_ARTIFACT" "$released_jar"
 elif launcher="$(build_from_shared)"; then
+  # streaming jobs leak keyed state without this fix (apache/beam#27648; see backport/)
+  PYTHON="$PYTHON" bash "$FLINK_SCRIPTS_DIR/backport/build.sh" "$JOB_SERVER_DIR" || {
+    flink_log "the apache/beam#27648 backport could not be built: streaming jobs would run out" \
+              "of TaskManager heap"; exit 1; }
   job_server_used "built from $DICOMVEC_SHARED/flink-jobserver (Beam 2.70.0; SDK $BEAM_VERSION)" "$launcher"
 else
   rm -f "$JOB_SERVER_DIR/SOURCE"

@@ -24,6 +24,7 @@ SCRIPTS = REPO / "scripts" / "flink"
 FLINK_MINOR = "1.19"
 COMPONENTS = ("jobmanager", "taskmanager", "workerpool", "jobserver")
 TERMINAL = {"FINISHED", "CANCELED", "FAILED", "SUSPENDED"}
+NO_TASKMANAGER_GRACE_S = 30.0  # a TaskManager gone this long fails the waiting test at once
 
 
 def free_port() -> int:
@@ -117,9 +118,25 @@ class FlinkCluster:
                 path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(out)
 
-    def wait_for(self, predicate, timeout: float, what: str, interval: float = 0.5):
+    def taskmanager_problem(self) -> Optional[str]:
+        """Why the cluster has no working TaskManager (its process is gone, or the JobManager
+        lists none), or None."""
+        if self.pid("taskmanager") is None:
+            return "the TaskManager process is gone"
+        try:
+            if self.get("/overview")["taskmanagers"] == 0:
+                return "the JobManager lists no TaskManager (lost: heartbeats timed out)"
+        except OSError as exc:
+            return f"the Flink REST API does not answer ({exc})"
+        return None
+
+    def wait_for(self, predicate, timeout: float, what: str, interval: float = 0.5,
+                 taskmanager_grace: Optional[float] = NO_TASKMANAGER_GRACE_S):
+        """Poll ``predicate`` until it is truthy. Fails at once when the TaskManager has been
+        gone for ``taskmanager_grace`` s (None: a test that kills it on purpose), rather than
+        waiting out ``timeout`` on a cluster that cannot run anything."""
         deadline = time.monotonic() + timeout
-        last = None
+        last, gone_since, next_check = None, None, 0.0
         while time.monotonic() < deadline:
             try:
                 last = predicate()
@@ -127,6 +144,13 @@ class FlinkCluster:
                     return last
             except OSError as exc:  # REST not answering (yet)
                 last = exc
+            if taskmanager_grace is not None and time.monotonic() >= next_check:
+                next_check = time.monotonic() + 5
+                problem = self.taskmanager_problem()
+                gone_since = (gone_since or time.monotonic()) if problem else None
+                if problem and time.monotonic() - gone_since >= taskmanager_grace:
+                    raise AssertionError(f"{problem} (for {taskmanager_grace:.0f} s) while "
+                                         f"waiting for {what}\n{self.tail_logs()}")
             time.sleep(interval)
         raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last})\n"
                              f"{self.tail_logs()}")
@@ -182,7 +206,17 @@ def job_server_jar(flink_cluster) -> Path:
 @pytest.fixture
 def idle_cluster(flink_cluster):
     """The cluster with no job running before and after the test (a left-over job would hold
-    the slots); a test that leaves one RUNNING fails here."""
+    the slots); a test that leaves one RUNNING fails here. A cluster that lost its TaskManager
+    (e.g. to a crash in an earlier test) fails the test at once, saying so, and gets a new
+    TaskManager for the tests after it."""
+    problem = flink_cluster.taskmanager_problem()
+    if problem:
+        logs = flink_cluster.tail_logs()
+        flink_cluster.cancel_all()
+        flink_cluster.stop("taskmanager", kill=True)
+        flink_cluster.start("taskmanager")
+        pytest.fail(f"the Flink cluster had no working TaskManager before this test: {problem} "
+                    f"(a new one was started for the next tests)\n{logs}")
     flink_cluster.wait_for(lambda: not flink_cluster.running(), 120, "no running Flink job")
     yield flink_cluster
     left = flink_cluster.running()

@@ -76,7 +76,8 @@ def test_crashed_taskmanager_is_detected_and_a_restarted_one_registers(flink_clu
     flink_cluster.stop("taskmanager", kill=True)            # SIGKILL: a crash, not a shutdown
     assert flink_cluster.pid("taskmanager") is None
     flink_cluster.wait_for(lambda: flink_cluster.get("/overview")["taskmanagers"] == 0, 60,
-                           "the JobManager to notice the lost TaskManager")
+                           "the JobManager to notice the lost TaskManager",
+                           taskmanager_grace=None)
     flink_cluster.start("taskmanager")                      # waits for REST health
     taskmanagers = flink_cluster.get("/taskmanagers")["taskmanagers"]
     assert len(taskmanagers) == 1 and taskmanagers[0]["slotsNumber"] == 2
