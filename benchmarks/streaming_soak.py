@@ -189,6 +189,14 @@ def _row_count(db: Path) -> int:
         return 0
 
 
+def _dead_letters(out: Path) -> List[Dict]:
+    from dicomvec.io.dead_letter import read_dead_letters
+    try:
+        return read_dead_letters(str(out / "dead_letter"))
+    except (OSError, ValueError):  # a Parquet file being written
+        return []
+
+
 def _epoch(created_at: str) -> float:
     return datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp()
 
@@ -312,11 +320,11 @@ def run_soak(work: Path, minutes: float, files: int, *, watch_interval: float = 
             feeder.join()
             fed_at = _now() - sampler.start_time
             landed = seeded + feeder.landed
-            expected = {Path(item["target"]).stem for item in landed if item["kind"] != "broken"}
             deadline = _now() + drain_timeout
-            while _now() < deadline and len(_store_rows(db).keys() & expected) < len(expected):
+            while _now() < deadline and account(landed, watch, _store_rows(db),
+                                                 _dead_letters(out))["not_accounted"]:
                 time.sleep(5)
-            time.sleep(3 * watch_interval)  # the last dead letters' window
+            drained_at = _now() - sampler.start_time
             sampler.histogram("end of feed + drain")
             if stop == "sigterm":
                 driver.send_signal(signal.SIGTERM)
@@ -328,14 +336,14 @@ def run_soak(work: Path, minutes: float, files: int, *, watch_interval: float = 
             sampler.stop.set()
             sampler.join()
             log.close()
-        from dicomvec.io.dead_letter import read_dead_letters
-        dead = read_dead_letters(str(out / "dead_letter"))
+        dead = _dead_letters(out)
         job = _flink_job(cluster, run_id)
     finally:
         cluster.script("stop.sh")
     accounting = account(landed, watch, _store_rows(db), dead)
     result.update({
         "minutes": minutes, "files": files, "fed_seconds": round(fed_at, 1),
+        "drained_seconds": round(drained_at, 1),
         "watch_interval_s": watch_interval, "embedding_latency_s": latency,
         "fault_rate": fault_rate, "parallelism": parallelism, "stop": stop,
         "image": f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} native", "cluster_env": cluster_env or {},
