@@ -68,7 +68,7 @@ def in_flight(counters: Dict[str, int]) -> int:
     """Files seen arriving or matched but not yet stored, skipped, merged as duplicates or
     dead-lettered."""
     settled = (counters.get("write_ok", 0) + counters.get("skipped_existing", 0)
-               + counters.get("duplicate_files", 0)
+               + counters.get("duplicate_files", 0) + counters.get("not_dicom_ignored", 0)
                + sum(counters.get(f"{stage}_failed", 0) for stage in STAGES))
     arriving = counters.get("arriving", 0) - counters.get("arrived", 0)
     return counters.get("matched", 0) - settled + arriving

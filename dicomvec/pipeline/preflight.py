@@ -44,10 +44,10 @@ def resolve_input(pattern: Optional[str], what: str = "a DICOM file pattern such
     from apache_beam.io.filesystems import FileSystems
     if not pattern:
         raise NoInputFilesError(f"--input is required: {what}")
-    used = pattern
-    if _is_local(pattern) and os.path.isdir(pattern):
-        used = os.path.join(pattern, "**")
-        log.info("--input %s is a directory: reading every file below it (pattern %s)",
+    used = folder_pattern(pattern) or pattern
+    if used != pattern:
+        log.info("--input %s is a directory: reading every file below it (pattern %s); files "
+                 "plainly not DICOM (.txt, .csv, .gz, … without a DICM preamble) are ignored",
                  pattern, used)
     if require_match:
         try:
@@ -60,6 +60,29 @@ def resolve_input(pattern: Optional[str], what: str = "a DICOM file pattern such
         if not matched:
             raise NoInputFilesError(f"no files match --input {used!r}")
     return used
+
+
+def _has_wildcard(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def folder_pattern(pattern: Optional[str]) -> Optional[str]:
+    """``DIR/**`` when ``pattern`` names a folder — a local directory, or an object-store
+    prefix ending in ``/`` (``s3://bucket/files/``) —, else None. Looks at nothing remote."""
+    if not pattern or _has_wildcard(pattern):
+        return None
+    if _is_local(pattern):
+        return os.path.join(pattern, "**") if os.path.isdir(pattern) else None
+    return pattern + "**" if pattern.endswith("/") else None
+
+
+def remote_folder_pattern(pattern: Optional[str]) -> Optional[str]:
+    """``s3://bucket/files`` (no wildcard, no trailing ``/``) → ``s3://bucket/files/**``: what
+    to list when no object has exactly that name (then it is a prefix, a folder). None for a
+    local path or a pattern."""
+    if not pattern or _is_local(pattern) or _has_wildcard(pattern) or pattern.endswith("/"):
+        return None
+    return pattern + "/**"
 
 
 def _first_line(exc: BaseException) -> str:
