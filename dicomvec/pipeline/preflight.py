@@ -130,6 +130,11 @@ def check_sqlite_path(path: str, must_exist: bool = False) -> None:
                 pass
         except OSError as exc:
             raise PreflightError(f"sink file {path!r} is not writable: {exc.strerror}") from None
+        folder = os.path.dirname(os.path.abspath(path))
+        if not _writable_dir(folder):  # SQLite writes its journal (-wal, -shm) beside the file
+            raise PreflightError(f"sink file {path!r} cannot be used: its folder {folder!r} is "
+                                 "not writable, and SQLite writes its journal files beside the "
+                                 "database (make the folder writable, or move the file)")
         return
     if must_exist:
         raise PreflightError(f"no database at {path!r} (fill it with `dicomvec run` first, or "
