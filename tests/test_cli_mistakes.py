@@ -279,6 +279,45 @@ def test_search_store_error_hints_at_run_only_for_a_missing_table():
     assert "run `dicomvec run` first?" in str(missing)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_job_endpoint_that_does_not_answer(sample, work, capfd, monkeypatch):
+    """A wrong --job_endpoint: one line naming the address, within seconds, nothing created
+    (it used to hang silently for minutes with the sink's .db file already made)."""
+    from dicomvec.pipeline import preflight
+    monkeypatch.setattr(preflight, "JOB_ENDPOINT_TIMEOUT_S", 1.0)
+    closed = f"127.0.0.1:{_free_port()}"
+    with socket.socket() as silent:  # accepts connections, never speaks gRPC
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        mute = f"127.0.0.1:{silent.getsockname()[1]}"
+        for endpoint in (closed, mute):
+            line = one_line_error(capfd, run_argv(
+                sample, "--sink", f"sqlite:///{work}/x.db", "--dead-letter", str(work / "dl"),
+                "--runner", "PortableRunner", "--job_endpoint", endpoint), work)
+            assert f"no Beam job service answers at --job_endpoint {endpoint}" in line
+
+
+def test_job_endpoint_that_answers_passes_preflight():
+    import grpc
+    from concurrent import futures
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from dicomvec.pipeline.preflight import check_job_endpoint
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        check_job_endpoint(PipelineOptions(["--job_endpoint", f"127.0.0.1:{port}"]), 5.0)
+    finally:
+        server.stop(None)
+
+
 # --------------------------------------------------------------------------- what works
 
 

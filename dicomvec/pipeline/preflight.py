@@ -10,6 +10,7 @@ given as ``--input`` becomes ``DIR/**``, every file below it), or a ``PreflightE
   exists); else its folder is writable or can be made (the nearest existing ancestor is a
   writable folder, not a file); a server (PostgreSQL, IRIS): the login works (connect, close);
 * dead letters: the folder is writable, or can be made (same rule);
+* ``--job_endpoint`` (a portable runner's job service): it answers within a few seconds;
 * provider: its credentials are present (``EmbeddingProvider.preflight``; e.g. nvclip's
   ``NVIDIA_API_KEY`` for the hosted API). No request is sent.
 """
@@ -196,12 +197,38 @@ def check_provider(config) -> None:
         preflight()
 
 
+#: seconds to wait for ``--job_endpoint`` to answer before the job is refused
+JOB_ENDPOINT_TIMEOUT_S = 5.0
+
+
+def check_job_endpoint(options, timeout: Optional[float] = None) -> None:
+    """``--job_endpoint HOST:PORT`` (a Beam job service, e.g. Flink's job server) answers: a
+    gRPC connection is ready within ``timeout`` seconds. Without the check a wrong address
+    leaves the driver waiting silently for minutes. ``embed`` (in-process) is not checked."""
+    from apache_beam.options.pipeline_options import PortableOptions
+    endpoint = options.view_as(PortableOptions).job_endpoint
+    if not endpoint or endpoint == "embed":
+        return
+    import grpc
+    timeout = JOB_ENDPOINT_TIMEOUT_S if timeout is None else timeout
+    channel = grpc.insecure_channel(endpoint)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise PreflightError(f"no Beam job service answers at --job_endpoint {endpoint} (waited "
+                             f"{timeout:g} s): start the job server there, or fix the "
+                             "address") from None
+    finally:
+        channel.close()
+
+
 def check_job(options, input_pattern: bool = True, sink_must_exist: bool = False,
               dead_letters: bool = True, require_match: bool = True) -> Optional[str]:
     """Every check for a job over ``options`` (``DicomvecOptions``), cheapest first; returns the
     input pattern to use (None when ``input_pattern`` is False)."""
     used = resolve_input(options.input, require_match=require_match) if input_pattern else None
     check_provider(options.provider_config())
+    check_job_endpoint(options)
     if dead_letters:
         check_dead_letter_folder(options.dead_letter)
     check_sink(options.sink, must_exist=sink_must_exist)
