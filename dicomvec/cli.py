@@ -151,9 +151,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(args.func(args, extra) or 0)
     except Exception as exc:
         from dicomvec.errors import user_errors
-        from dicomvec.pipeline.job_monitor import JobInterrupted
+        from dicomvec.pipeline.job_monitor import JobFailed, JobInterrupted
         if isinstance(exc, JobInterrupted):  # SIGINT/SIGTERM: the job was cancelled, not finished
             print(f"dicomvec: {exc}", file=sys.stderr)
+            return exc.exit_code
+        if isinstance(exc, JobFailed):  # the runner failed the job: what it said, in one line
+            print(f"dicomvec: error: {exc}", file=sys.stderr)
             return exc.exit_code
         if not isinstance(exc, (UserError,) + user_errors()):
             raise

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import signal
 import time
 import urllib.error
@@ -49,6 +50,29 @@ class JobInterrupted(RuntimeError):
         self.signum = signum
         self.exit_code = 128 + signum
         super().__init__(f"interrupted by {signal.Signals(signum).name}: {what}")
+
+
+class JobFailed(RuntimeError):
+    """The runner reports the job FAILED (e.g. Flink's ``NoResourceAvailableException``): one
+    line saying what the runner said and where its exception history is; exit status 1."""
+
+    exit_code = 1
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*:")
+
+
+def root_cause(message: str, limit: int = 300) -> str:
+    """The line of a runner's error text that says what went wrong: the last ``Caused by:`` of a
+    Java stack trace (its root cause), else the first non-empty line; at most ``limit`` chars."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    causes = [line[len("Caused by:"):].strip() for line in lines
+              if line.startswith("Caused by:")]
+    if not causes:  # a Python traceback: its last "SomeError: message" line
+        causes = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    text = causes[-1] if causes else (lines[0] if lines else "no message from the runner")
+    text = re.sub(r"^Pipeline \S+ failed in state \w+:\s*", "", text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def beam_counters(result, live: bool = False) -> Dict[str, int]:
@@ -263,6 +287,44 @@ class JobMonitor:
                       self.rest.base, self.jid)
         return f"Flink job {self.jid} {state}"
 
+    def exception_history(self) -> str:
+        """Where the failed job's exception history can be read."""
+        if self.flink_job():
+            return (f"exception history: {self.rest.base}/#/job/{self.jid}/exceptions (REST: "
+                    f"{self.rest.base}/jobs/{self.jid}/exceptions)")
+        if self.rest is not None:
+            return f"exception history: the job's Exceptions tab at {self.rest.base}"
+        return ("exception history: the runner's log, or the Flink web UI's Exceptions tab of "
+                "the job (pass --flink_master HOST:PORT and dicomvec names the page)")
+
+    def _wait_until_finish(self) -> None:
+        try:
+            self.result.wait_until_finish()
+        except Exception as exc:  # pylint: disable=broad-except  # the runner's own error types
+            state = ""
+            try:
+                state = str(self.result.state)
+            except Exception:  # pylint: disable=broad-except
+                pass
+            log.debug("the job ended in %s", state, exc_info=True)
+            raise JobFailed(f"the job failed ({self.job_name}): "
+                            f"{root_cause(self._error_text(exc))}; "
+                            f"{self.exception_history()}") from None
+
+    def _error_text(self, exc: BaseException) -> str:
+        """The runner's error messages (a portable runner keeps the job's messages; the
+        exception itself carries only the last one, often "Error running pipeline."), then the
+        exception's own text."""
+        texts = []
+        for message in getattr(self.result, "_messages", None) or []:
+            try:
+                response = message.message_response
+                if message.HasField("message_response") and response.importance >= 5:
+                    texts.append(response.message_text)  # 5: JOB_MESSAGE_ERROR
+            except (AttributeError, ValueError):
+                continue
+        return "\n".join(texts + [str(exc)])
+
     def _terminal(self) -> bool:
         try:
             if PipelineState.is_terminal(self.result.state):
@@ -287,7 +349,7 @@ class JobMonitor:
         try:
             while stop["signal"] is None:
                 if self._terminal():
-                    self.result.wait_until_finish()  # raises if the job failed
+                    self._wait_until_finish()  # raises JobFailed if the job failed
                     return self.final_counters()
                 time.sleep(self.poll_s)
                 if not streaming and self.rest is None:
