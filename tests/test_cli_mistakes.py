@@ -87,6 +87,11 @@ def test_misspelled_beam_option_is_an_error_with_a_suggestion(sample, work, capf
     assert "unknown option --runer" in line and "did you mean --runner?" in line
 
 
+def test_misspelled_runner_gets_a_suggestion(sample, work, capfd):
+    line = one_line_error(capfd, run_argv(sample, "--runner", "FlinkRuner"), work)
+    assert "unknown --runner FlinkRuner (did you mean FlinkRunner?)" in line
+
+
 def test_both_spellings_of_dicomvec_options_are_accepted():
     from dicomvec.commands.pipeline_flags import check_flags
     check_flags(["--dead-letter", "x", "--dead_letter", "y", "--image-size", "3",

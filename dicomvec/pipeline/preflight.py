@@ -197,6 +197,25 @@ def check_provider(config) -> None:
         preflight()
 
 
+def check_runner(options) -> None:
+    """``--runner`` names a runner Beam knows (a short name such as ``FlinkRunner``, with or
+    without ``Runner``, or a dotted class path); a misspelled one gets a suggestion."""
+    from apache_beam.options.pipeline_options import StandardOptions
+    runner = options.view_as(StandardOptions).runner
+    if not runner or "." in runner:
+        return
+    known = list(StandardOptions.KNOWN_RUNNER_NAMES)
+    lowered = {name.lower(): name for name in known}
+    name = runner.lower()
+    if name in lowered or name + "runner" in lowered or name == "pythonrpcdirectrunner":
+        return
+    import difflib
+    close = difflib.get_close_matches(name, list(lowered), n=1, cutoff=0.75)
+    hint = f" (did you mean {lowered[close[0]]}?)" if close else ""
+    raise PreflightError(f"unknown --runner {runner}{hint}; Beam knows {', '.join(known)} or "
+                         "the dotted name of a PipelineRunner class")
+
+
 #: seconds to wait for ``--job_endpoint`` to answer before the job is refused
 JOB_ENDPOINT_TIMEOUT_S = 5.0
 
@@ -227,6 +246,7 @@ def check_job(options, input_pattern: bool = True, sink_must_exist: bool = False
     """Every check for a job over ``options`` (``DicomvecOptions``), cheapest first; returns the
     input pattern to use (None when ``input_pattern`` is False)."""
     used = resolve_input(options.input, require_match=require_match) if input_pattern else None
+    check_runner(options)
     check_provider(options.provider_config())
     check_job_endpoint(options)
     if dead_letters:
