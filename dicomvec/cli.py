@@ -155,7 +155,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if isinstance(exc, JobInterrupted):  # SIGINT/SIGTERM: the job was cancelled, not finished
             print(f"dicomvec: {exc}", file=sys.stderr)
             return exc.exit_code
-        if isinstance(exc, JobFailed):
+        if isinstance(exc, JobFailed):  # the runner failed the job: what it said, in one line
             print(f"dicomvec: error: {exc}", file=sys.stderr)
             return exc.exit_code
         if not isinstance(exc, (UserError,) + user_errors()):

@@ -87,6 +87,11 @@ def test_misspelled_beam_option_is_an_error_with_a_suggestion(sample, work, capf
     assert "unknown option --runer" in line and "did you mean --runner?" in line
 
 
+def test_misspelled_runner_gets_a_suggestion(sample, work, capfd):
+    line = one_line_error(capfd, run_argv(sample, "--runner", "FlinkRuner"), work)
+    assert "unknown --runner FlinkRuner (did you mean FlinkRunner?)" in line
+
+
 def test_both_spellings_of_dicomvec_options_are_accepted():
     from dicomvec.commands.pipeline_flags import check_flags
     check_flags(["--dead-letter", "x", "--dead_letter", "y", "--image-size", "3",
@@ -218,6 +223,104 @@ def test_dead_letter_commands_on_a_missing_folder(work, capfd):
     line = one_line_error(capfd, ["reprocess", "--dead-letter", str(work / "nope"),
                                   "--sink", f"sqlite:///{work}/x.db"], work)
     assert "does not exist" in line
+
+
+def test_dead_letters_without_an_action_lists_its_actions(work, capfd):
+    line = one_line_error(capfd, ["dead-letters"], work)
+    assert "needs an action: summary (counts by generation" in line
+
+
+def test_one_generation_is_singular(tmp_path):
+    from dicomvec.commands.dead_letters import summary_table
+    rows = [{"run_id": "a", "stage": "decode", "error_type": "X", "path": "/p"}]
+    assert "total over 1 generation: rows: 1" in summary_table(rows)
+
+
+def _without_permission_override(argv):
+    """``argv`` as a command that obeys file permissions: root (this container) ignores them,
+    so root runs it with CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH dropped (setpriv)."""
+    if os.geteuid() != 0:
+        return list(argv)
+    import shutil
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: cannot make a folder root cannot write")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *argv]
+
+
+def test_writable_sqlite_file_in_a_folder_that_is_not(sample, work):
+    """SQLite writes its journal beside the file: preflight must refuse, and `search` must not
+    send the user to `dicomvec run`."""
+    folder = work / "locked"
+    folder.mkdir()
+    with sqlite3.connect(folder / "x.db") as conn:  # a store made earlier, writable itself
+        conn.execute("CREATE TABLE t (a)")
+    conn.close()
+    folder.chmod(0o555)
+    try:
+        before = snapshot(work)
+        for argv, where in (
+                (run_argv(sample, "--sink", f"sqlite:///{folder}/x.db"), "run"),
+                (["search", "--image", str(next(sample.rglob("*.dcm"))), "--sink",
+                  f"sqlite:///{folder}/x.db", "--provider", "thumbnail"], "search")):
+            proc = subprocess.run(_without_permission_override(
+                [sys.executable, "-m", "dicomvec.cli", *argv]), capture_output=True,
+                text=True, cwd=work, timeout=120)
+            assert proc.returncode == 2, (where, proc.stderr)
+            assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1, (where, proc.stderr)
+            assert "folder" in proc.stderr and "is not writable" in proc.stderr, proc.stderr
+            assert "journal" in proc.stderr and "first?" not in proc.stderr, proc.stderr
+            assert snapshot(work) == before, where
+    finally:
+        folder.chmod(0o755)
+
+
+def test_search_store_error_hints_at_run_only_for_a_missing_table():
+    from dicomvec.search.engine import _store_error
+    readonly = _store_error(sqlite3.OperationalError("attempt to write a readonly database"),
+                            "MIMICCXRImages", "sqlite:///x.db")
+    assert "first?" not in str(readonly)
+    missing = _store_error(sqlite3.OperationalError("no such table: MIMICCXRImages"),
+                           "MIMICCXRImages", "sqlite:///x.db")
+    assert "run `dicomvec run` first?" in str(missing)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_job_endpoint_that_does_not_answer(sample, work, capfd, monkeypatch):
+    """A wrong --job_endpoint: one line naming the address, within seconds, nothing created
+    (it used to hang silently for minutes with the sink's .db file already made)."""
+    from dicomvec.pipeline import preflight
+    monkeypatch.setattr(preflight, "JOB_ENDPOINT_TIMEOUT_S", 1.0)
+    closed = f"127.0.0.1:{_free_port()}"
+    with socket.socket() as silent:  # accepts connections, never speaks gRPC
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        mute = f"127.0.0.1:{silent.getsockname()[1]}"
+        for endpoint in (closed, mute):
+            line = one_line_error(capfd, run_argv(
+                sample, "--sink", f"sqlite:///{work}/x.db", "--dead-letter", str(work / "dl"),
+                "--runner", "PortableRunner", "--job_endpoint", endpoint), work)
+            assert f"no Beam job service answers at --job_endpoint {endpoint}" in line
+
+
+def test_job_endpoint_that_answers_passes_preflight():
+    import grpc
+    from concurrent import futures
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from dicomvec.pipeline.preflight import check_job_endpoint
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        check_job_endpoint(PipelineOptions(["--job_endpoint", f"127.0.0.1:{port}"]), 5.0)
+    finally:
+        server.stop(None)
 
 
 # --------------------------------------------------------------------------- what works

@@ -212,3 +212,17 @@ def test_multi_frame_native_gives_the_first_frame():
     ds.NumberOfFrames = 2
     decoded = decode_pixels(ds, target_size=224)
     np.testing.assert_array_equal(decoded.array, first)
+
+
+def test_openjpeg_prints_go_into_the_reason_not_to_stderr(real_cxr_dir, capfd):
+    """OpenJPEG (a C library) writes "Stream too short, expected SOT" / "Failed to decode tile"
+    to file descriptor 2: they belong in the dead letter's reason, not on the user's terminal."""
+    from dicomvec.imaging import PixelDecodeError, decode_pixels, read_dataset
+    with open(real_cxr_dir / "dx_mono1_j2k_lossless_CORRUPT.dcm", "rb") as fh:
+        ds = read_dataset(fh)
+    with pytest.raises(PixelDecodeError) as failed:
+        decode_pixels(ds, 224)
+    assert "Stream too short, expected SOT" in str(failed.value)
+    assert "Failed to decode tile" in str(failed.value)
+    out, err = capfd.readouterr()
+    assert "Stream too short" not in err and "Failed to decode tile" not in err

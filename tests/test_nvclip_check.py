@@ -18,7 +18,7 @@ def run_check(*argv: str):
     out, err = io.StringIO(), io.StringIO()
     code = args.func(args, out=out, err=err)
     if code != 0:
-        assert err.getvalue().startswith("error: ") and err.getvalue().count("\n") == 1
+        assert err.getvalue().startswith("dicomvec: error: ") and err.getvalue().count("\n") == 1
         assert "error" not in out.getvalue()
     else:
         assert err.getvalue() == ""
@@ -36,7 +36,7 @@ def test_ok_prints_dimension_and_latency(nvclip_server, nvclip_api_key):
 def test_not_ready_is_an_error(nvclip_server):
     nvclip_server.ready = False
     code, text = run_check("--nvclip-url", nvclip_server.url)
-    assert code == 1 and "not ready yet (503)" in text
+    assert code == 2 and "not ready yet (503)" in text
     assert nvclip_server.request_count == 0
 
 
@@ -49,20 +49,20 @@ def test_missing_health_route_is_tolerated(nvclip_server, nvclip_api_key):
 
 def test_refused_embedding_is_a_plain_error(nvclip_server):
     code, text = run_check("--nvclip-url", nvclip_server.url, "--nvclip-model", "nvidia/x")
-    assert code == 1 and "test embedding failed" in text and "unknown model" in text
+    assert code == 2 and "test embedding failed" in text and "unknown model" in text
 
 
 def test_wrong_key_is_a_plain_error(nvclip_server, monkeypatch):
     monkeypatch.setenv("NVIDIA_API_KEY", "testkey_nvapi_not-the-right-one")
     code, text = run_check("--nvclip-url", nvclip_server.url)
-    assert code == 1 and "rejected the API key (401)" in text
+    assert code == 2 and "rejected the API key (401)" in text
     assert "testkey_nvapi_not-the-right-one" not in text
 
 
 def test_hosted_without_key_is_a_plain_error(monkeypatch):
     monkeypatch.delenv("NVIDIA_API_KEY", raising=False)
     code, text = run_check()
-    assert code == 1 and "NVIDIA_API_KEY is not set" in text
+    assert code == 2 and "NVIDIA_API_KEY is not set" in text
 
 
 def test_unreachable_url_is_a_plain_error(monkeypatch):
@@ -71,4 +71,4 @@ def test_unreachable_url_is_a_plain_error(monkeypatch):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     code, text = run_check("--nvclip-url", f"http://127.0.0.1:{port}/v1", "--nvclip-timeout", "2")
-    assert code == 1 and "cannot reach" in text
+    assert code == 2 and "cannot reach" in text

@@ -244,3 +244,33 @@ def test_local_worker_processes_read_the_bucket(s3_env, tmp_path):
     assert summary.stored == SYNTH_COUNT and summary.dead_lettered_total == SYNTH_BROKEN
     assert len(read_dead_letters(dead_letter, "w2")) == SYNTH_BROKEN
     assert "AWS_ENDPOINT_URL_S3" not in os.environ  # set for the run only
+
+
+def test_dead_letters_summary_reads_a_bucket_folder(s3_env, tmp_path, monkeypatch, capsys):
+    """`dicomvec dead-letters summary s3://…` reads the bucket (Beam's S3 options pass through),
+    or says in one line why it cannot; never Beam's "Must provide one of client or options"."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dicomvec.io.dead_letter import SCHEMA
+    sample = s3_env
+    folder = f"dl-summary-{tmp_path.name}"
+    row = {"path": f"s3://{sample.bucket}/files/x.dcm", "image_id": "x", "stage": "decode",
+           "error_type": "DicomReadError", "error_message": "not DICOM", "attempts": 1,
+           "retryable": False, "run_id": "g1", "failed_at": "2026-01-31T12:00:00+00:00",
+           "dicomvec_version": "test"}
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([row], schema=SCHEMA), buffer)
+    sample.client().put_object(Bucket=sample.bucket, Key=f"{folder}/run=g1/dead_letter-0.parquet",
+                               Body=buffer.getvalue())
+    rc = cli.main(["dead-letters", "summary", f"s3://{sample.bucket}/{folder}", *sample.flags()])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "g1" in out and "DicomReadError" in out
+    assert "total over 1 generation: rows: 1, distinct files: 1" in out
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    err = _cli_error(["dead-letters", "summary", f"s3://{sample.bucket}/{folder}",
+                      *sample.flags()], capsys)
+    assert "no AWS credentials to read s3://mimic-cxr" in err

@@ -3,8 +3,8 @@
 Steps: (1) ``GET {url}/health/ready`` — 200 ready; 404 tolerated (the hosted API has no such
 route); 503 or unreachable is an error. (2) One tiny text embedding through the same client the
 pipeline uses (no retries), validated like any other. Prints ``OK ... <dim>-d vector in <ms> ms``
-and exits 0, or prints a plain ``error: ...`` line on stderr and exits 1. The key comes from
-``NVIDIA_API_KEY`` and is never printed.
+and exits 0, or prints a plain ``dicomvec: error: ...`` line on stderr and exits 2 (as every
+command). The key comes from ``NVIDIA_API_KEY`` and is never printed.
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace, extra: Optional[List[str]] = None,
         out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
-    """Exit code 0 (usable; progress on ``out``) or 1 (a plain error line on ``err``)."""
+    """Exit code 0 (usable; progress on ``out``) or 2 (a plain ``dicomvec: error:`` line on
+    ``err``)."""
     from dicomvec.io.providers.base import FatalProviderError, ProviderConfig
     from dicomvec.io.providers.nvclip import NVClipProvider
     out = sys.stdout if out is None else out
@@ -50,13 +51,13 @@ def run(args: argparse.Namespace, extra: Optional[List[str]] = None,
         provider = NVClipProvider(ProviderConfig("nvclip", settings))
         provider.setup()
     except (FatalProviderError, ValueError) as exc:
-        print(f"error: {exc}", file=err)
-        return 1
+        print(f"dicomvec: error: {exc}", file=err)
+        return 2
     try:
         return _check(provider, args.nvclip_url, out, err)
     except FatalProviderError as exc:
-        print(f"error: {exc}", file=err)
-        return 1
+        print(f"dicomvec: error: {exc}", file=err)
+        return 2
     finally:
         provider.teardown()
 
@@ -64,26 +65,27 @@ def run(args: argparse.Namespace, extra: Optional[List[str]] = None,
 def _check(provider, url: str, out: TextIO, err: TextIO) -> int:
     status, reason = provider.probe_ready()
     if status is None:
-        print(f"error: cannot reach {url}: {reason}", file=err)
-        return 1
+        print(f"dicomvec: error: cannot reach {url}: {reason}", file=err)
+        return 2
     if status == 200:
         print(f"ready: {url}/health/ready answered 200", file=out)
     elif status == 404:
         print(f"ready: no /health/ready at {url} (normal for the hosted API); skipped", file=out)
     elif status == 503:
-        print(f"error: the NIM at {url} is not ready yet (503); wait for the model to load",
-              file=err)
-        return 1
+        print(f"dicomvec: error: the NIM at {url} is not ready yet (503); wait for the model "
+              "to load", file=err)
+        return 2
     else:
-        print(f"error: {url}/health/ready answered {status} {reason}".rstrip(), file=err)
-        return 1
+        print(f"dicomvec: error: {url}/health/ready answered {status} {reason}".rstrip(),
+              file=err)
+        return 2
     started = time.monotonic()
     result = provider.embed_texts([PROBE_TEXT])[0]
     elapsed_ms = (time.monotonic() - started) * 1000
     if not result.ok:
-        print(f"error: test embedding failed: {result.error_type}: {result.error_message}",
-              file=err)
-        return 1
+        print(f"dicomvec: error: test embedding failed: {result.error_type}: "
+              f"{result.error_message}", file=err)
+        return 2
     print(f"OK: {provider.model} at {url} returned a {result.vector.shape[0]}-d vector in "
           f"{elapsed_ms:.0f} ms", file=out)
     return 0

@@ -23,6 +23,9 @@ import dataclasses
 import io
 import logging
 import math
+import os
+import sys
+import tempfile
 import threading
 from typing import NamedTuple, Optional, Tuple
 
@@ -35,6 +38,7 @@ from pydicom.uid import UID, JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, RLELo
 
 from dicomvec.imaging.errors import PixelDecodeError
 
+log = logging.getLogger(__name__)
 #: pydicom tries plugins in its own order; pylibjpeg-rle is several times faster than pydicom's
 _PREFERRED_PLUGIN = {RLELossless: "pylibjpeg"}
 #: JPEG 2000 syntaxes whose codestreams Pillow (OpenJPEG) can decode at reduced resolution
@@ -409,11 +413,65 @@ def _decode_general(ds: pydicom.Dataset, ts: UID, target_size: int) -> DecodedPi
     return DecodedPixels(block_mean(arr, k), k, "pydicom" + (f"+mean{k}" if k > 1 else ""))
 
 
+_FD2_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _native_stderr():
+    """Capture what C libraries write to file descriptor 2 meanwhile (OpenJPEG prints "Stream
+    too short, expected SOT", "Failed to decode tile 1/1" there, past Python's ``sys.stderr``);
+    yields a list that holds the captured lines afterwards. fd 2 belongs to the process: one
+    capture at a time (a lock); a line another thread wrote meanwhile is captured too, and is
+    logged by the caller rather than lost."""
+    captured: list = []
+    with _FD2_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no fd 2 (embedded): nothing to capture
+            yield captured
+            return
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield captured
+            finally:
+                try:
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                text = sink.read().decode("utf-8", "replace")
+                captured.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
 def decode_pixels(ds: pydicom.Dataset, target_size: int) -> DecodedPixels:
     """Decode the first frame of ``ds`` into stored values at most ~2×``target_size`` per side.
 
-    Raises ``PixelDecodeError`` for missing, truncated or undecodable pixel data.
+    Raises ``PixelDecodeError`` for missing, truncated or undecodable pixel data; what the
+    decoders' C libraries print (OpenJPEG) is part of its reason, or logged when the decode
+    succeeds anyway, never written straight to stderr.
     """
+    with _native_stderr() as printed:
+        try:
+            decoded = _decode_pixels(ds, target_size)
+        except PixelDecodeError as exc:
+            failure = exc
+        else:
+            failure = None
+    if printed:
+        said = "; ".join(dict.fromkeys(printed))  # each message once, in order
+        if failure is not None:
+            raise PixelDecodeError(f"{failure} (decoder said: {said})") from None
+        log.info("the pixel decoder printed: %s", said)
+    if failure is not None:
+        raise failure
+    return decoded
+
+
+def _decode_pixels(ds: pydicom.Dataset, target_size: int) -> DecodedPixels:
     if "PixelData" not in ds:
         raise PixelDecodeError("dataset has no (7FE0,0010) Pixel Data")
     for tag in ("Rows", "Columns", "BitsAllocated"):

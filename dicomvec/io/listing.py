@@ -22,7 +22,18 @@ from typing import Iterable, List, Optional
 from apache_beam.io.filesystem import FileSystem
 
 __all__ = ["UnreadablePathError", "is_local", "unreadable_reason", "check_readable",
-           "paths_the_listing_skips"]
+           "paths_the_listing_skips", "NON_DICOM_SUFFIXES", "is_non_dicom_kind"]
+
+#: file kinds that are plainly not DICOM: a folder given as ``--input`` skips such a file (when
+#: it has no ``DICM`` preamble) instead of dead-lettering it, e.g. MIMIC-CXR's reports
+#: (``files/pXX/p<subject>/s<study>.txt``), its index.html, LICENSE.txt, SHA256SUMS.txt and
+#: record lists (``cxr-record-list.csv.gz``)
+NON_DICOM_SUFFIXES = frozenset({
+    ".txt", ".csv", ".tsv", ".json", ".jsonl", ".xml", ".html", ".htm", ".md", ".rst", ".pdf",
+    ".log", ".yaml", ".yml", ".ini", ".cfg", ".sh", ".py", ".sql", ".parquet", ".db",
+    ".sqlite", ".md5", ".sha1", ".sha256", ".gz", ".bz2", ".xz", ".zst", ".zip", ".tar",
+    ".tgz", ".7z", ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp",
+    ".doc", ".docx", ".xls", ".xlsx"})
 
 
 class UnreadablePathError(OSError):
@@ -59,6 +70,14 @@ def unreadable_reason(path: str) -> Optional[str]:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "is a device, not a file"
     return "is not a regular file"
+
+
+def is_non_dicom_kind(path: str) -> bool:
+    """The file's extension names a kind that is not DICOM (``NON_DICOM_SUFFIXES``); a file
+    without extension, ``.dcm`` or an unknown extension is not (it may be DICOM)."""
+    name = path.replace("\\", "/").rsplit("/", 1)[-1].lower()
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:] in NON_DICOM_SUFFIXES
 
 
 def check_readable(path: str) -> None:

@@ -2,6 +2,7 @@
 
     files matched = images stored + already stored + duplicate files not used
                     + dead-lettered (distinct paths in this run's dead-letter generation)
+                    + not DICOM, ignored (a folder input only: .txt, .csv, … files)
 
 In: the number of paths the run was given (the driver's listing of ``--input`` plus the matched
 paths the listing skipped; the reprocessed paths; in streaming mode the ``matched`` counter),
@@ -35,13 +36,15 @@ class Accounting:
     duplicates: int
     dead_lettered_paths: int
     dead_letter_rows: int
+    ignored: int = 0  # a folder input's files that are plainly not DICOM (never dead-lettered)
     checked: bool = True  # False: the runner reported no counters, nothing could be compared
     #: why the counts were not compared (``checked`` False)
     unchecked_reason: str = "the runner reported no counters"
 
     @property
     def accounted(self) -> int:
-        return self.stored + self.already_stored + self.duplicates + self.dead_lettered_paths
+        return (self.stored + self.already_stored + self.duplicates + self.dead_lettered_paths
+                + self.ignored)
 
     @property
     def holds(self) -> bool:
@@ -55,6 +58,8 @@ class Accounting:
                     f"{self.matched} files matched")
         terms = (f"{self.stored} stored + {self.already_stored} already stored + "
                  f"{self.duplicates} duplicates + {self.dead_lettered_paths} dead-lettered")
+        if self.ignored:
+            terms += f" + {self.ignored} not DICOM (ignored)"
         if self.holds:
             return f"  accounting           ok: {self.matched} matched = {terms}"
         return (f"  ACCOUNTING MISMATCH  {self.matched} matched, {self.seen_by_pipeline} seen by "
@@ -103,7 +108,7 @@ def check_accounting(matched: Optional[int], counters: Dict[str, int],
         matched=seen if matched is None else matched, seen_by_pipeline=seen,
         stored=counters.get("write_ok", 0), already_stored=counters.get("skipped_existing", 0),
         duplicates=counters.get("duplicate_files", 0), dead_lettered_paths=dead,
-        dead_letter_rows=rows)
+        dead_letter_rows=rows, ignored=counters.get("not_dicom_ignored", 0))
     if stopped_by and not accounting.holds:
         log.warning("stopped by %s with files in flight: run the same command again to finish "
                     "them (stored images are skipped)", stopped_by)
@@ -112,9 +117,10 @@ def check_accounting(matched: Optional[int], counters: Dict[str, int],
     if not accounting.holds:
         log.error("not every matched path is accounted for: %d matched (%d entered the "
                   "pipeline) but %d stored + %d already stored + %d duplicates + %d dead-lettered "
-                  "paths (%d dead-letter rows written, %d failures counted) = %d",
+                  "paths + %d not DICOM (ignored) (%d dead-letter rows written, %d failures "
+                  "counted) = %d",
                   accounting.matched, seen, accounting.stored, accounting.already_stored,
-                  accounting.duplicates, dead, rows, counted_failures,
+                  accounting.duplicates, dead, accounting.ignored, rows, counted_failures,
                   accounting.accounted)
     elif rows != counted_failures:
         log.warning("%d failures counted but %d dead-letter rows written", counted_failures,

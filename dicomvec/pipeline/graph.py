@@ -55,17 +55,18 @@ def match_input(pipeline: beam.Pipeline, options: DicomvecOptions, paths, failur
 
 
 def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str, paths=None,
-                 streaming: bool = False, unreadable=()):
+                 streaming: bool = False, unreadable=(), ignore_non_dicom: bool = False):
     """Add the ingestion transforms to ``pipeline`` (reading ``options.input``, or the given
     ``paths``); ``unreadable``: matched paths the listing left out (each becomes a ``read``
-    dead letter). Returns the PCollection of stored counts."""
+    dead letter); ``ignore_non_dicom`` (a folder input): files plainly not DICOM are counted,
+    not dead-lettered. Returns the PCollection of stored counts."""
     failures = []
     if unreadable:
         _stage(pipeline | "UnreadablePaths" >> beam.Create(sorted(unreadable)),
                "ReportUnreadable", ReportUnreadable(), failures)
     files = (match_input(pipeline, options, paths, failures, streaming)
              | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
-    records = _stage(files, "Identify", IdentifyDicom(s3_settings(options)), failures)
+    records = _stage(files, "Identify", IdentifyDicom(s3_settings(options), ignore_non_dicom), failures)
     unique = records if streaming else records | "OnePerImageID" >> OnePerImageID()
     dimension = create_provider(options.provider_config()).dimension
     if not options.force:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import signal
 import time
 import urllib.error
@@ -46,12 +47,6 @@ NO_TASKMANAGER_GRACE_S = 60.0
 SLOTS_WAIT_S = 15.0
 
 
-class JobFailed(RuntimeError):
-    """The job cannot go on (e.g. its cluster lost every TaskManager); one line for the user,
-    exit status 1."""
-    exit_code = 1
-
-
 class JobInterrupted(RuntimeError):
     """SIGINT / SIGTERM stopped the job; ``exit_code`` is 128 + the signal number."""
 
@@ -59,6 +54,30 @@ class JobInterrupted(RuntimeError):
         self.signum = signum
         self.exit_code = 128 + signum
         super().__init__(f"interrupted by {signal.Signals(signum).name}: {what}")
+
+
+class JobFailed(RuntimeError):
+    """The job failed or cannot go on: the runner reports it FAILED (e.g. Flink's
+    ``NoResourceAvailableException``), or its cluster has lost every TaskManager. One line
+    saying what happened and where to look; exit status 1."""
+
+    exit_code = 1
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*:")
+
+
+def root_cause(message: str, limit: int = 300) -> str:
+    """The line of a runner's error text that says what went wrong: the last ``Caused by:`` of a
+    Java stack trace (its root cause), else the first non-empty line; at most ``limit`` chars."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    causes = [line[len("Caused by:"):].strip() for line in lines
+              if line.startswith("Caused by:")]
+    if not causes:  # a Python traceback: its last "SomeError: message" line
+        causes = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    text = causes[-1] if causes else (lines[0] if lines else "no message from the runner")
+    text = re.sub(r"^Pipeline \S+ failed in state \w+:\s*", "", text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def beam_counters(result, live: bool = False) -> Dict[str, int]:
@@ -78,7 +97,7 @@ def in_flight(counters: Dict[str, int]) -> int:
     """Files seen arriving or matched but not yet stored, skipped, merged as duplicates or
     dead-lettered."""
     settled = (counters.get("write_ok", 0) + counters.get("skipped_existing", 0)
-               + counters.get("duplicate_files", 0)
+               + counters.get("duplicate_files", 0) + counters.get("not_dicom_ignored", 0)
                + sum(counters.get(f"{stage}_failed", 0) for stage in STAGES))
     arriving = counters.get("arriving", 0) - counters.get("arrived", 0)
     return counters.get("matched", 0) - settled + arriving
@@ -337,6 +356,44 @@ class JobMonitor:
                 f"TaskManager's log for why it stopped, then run the same command again "
                 f"(stored images are skipped)")
 
+    def exception_history(self) -> str:
+        """Where the failed job's exception history can be read."""
+        if self.flink_job():
+            return (f"exception history: {self.rest.base}/#/job/{self.jid}/exceptions (REST: "
+                    f"{self.rest.base}/jobs/{self.jid}/exceptions)")
+        if self.rest is not None:
+            return f"exception history: the job's Exceptions tab at {self.rest.base}"
+        return ("exception history: the runner's log, or the Flink web UI's Exceptions tab of "
+                "the job (pass --flink_master HOST:PORT and dicomvec names the page)")
+
+    def _wait_until_finish(self) -> None:
+        try:
+            self.result.wait_until_finish()
+        except Exception as exc:  # pylint: disable=broad-except  # the runner's own error types
+            state = ""
+            try:
+                state = str(self.result.state)
+            except Exception:  # pylint: disable=broad-except
+                pass
+            log.debug("the job ended in %s", state, exc_info=True)
+            raise JobFailed(f"the job failed ({self.job_name}): "
+                            f"{root_cause(self._error_text(exc))}; "
+                            f"{self.exception_history()}") from None
+
+    def _error_text(self, exc: BaseException) -> str:
+        """The runner's error messages (a portable runner keeps the job's messages; the
+        exception itself carries only the last one, often "Error running pipeline."), then the
+        exception's own text."""
+        texts = []
+        for message in getattr(self.result, "_messages", None) or []:
+            try:
+                response = message.message_response
+                if message.HasField("message_response") and response.importance >= 5:
+                    texts.append(response.message_text)  # 5: JOB_MESSAGE_ERROR
+            except (AttributeError, ValueError):
+                continue
+        return "\n".join(texts + [str(exc)])
+
     def _terminal(self) -> bool:
         try:
             if PipelineState.is_terminal(self.result.state):
@@ -361,7 +418,7 @@ class JobMonitor:
         try:
             while stop["signal"] is None:
                 if self._terminal():
-                    self.result.wait_until_finish()  # raises if the job failed
+                    self._wait_until_finish()  # raises JobFailed if the job failed
                     return self.final_counters()
                 time.sleep(self.poll_s)
                 if not streaming and self.rest is None:

@@ -10,6 +10,7 @@ given as ``--input`` becomes ``DIR/**``, every file below it), or a ``PreflightE
   exists); else its folder is writable or can be made (the nearest existing ancestor is a
   writable folder, not a file); a server (PostgreSQL, IRIS): the login works (connect, close);
 * dead letters: the folder is writable, or can be made (same rule);
+* ``--job_endpoint`` (a portable runner's job service): it answers within a few seconds;
 * provider: its credentials are present (``EmbeddingProvider.preflight``; e.g. nvclip's
   ``NVIDIA_API_KEY`` for the hosted API). No request is sent.
 """
@@ -44,10 +45,10 @@ def resolve_input(pattern: Optional[str], what: str = "a DICOM file pattern such
     from apache_beam.io.filesystems import FileSystems
     if not pattern:
         raise NoInputFilesError(f"--input is required: {what}")
-    used = pattern
-    if _is_local(pattern) and os.path.isdir(pattern):
-        used = os.path.join(pattern, "**")
-        log.info("--input %s is a directory: reading every file below it (pattern %s)",
+    used = folder_pattern(pattern) or pattern
+    if used != pattern:
+        log.info("--input %s is a directory: reading every file below it (pattern %s); files "
+                 "plainly not DICOM (.txt, .csv, .gz, … without a DICM preamble) are ignored",
                  pattern, used)
     if require_match:
         try:
@@ -60,6 +61,29 @@ def resolve_input(pattern: Optional[str], what: str = "a DICOM file pattern such
         if not matched:
             raise NoInputFilesError(f"no files match --input {used!r}")
     return used
+
+
+def _has_wildcard(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def folder_pattern(pattern: Optional[str]) -> Optional[str]:
+    """``DIR/**`` when ``pattern`` names a folder — a local directory, or an object-store
+    prefix ending in ``/`` (``s3://bucket/files/``) —, else None. Looks at nothing remote."""
+    if not pattern or _has_wildcard(pattern):
+        return None
+    if _is_local(pattern):
+        return os.path.join(pattern, "**") if os.path.isdir(pattern) else None
+    return pattern + "**" if pattern.endswith("/") else None
+
+
+def remote_folder_pattern(pattern: Optional[str]) -> Optional[str]:
+    """``s3://bucket/files`` (no wildcard, no trailing ``/``) → ``s3://bucket/files/**``: what
+    to list when no object has exactly that name (then it is a prefix, a folder). None for a
+    local path or a pattern."""
+    if not pattern or _is_local(pattern) or _has_wildcard(pattern) or pattern.endswith("/"):
+        return None
+    return pattern + "/**"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -107,6 +131,11 @@ def check_sqlite_path(path: str, must_exist: bool = False) -> None:
                 pass
         except OSError as exc:
             raise PreflightError(f"sink file {path!r} is not writable: {exc.strerror}") from None
+        folder = os.path.dirname(os.path.abspath(path))
+        if not _writable_dir(folder):  # SQLite writes its journal (-wal, -shm) beside the file
+            raise PreflightError(f"sink file {path!r} cannot be used: its folder {folder!r} is "
+                                 "not writable, and SQLite writes its journal files beside the "
+                                 "database (make the folder writable, or move the file)")
         return
     if must_exist:
         raise PreflightError(f"no database at {path!r} (fill it with `dicomvec run` first, or "
@@ -168,12 +197,58 @@ def check_provider(config) -> None:
         preflight()
 
 
+def check_runner(options) -> None:
+    """``--runner`` names a runner Beam knows (a short name such as ``FlinkRunner``, with or
+    without ``Runner``, or a dotted class path); a misspelled one gets a suggestion."""
+    from apache_beam.options.pipeline_options import StandardOptions
+    runner = options.view_as(StandardOptions).runner
+    if not runner or "." in runner:
+        return
+    known = list(StandardOptions.KNOWN_RUNNER_NAMES)
+    lowered = {name.lower(): name for name in known}
+    name = runner.lower()
+    if name in lowered or name + "runner" in lowered or name == "pythonrpcdirectrunner":
+        return
+    import difflib
+    close = difflib.get_close_matches(name, list(lowered), n=1, cutoff=0.75)
+    hint = f" (did you mean {lowered[close[0]]}?)" if close else ""
+    raise PreflightError(f"unknown --runner {runner}{hint}; Beam knows {', '.join(known)} or "
+                         "the dotted name of a PipelineRunner class")
+
+
+#: seconds to wait for ``--job_endpoint`` to answer before the job is refused
+JOB_ENDPOINT_TIMEOUT_S = 5.0
+
+
+def check_job_endpoint(options, timeout: Optional[float] = None) -> None:
+    """``--job_endpoint HOST:PORT`` (a Beam job service, e.g. Flink's job server) answers: a
+    gRPC connection is ready within ``timeout`` seconds. Without the check a wrong address
+    leaves the driver waiting silently for minutes. ``embed`` (in-process) is not checked."""
+    from apache_beam.options.pipeline_options import PortableOptions
+    endpoint = options.view_as(PortableOptions).job_endpoint
+    if not endpoint or endpoint == "embed":
+        return
+    import grpc
+    timeout = JOB_ENDPOINT_TIMEOUT_S if timeout is None else timeout
+    channel = grpc.insecure_channel(endpoint)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise PreflightError(f"no Beam job service answers at --job_endpoint {endpoint} (waited "
+                             f"{timeout:g} s): start the job server there, or fix the "
+                             "address") from None
+    finally:
+        channel.close()
+
+
 def check_job(options, input_pattern: bool = True, sink_must_exist: bool = False,
               dead_letters: bool = True, require_match: bool = True) -> Optional[str]:
     """Every check for a job over ``options`` (``DicomvecOptions``), cheapest first; returns the
     input pattern to use (None when ``input_pattern`` is False)."""
     used = resolve_input(options.input, require_match=require_match) if input_pattern else None
+    check_runner(options)
     check_provider(options.provider_config())
+    check_job_endpoint(options)
     if dead_letters:
         check_dead_letter_folder(options.dead_letter)
     check_sink(options.sink, must_exist=sink_must_exist)

@@ -33,6 +33,7 @@ from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline import preflight
 from dicomvec.pipeline.preflight import NoInputFilesError  # noqa: F401 (re-exported)
 from dicomvec.record import STAGES
+from dicomvec.transforms.identify import NOT_DICOM_IGNORED
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class RunSummary:
     semantic: bool
     provider_stats: Dict[str, int]
     cost_line: str = ""
+    #: files a folder input skipped as plainly not DICOM; None: the input was not a folder
+    not_dicom_ignored: Optional[int] = None
     accounting: Optional[Accounting] = None  # do the counts add up? (pipeline/accounting.py)
 
     @property
@@ -82,6 +85,11 @@ class RunSummary:
             f"  already stored       {self.skipped_existing}  (skipped: same provider and "
             f"preprocessing; --force re-embeds)",
             f"  images stored        {self.stored}",
+        ]
+        if self.not_dicom_ignored is not None:
+            lines.append(f"  not DICOM, ignored   {self.not_dicom_ignored}  (files in the "
+                         f"--input folder that are plainly not DICOM: .txt, .csv, .gz, …)")
+        lines += [
             f"  dead-lettered        {self.dead_lettered_total}" + "".join(
                 f"\n    {stage:<18} {n}" for stage, n in self.dead_lettered.items() if n),
             f"  wall time            {self.wall_time_s:.1f} s  ({self.images_per_s:.2f} images/s)",
@@ -155,11 +163,30 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     FileSystems.set_options(options)  # s3:// needs Beam's S3 options before the graph exists
     streaming = options.view_as(StandardOptions).streaming and paths is None
     # matches are counted by list_input below (it also finds what Beam's listing skips)
+    given = dv.input
     used = preflight.check_job(dv, input_pattern=paths is None, require_match=False)
+    # a folder means "the DICOM files in it": files plainly not DICOM are ignored (counted)
+    folder_input = used is not None and used != given
     if used is not None:
         dv.input = used  # a directory: every file below it
     check_s3_paths([dv.dead_letter], options)
-    listed, unreadable = list_input(dv.input, options) if paths is None else (list(paths), [])
+    if paths is not None:
+        listed, unreadable = list(paths), []
+    else:
+        try:
+            listed, unreadable = list_input(dv.input, options)
+        except NoInputFilesError:
+            prefix = preflight.remote_folder_pattern(dv.input)  # s3://bucket/files: a folder?
+            if prefix is None:
+                raise
+            try:
+                listed, unreadable = list_input(prefix, options)
+            except NoInputFilesError:
+                raise NoInputFilesError(f"no files match --input {dv.input!r} (nor "
+                                        f"{prefix!r})") from None
+            log.info("--input %s is a folder: reading every file below it (pattern %s); files "
+                     "plainly not DICOM are ignored", dv.input, prefix)
+            dv.input, folder_input = prefix, True
     configure_local_engine(options)
     if streaming:
         unreadable = []  # the watch lists the pattern itself, again and again
@@ -178,7 +205,8 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     started = time.monotonic()
     submitted_ms = int(time.time() * 1000)
     pipeline = beam.Pipeline(options=options)
-    build_ingest(pipeline, dv, run_id, paths=paths, streaming=streaming, unreadable=unreadable)
+    build_ingest(pipeline, dv, run_id, paths=paths, streaming=streaming, unreadable=unreadable,
+                 ignore_non_dicom=folder_input)
     with worker_environment(options):  # S3 options for local worker processes
         result = pipeline.run()
         monitor = JobMonitor(result, options, job.job_name, submitted_ms)
@@ -201,6 +229,7 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
         embedding_model=provider.model,
         semantic=provider.semantic,
         provider_stats=provider_stats(counters),
+        not_dicom_ignored=counters.get(NOT_DICOM_IGNORED, 0) if folder_input else None,
     )
     if hasattr(provider, "cost_line"):
         summary.cost_line = provider.cost_line(summary.provider_stats)

@@ -127,10 +127,17 @@ class SearchResult:
         }
 
 
+#: words of a database error that say the table is not there (then the hint to fill it helps)
+_NO_TABLE = ("no such table", "does not exist", "not found", "undefined table")
+
+
 def _store_error(exc: Exception, table: str, sink: str) -> UserError:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    hint = ""
+    if any(words in message.lower() for words in _NO_TABLE):
+        hint = f" (run `dicomvec {'reports' if table == REPORTS.table else 'run'}` first?)"
     return UserError(f"cannot search {table} at {redact_url(sink)}: {type(exc).__name__}: "
-                     f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
-                     f"(run `dicomvec {'reports' if table == REPORTS.table else 'run'}` first?)")
+                     f"{message}{hint}")
 
 
 def _same_subject(report: Optional[ReportHit], hit: Hit) -> Optional[ReportHit]:

@@ -53,12 +53,18 @@ def to_text(result: SearchResult) -> str:
                         else ""))
         return "\n".join(lines)
     if isinstance(result.results[0], ImageResult):
-        lines.append(f"{'rank':>4}  {'score':>7}  {'ImageID':<44}  {'view':<8}  {'subject':<9}  "
-                     f"study")
+        # columns as wide as their longest value: DICOM UIDs (outside the MIMIC layout) run
+        # to 64 characters
+        hits = [item.hit for item in result.results]
+        iw = max([44] + [len(h.ImageID) for h in hits])
+        vw = max([8] + [len(h.ViewPosition or "-") for h in hits])
+        sw = max([9] + [len(h.SubjectID) for h in hits])
+        lines.append(f"{'rank':>4}  {'score':>7}  {'ImageID':<{iw}}  {'view':<{vw}}  "
+                     f"{'subject':<{sw}}  study")
         for item in result.results:
             hit = item.hit
-            lines.append(f"{item.rank:>4}  {hit.score:>7.4f}  {hit.ImageID:<44}  "
-                         f"{hit.ViewPosition or '-':<8}  {hit.SubjectID:<9}  {hit.StudyID}")
+            lines.append(f"{item.rank:>4}  {hit.score:>7.4f}  {hit.ImageID:<{iw}}  "
+                         f"{hit.ViewPosition or '-':<{vw}}  {hit.SubjectID:<{sw}}  {hit.StudyID}")
             if item.joined:
                 if item.report is None:
                     lines.append("      (no report stored for this study)")
@@ -71,12 +77,15 @@ def to_text(result: SearchResult) -> str:
                     lines.append(_wrapped("IMPRESSION", item.report.Impression))
                     lines.append(_wrapped("FINDINGS", item.report.Findings))
     else:
-        lines.append(f"{'rank':>4}  {'score':>7}  {'study':<10}  {'subject':<9}  embedded text")
+        tw = max([10] + [len(item.hit.StudyID) for item in result.results])
+        sw = max([9] + [len(item.hit.SubjectID) for item in result.results])
+        lines.append(f"{'rank':>4}  {'score':>7}  {'study':<{tw}}  {'subject':<{sw}}  "
+                     "embedded text")
         for item in result.results:
             hit = item.hit
             # another tool's table has no EmbeddedText: show its IMPRESSION (else FINDINGS)
             text = hit.EmbeddedText or hit.Impression or hit.Findings
             text = text if len(text) <= 90 else text[:87] + "..."
-            lines.append(f"{item.rank:>4}  {hit.score:>7.4f}  {hit.StudyID:<10}  "
-                         f"{hit.SubjectID:<9}  {text}")
+            lines.append(f"{item.rank:>4}  {hit.score:>7.4f}  {hit.StudyID:<{tw}}  "
+                         f"{hit.SubjectID:<{sw}}  {text}")
     return "\n".join(lines)

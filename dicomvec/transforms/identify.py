@@ -18,7 +18,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from dicomvec import imaging
 from dicomvec.io.files import identify
-from dicomvec.io.listing import UnreadablePathError, check_readable, unreadable_reason
+from dicomvec.io.listing import (UnreadablePathError, check_readable, is_non_dicom_kind,
+                                 unreadable_reason)
 from dicomvec.io.object_storage import HeaderReader
 from dicomvec.record import Failure, ImageRecord
 from dicomvec.transforms.stage import FAILED, counter
@@ -68,16 +69,33 @@ class ReportUnreadable(beam.DoFn):
             ImageRecord(path=path), "read", UnreadablePathError(f"{path}: {reason}")))
 
 
+#: counter of files a folder input skipped as plainly not DICOM (see ``IdentifyDicom``)
+NOT_DICOM_IGNORED = "not_dicom_ignored"
+
+
+def _plainly_not_dicom(stream) -> bool:
+    """No ``DICM`` preamble in the first 132 bytes; the stream is put back at its start."""
+    head = stream.read(132)
+    stream.seek(0)
+    return not (len(head) >= 132 and head[128:132] == b"DICM")
+
+
 class IdentifyDicom(beam.DoFn):
     """In: ``fileio.ReadableFile``. Out: ImageRecord, or Failure on tag ``failed``.
-    ``storage_settings``: Beam's S3 options as a dict (``object_storage.s3_settings``)."""
+    ``storage_settings``: Beam's S3 options as a dict (``object_storage.s3_settings``).
+    ``ignore_non_dicom`` (the input is a folder: "the DICOM files in it"): a file of a known
+    non-DICOM kind (``.txt``, ``.csv``, ``.gz``, …; ``io.listing.NON_DICOM_SUFFIXES``) without a
+    ``DICM`` preamble is counted as ``not_dicom_ignored``, not dead-lettered; a file without
+    extension is read as usual."""
 
-    def __init__(self, storage_settings=None):
+    def __init__(self, storage_settings=None, ignore_non_dicom: bool = False):
         super().__init__()
         self.storage_settings = storage_settings
+        self.ignore_non_dicom = ignore_non_dicom
         self.matched = counter("matched")
         self.read_failed = counter("read_failed")
         self.header_failed = counter("decode_failed")
+        self.ignored = counter(NOT_DICOM_IGNORED)
 
     def setup(self):
         self.reader = HeaderReader(self.storage_settings)
@@ -96,6 +114,11 @@ class IdentifyDicom(beam.DoFn):
             return
         try:
             with stream:
+                if (self.ignore_non_dicom and is_non_dicom_kind(path)
+                        and _plainly_not_dicom(stream)):
+                    self.ignored.inc()
+                    log.debug("not DICOM, ignored: %s", path)
+                    return
                 header = imaging.read_dataset(stream, stop_before_pixels=True)
             yield identify(path, header)
         except OSError as exc:
