@@ -62,10 +62,10 @@ class DicomvecFlags:
                             help="object storage input: objects fetched ahead of the one being "
                                  "read, per worker and reading stage (header reads and whole "
                                  "reads overlap the CPU work); 1 = one at a time")
-        parser.add_argument("--prefetch_mb", "--prefetch-mb", type=float, default=128.0,
+        parser.add_argument("--prefetch_mb", "--prefetch-mb", type=float, default=64.0,
                             help="object storage input: at most this many MB of whole objects "
-                                 "fetched ahead per worker (with the default, a worker stays "
-                                 "under 300 MB of memory at MIMIC-CXR's ~15 MB per object)")
+                                 "fetched ahead per worker (~4 MIMIC-CXR objects of ~15 MB; a "
+                                 "worker's memory grows by about this much)")
         # streaming (with Beam's --streaming)
         parser.add_argument("--watch_interval", "--watch-interval", type=float, default=30.0,
                             help="streaming: seconds between polls of --input")
