@@ -36,7 +36,8 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from dicomvec.imaging.reading import HEAD_BYTES
-from dicomvec.io.remote import GCS_OPTION_NAMES, ObjectFetcher, RangeDownloader, is_remote
+from dicomvec.io.remote import (GCS_OPTION_NAMES, ObjectFetcher, RangeDownloader, is_gcs,
+                                is_remote)
 
 #: Beam's ``S3Options`` flags, passed on as a plain dict (Beam's boto3 client accepts one)
 S3_OPTION_NAMES = ("s3_access_key_id", "s3_secret_access_key", "s3_session_token",
@@ -145,10 +146,14 @@ def match_input(pattern: str, options) -> List:
     retries a refused request with exponential backoff for minutes before it gives up, and
     reports a missing bucket as no files). Raises ``ObjectStorageError`` (one line) when the
     storage cannot be read."""
+    problem = None
     if is_s3(pattern):
         problem = describe_s3_problem(pattern, s3_settings(options))
-        if problem:
-            raise ObjectStorageError(problem)
+    elif is_gcs(pattern):
+        from dicomvec.io.gcs import describe_gcs_problem
+        problem = describe_gcs_problem(pattern, storage_settings(options))
+    if problem:
+        raise ObjectStorageError(problem)
     try:
         return FileSystems.match([pattern])[0].metadata_list
     except BeamIOError as exc:
@@ -162,13 +167,18 @@ def check_s3_paths(paths, options) -> None:
     commands that read listed paths (reprocess, search --image), where Beam would otherwise
     retry a refused request for minutes."""
     buckets = sorted({split_s3(path)[0] for path in paths if is_s3(path)})
-    if not buckets:
-        return
-    settings = s3_settings(options)
+    settings = s3_settings(options) if buckets else {}
     for bucket in buckets:
         problem = describe_s3_problem(f"s3://{bucket}/", settings)
         if problem:
             raise ObjectStorageError(problem)
+    gcs_buckets = sorted({path[5:].split("/", 1)[0] for path in paths if is_gcs(path)})
+    if gcs_buckets:
+        from dicomvec.io.gcs import describe_gcs_problem
+        for bucket in gcs_buckets:
+            problem = describe_gcs_problem(f"gs://{bucket}/", storage_settings(options))
+            if problem:
+                raise ObjectStorageError(problem)
 
 
 #: Beam S3 option → the environment variable boto3 reads the same setting from

@@ -106,7 +106,7 @@ class ObjectFetcher:
         extra = {} if start is None else {"Range": f"bytes={start}-{end - 1}"}
         try:
             response = self.s3().get_object(Bucket=bucket, Key=key, **extra)
-            return response["Body"].read()
+            return _read_body(response["Body"], response.get("ContentLength"))
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
@@ -137,8 +137,8 @@ class ObjectFetcher:
             return b""
         except gexc.GoogleAPICallError as exc:
             status = getattr(exc, "code", None) or 0
-            transient = isinstance(exc, (gexc.ServerError, gexc.TooManyRequests,
-                                         gexc.RequestTimeout)) or int(status) >= 500
+            transient = (isinstance(exc, (gexc.ServerError, gexc.TooManyRequests))
+                         or int(status) in (408, 429) or int(status) >= 500)
             raise ObjectReadError(f"cannot read {path}: HTTP {status} "
                                   f"{type(exc).__name__}", retryable=transient) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
@@ -150,6 +150,30 @@ class ObjectFetcher:
                 raise ObjectReadError(f"cannot read {path}: Google credentials: "
                                       f"{type(exc).__name__}", retryable=False) from None
             raise
+
+
+#: pieces a whole-object body is read in (see ``_read_body``)
+_PIECE = 1 << 20
+
+
+def _read_body(body, length: Optional[int]):
+    """The response body in one buffer of exactly its length: read in 1 MB pieces into a
+    ``bytearray`` allocated once, instead of ``read()``, which joins the pieces at the end and
+    so holds every object twice for a moment (with several fetches in flight, tens of MB)."""
+    if not length:
+        return body.read()
+    buffer = bytearray(length)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < length:
+        piece = body.read(min(_PIECE, length - filled))
+        if not piece:
+            raise ObjectReadError(f"the connection closed after {filled} of {length} bytes",
+                                  retryable=True)
+        view[filled:filled + len(piece)] = piece
+        filled += len(piece)
+    view.release()
+    return buffer
 
 
 def _transient_connection_error(exc) -> bool:
