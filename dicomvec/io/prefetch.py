@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-from typing import Any, Callable, Deque, Iterator, Optional, Tuple
+from typing import Any, Callable, Deque, Iterator, List, Tuple
 
 #: defaults of ``--prefetch_objects`` / ``--prefetch_mb`` (per DoFn instance, i.e. per worker
 #: for each reading stage): see docs/object-storage.md for how they were chosen
 DEFAULT_PREFETCH_OBJECTS = 16
-DEFAULT_PREFETCH_MB = 64
+DEFAULT_PREFETCH_MB = 48
 
-Outcome = Tuple[Any, Optional[bytes], Optional[BaseException]]
+#: ``[item, data, error]``
+Outcome = List[Any]
 
 
 class ReadAhead:
@@ -82,7 +83,9 @@ class ReadAhead:
         except Exception as exc:  # noqa: BLE001 - the element's failure, handled by the caller
             data, error = None, exc
         self._bytes -= cost
-        return item, data, error
+        # a list, not a tuple: the caller may drop ``data`` from it (``outcome[1] = None``) as
+        # soon as it has used the bytes, before it is done with the element
+        return [item, data, error]
 
     def cancel(self) -> None:
         """Forget the window (fetches already running finish in the background)."""
