@@ -12,6 +12,8 @@ if [ "${1:-}" = "--fast" ]; then
 else
   # slow suites: the local streaming engine (Prism) and the Flink cluster's jars
   scripts/prism/install.sh >/dev/null
+  # the bucket tests and benchmark: fake-gcs-server and toxiproxy, built into .cache/bucket
+  scripts/bucket/install.sh >/dev/null
   [ -f scripts/flink/setup.sh ] && bash scripts/flink/setup.sh >&2
 fi
 set +e

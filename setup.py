@@ -33,11 +33,15 @@ setup(
         "iris": ["intersystems-irispython>=5.2"],
         # s3:// inputs and dead letters through Beam's own S3 filesystem (boto3)
         "aws": ["apache-beam[aws]==2.77.0"],
+        # gs:// inputs and dead letters through Beam's own GCS filesystem (google-cloud-storage)
+        "gcp": ["apache-beam[gcp]==2.77.0"],
         "postgres": ["psycopg[binary]>=3.1", "pgvector>=0.5"],
         "test": ["pytest>=8", "pytest-timeout>=2.3", "pgserver==0.1.4", "pgvector>=0.5",
                  "psycopg[binary]>=3.1", "intersystems-irispython>=5.2",
                  # S3 tests: Beam's S3 filesystem against moto's standalone S3 server
-                 "apache-beam[aws]==2.77.0", "moto[server]>=5.1"],
+                 "apache-beam[aws]==2.77.0", "moto[server]>=5.1",
+                 # GCS tests: Beam's GCS filesystem against fake-gcs-server (scripts/bucket)
+                 "apache-beam[gcp]==2.77.0"],
     },
     entry_points={"console_scripts": ["dicomvec=dicomvec.cli:main"]},
 )

@@ -35,6 +35,7 @@ class ImageRecord:
     columns: int = 0
     photometric: str = ""
     transfer_syntax: str = ""
+    size_bytes: int = 0  # the file's size as listed (0: unknown); sizes the read-ahead window
     header: Any = None  # pydicom Dataset without PixelData, between decode and normalize
     decoded: Any = None  # imaging.DecodedPixels (raw stored values), between decode and normalize
     pixels: Optional[np.ndarray] = None  # normalised 2-D uint8, between normalize and resize

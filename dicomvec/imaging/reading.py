@@ -74,6 +74,30 @@ class _UnnamedStream:
         return self._fp.tell()
 
 
+class _BufferStream:
+    """read/seek/tell over a memoryview without copying it: ``read(n)`` returns one ``bytes``
+    copy of just those ``n`` bytes (``io.BytesIO`` of a bytearray would copy all of it)."""
+
+    def __init__(self, view: memoryview):
+        self._view = view
+        self._pos = 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view),
+                                                                   self._pos + size)
+        data = self._view[self._pos:end].tobytes() if end > self._pos else b""
+        self._pos = max(self._pos, end)
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
 def _parse(fp: BinaryIO, stop_before_pixels: bool) -> pydicom.Dataset:
     unnamed = isinstance(fp, io.BufferedReader) and not hasattr(fp, "name")
     try:
@@ -151,8 +175,19 @@ def read_dataset(source: Source, stop_before_pixels: bool = False) -> pydicom.Da
     The returned dataset always has ``file_meta.TransferSyntaxUID``.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source) if not isinstance(source, bytes) else source
-        return _check(_parse(io.BytesIO(data), stop_before_pixels), _has_preamble(data[:132]))
+        # a whole object in memory (object storage): the header from a probe and Pixel Data as
+        # ONE copy of its slice, so the dataset keeps no reference to ``source`` (pydicom keeps
+        # the stream it parsed as ``ds.buffer``) and the caller can free it right after
+        view = memoryview(source).cast("B")
+        try:
+            ds = _read_from_seekable(_BufferStream(view), stop_before_pixels)
+            if ds is None:  # the slow way: one full parse of a private copy
+                data = source if isinstance(source, bytes) else view.tobytes()
+                ds = _parse(io.BytesIO(data), stop_before_pixels)
+                ds.buffer = None
+            return _check(ds, _has_preamble(bytes(view[:132])))
+        finally:
+            view.release()
     if _seekable(source):
         start = source.tell()
         preamble = _has_preamble(source.read(132))

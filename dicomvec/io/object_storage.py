@@ -36,6 +36,8 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from dicomvec.imaging.reading import HEAD_BYTES
+from dicomvec.io.remote import (GCS_OPTION_NAMES, ObjectFetcher, RangeDownloader, is_gcs,
+                                is_remote)
 
 #: Beam's ``S3Options`` flags, passed on as a plain dict (Beam's boto3 client accepts one)
 S3_OPTION_NAMES = ("s3_access_key_id", "s3_secret_access_key", "s3_session_token",
@@ -67,6 +69,15 @@ def s3_settings(options) -> Dict[str, object]:
     from apache_beam.options.pipeline_options import S3Options
     s3 = options.view_as(S3Options)
     return {name: getattr(s3, name, None) for name in S3_OPTION_NAMES}
+
+
+def storage_settings(options) -> Dict[str, object]:
+    """What a worker needs to build the same storage clients as the driver: Beam's S3 options
+    and the GCP options of Beam's GCS client (``--project``, ...), as one dict."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    gcp = options.view_as(GoogleCloudOptions)
+    return {**s3_settings(options),
+            **{name: getattr(gcp, name, None) for name in GCS_OPTION_NAMES}}
 
 
 def beam_s3_client(settings: Dict[str, object]):
@@ -135,10 +146,14 @@ def match_input(pattern: str, options) -> List:
     retries a refused request with exponential backoff for minutes before it gives up, and
     reports a missing bucket as no files). Raises ``ObjectStorageError`` (one line) when the
     storage cannot be read."""
+    problem = None
     if is_s3(pattern):
         problem = describe_s3_problem(pattern, s3_settings(options))
-        if problem:
-            raise ObjectStorageError(problem)
+    elif is_gcs(pattern):
+        from dicomvec.io.gcs import describe_gcs_problem
+        problem = describe_gcs_problem(pattern, storage_settings(options))
+    if problem:
+        raise ObjectStorageError(problem)
     try:
         return FileSystems.match([pattern])[0].metadata_list
     except BeamIOError as exc:
@@ -152,13 +167,18 @@ def check_s3_paths(paths, options) -> None:
     commands that read listed paths (reprocess, search --image), where Beam would otherwise
     retry a refused request for minutes."""
     buckets = sorted({split_s3(path)[0] for path in paths if is_s3(path)})
-    if not buckets:
-        return
-    settings = s3_settings(options)
+    settings = s3_settings(options) if buckets else {}
     for bucket in buckets:
         problem = describe_s3_problem(f"s3://{bucket}/", settings)
         if problem:
             raise ObjectStorageError(problem)
+    gcs_buckets = sorted({path[5:].split("/", 1)[0] for path in paths if is_gcs(path)})
+    if gcs_buckets:
+        from dicomvec.io.gcs import describe_gcs_problem
+        for bucket in gcs_buckets:
+            problem = describe_gcs_problem(f"gs://{bucket}/", storage_settings(options))
+            if problem:
+                raise ObjectStorageError(problem)
 
 
 #: Beam S3 option → the environment variable boto3 reads the same setting from
@@ -189,57 +209,32 @@ def worker_environment(options) -> Iterator[None]:
 # --------------------------------------------------------------------------- header reads
 
 
-class _BoundedRangeDownloader(filesystemio.Downloader):
-    """Beam's ``Downloader`` interface over ``GET Range: bytes=start-(end-1)`` requests."""
-
-    def __init__(self, client, path: str, size: int):
-        self._client = client
-        self._path = path
-        self._bucket, self._key = split_s3(path)
-        self._size = size
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def get_range(self, start: int, end: int) -> bytes:
-        if start >= end:
-            return b""
-        from botocore.exceptions import BotoCoreError, ClientError
-        try:
-            response = self._client.get_object(Bucket=self._bucket, Key=self._key,
-                                               Range=f"bytes={start}-{end - 1}")
-            return response["Body"].read()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            raise OSError(f"cannot read {self._path}: {code or exc}") from None
-        except BotoCoreError as exc:
-            raise OSError(f"cannot read {self._path}: {type(exc).__name__}: {exc}") from None
-
-
 class HeaderReader:
-    """Opens matched files for a header read: ``s3://`` as bounded ranged GETs of
-    ``buffer_size`` bytes (one boto3 client per reader), anything else via
-    ``ReadableFile.open()``. Create one per DoFn instance (in ``setup``)."""
+    """Opens matched files for a header read: ``s3://`` and ``gs://`` as bounded ranged GETs of
+    ``buffer_size`` bytes (``remote.RangeDownloader`` on one ``ObjectFetcher``, whose clients
+    are shared by ``connections`` threads), anything else via ``ReadableFile.open()``. Create
+    one per DoFn instance (in ``setup``)."""
 
     def __init__(self, settings: Optional[Dict[str, object]] = None,
-                 buffer_size: int = HEAD_BYTES):
+                 buffer_size: int = HEAD_BYTES, connections: int = 1):
         self.settings = dict(settings or {})
         self.buffer_size = buffer_size
-        self._client = None
+        self.fetcher = ObjectFetcher(self.settings, connections=connections)
 
     def open(self, readable_file):
         """A binary, seekable stream positioned at the start of the file."""
         metadata = readable_file.metadata
-        if not is_s3(metadata.path):
+        if not is_remote(metadata.path):
             return readable_file.open()
-        return self.open_s3(metadata.path, metadata.size_in_bytes)
+        return self.open_prefetched(metadata.path, metadata.size_in_bytes, b"")
 
     def open_s3(self, path: str, size: int):
-        if self._client is None:
-            self._client = s3_client(self.settings)
-        stream = filesystemio.DownloaderStream(
-            _BoundedRangeDownloader(self._client, path, size))
+        return self.open_prefetched(path, size, b"")
+
+    def open_prefetched(self, path: str, size: int, prefix: bytes):
+        """A stream over the object whose first bytes (``prefix``) are already fetched; reads
+        past them are bounded ranged GETs."""
+        stream = filesystemio.DownloaderStream(RangeDownloader(self.fetcher, path, size, prefix))
         return io.BufferedReader(stream, buffer_size=self.buffer_size)
 
 

@@ -14,7 +14,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
 from dicomvec.io.dead_letter import WriteDeadLetters
-from dicomvec.io.object_storage import s3_settings
+from dicomvec.io.object_storage import storage_settings
 from dicomvec.io.providers import create_provider
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.transforms.dedupe import KeepFirstWorkingCopy, OnePerImageID
@@ -66,7 +66,9 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
                "ReportUnreadable", ReportUnreadable(), failures)
     files = (match_input(pipeline, options, paths, failures, streaming)
              | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
-    records = _stage(files, "Identify", IdentifyDicom(s3_settings(options), ignore_non_dicom), failures)
+    records = _stage(files, "Identify", IdentifyDicom(storage_settings(options),
+                                                    options.read_ahead(), ignore_non_dicom),
+                     failures)
     unique = records if streaming else records | "OnePerImageID" >> OnePerImageID()
     dimension = create_provider(options.provider_config()).dimension
     if not options.force:
@@ -74,7 +76,9 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
             options.sink, options.sink_schema, options.sink_table, options.provider,
             options.preprocess_version(),
             valid_dimension=dimension if options.replace_invalid else None)
-    decoded = _stage(unique, "Decode", DecodePixels(options.image_size, s3_settings(options)),
+    decoded = _stage(unique, "Decode",
+                     DecodePixels(options.image_size, storage_settings(options),
+                                  options.read_ahead()),
                      failures)
     normalized = _stage(decoded, "Normalize", NormalizePixels(options.normalization), failures)
     encoded = _stage(normalized, "Resize",

@@ -10,6 +10,7 @@ them without importing Beam; ``DicomvecOptions`` (= ``DicomvecFlags`` + Beam's
 from __future__ import annotations
 
 from dicomvec import PREPROCESS_VERSION
+from dicomvec.io.prefetch import DEFAULT_PREFETCH_MB, DEFAULT_PREFETCH_OBJECTS
 
 
 class DicomvecFlags:
@@ -57,6 +58,16 @@ class DicomvecFlags:
         parser.add_argument("--reports_table", "--reports-table", default="MIMICCXRReports",
                             help="Reports table name (in --sink-schema): `dicomvec reports` "
                                  "writes it, `search` reads it")
+        # object storage (s3://, gs://): read-ahead per worker
+        parser.add_argument("--prefetch_objects", "--prefetch-objects", type=int, default=DEFAULT_PREFETCH_OBJECTS,
+                            help="object storage input: objects fetched ahead of the one being "
+                                 "read, per worker and reading stage (header reads and whole "
+                                 "reads overlap the CPU work); 1 = one at a time")
+        parser.add_argument("--prefetch_mb", "--prefetch-mb", type=float, default=float(DEFAULT_PREFETCH_MB),
+                            help="object storage input: at most this many MB of whole objects "
+                                 "fetched ahead per worker (default: 3 MIMIC-CXR objects of "
+                                 "~15 MB, sized for <= 300 MB RSS per worker; a worker's memory "
+                                 "grows by about this much)")
         # streaming (with Beam's --streaming)
         parser.add_argument("--watch_interval", "--watch-interval", type=float, default=30.0,
                             help="streaming: seconds between polls of --input")
@@ -100,6 +111,10 @@ class DicomvecFlags:
         method = {"standard": "std", "mimic-jpg": "mjpg"}.get(self.normalization,
                                                               self.normalization)
         return f"{PREPROCESS_VERSION}-{method}-{self.image_size}-{self.image_format}"[:20]
+
+    def read_ahead(self):
+        """(objects, bytes) of the object-storage read-ahead window."""
+        return max(1, int(self.prefetch_objects)), max(1, int(self.prefetch_mb * 1024 * 1024))
 
     def provider_config(self):
         """The provider's name and settings (no secrets) for workers to build it from."""
