@@ -90,8 +90,10 @@ def scenario(monkeypatch):
                              index_exists=True),
         Recorder(spec=REPORTS, dimension=DIM))
     monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(int=0xC0FFEE))
+    from dicomvec.io.stores import SinkConfig
     from dicomvec.io.stores.health import run_checks
-    checks = run_checks(URL, "VectorSearch", "MIMICCXRImages", "MIMICCXRReports", DIM)
+    checks = run_checks(SinkConfig(URL, "VectorSearch", "MIMICCXRImages", "MIMICCXRReports"),
+                        DIM)
     use("migrate: older dicomvec images table", Recorder(table_exists=True, dimension=DIM,
                                                          columns=_old_images_columns(),
                                                          stored=stored),

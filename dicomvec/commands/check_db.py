@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from dicomvec.commands.init_db import DEFAULT_DIMENSION, add_sink_arguments, dimension_from
-
-REPORTS_TABLE = "MIMICCXRReports"  # = dicomvec.io.stores.tables.REPORTS_TABLE (numpy-free here)
+from dicomvec.commands.init_db import (DEFAULT_DIMENSION, add_sink_arguments, dimension_from,
+                                       sink_from)
+from dicomvec.defaults import REPORTS_TABLE
 
 
 def add_table_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 def run(args, extra=None) -> int:
     from dicomvec.io.stores.health import run_checks
     dimension = dimension_from(args)
-    checks = run_checks(args.sink, args.schema, args.table, args.reports_table, dimension)
+    checks = run_checks(sink_from(args), dimension)
     for check in checks:
         print(check.line())
     failed = [c for c in checks if c.ok is False]

@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from dicomvec.commands.init_db import add_sink_arguments
+from dicomvec.commands.init_db import add_sink_arguments, sink_from
 
 
 def register(subparsers) -> None:
@@ -23,11 +23,10 @@ def register(subparsers) -> None:
 
 
 def run(args, extra=None) -> int:
-    from dicomvec.io.stores.base import VectorStore
     from dicomvec.io.stores.dialects import redact_url
     started = time.monotonic()
     try:
-        with VectorStore(args.sink, schema=args.schema, table=args.table) as store:
+        with sink_from(args).images() as store:
             statements = store.dialect.create_index_statements()
             store.create_index()
             rows = store.count()

@@ -11,11 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-# = dicomvec.io.stores.base.DEFAULT_SCHEMA / DEFAULT_TABLE (not imported here: numpy)
-DEFAULT_SCHEMA = "VectorSearch"
-DEFAULT_TABLE = "MIMICCXRImages"
-
-DEFAULT_DIMENSION = 1024  # NV-CLIP ViT-H
+from dicomvec.defaults import DIMENSION as DEFAULT_DIMENSION, IMAGES_TABLE, SCHEMA
 
 SINK_HELP = ("where vectors go: sqlite:///PATH.db | postgresql://USER@HOST:PORT/DB "
              "(password via PGPASSWORD or ~/.pgpass) | iris://USER@HOST:1972/NAMESPACE "
@@ -25,9 +21,9 @@ SINK_HELP = ("where vectors go: sqlite:///PATH.db | postgresql://USER@HOST:PORT/
 def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
     """``--sink``, ``--schema``, ``--table`` (shared by the store commands)."""
     parser.add_argument("--sink", required=True, help=SINK_HELP + " (required)")
-    parser.add_argument("--schema", default=DEFAULT_SCHEMA,
+    parser.add_argument("--schema", default=SCHEMA,
                         help="schema name (ignored by SQLite; default %(default)s)")
-    parser.add_argument("--table", default=DEFAULT_TABLE, help="table name (default %(default)s)")
+    parser.add_argument("--table", default=IMAGES_TABLE, help="table name (default %(default)s)")
 
 
 def register(subparsers) -> None:
@@ -43,6 +39,15 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def sink_from(args):
+    """The ``SinkConfig`` of the store commands' ``--sink``, ``--schema``, ``--table`` (and
+    ``--reports-table``)."""
+    from dicomvec.io.stores import SinkConfig
+    reports = getattr(args, "reports_table", None)
+    return SinkConfig(args.sink, args.schema, args.table,
+                      **({"reports_table": reports} if reports else {}))
+
+
 def dimension_from(args) -> int:
     if args.dimension is not None:
         if args.dimension < 1:
@@ -56,11 +61,10 @@ def dimension_from(args) -> int:
 
 
 def run(args, extra=None) -> int:
-    from dicomvec.io.stores.base import VectorStore
     from dicomvec.io.stores.dialects import redact_url
     try:
         dimension = dimension_from(args)
-        with VectorStore(args.sink, schema=args.schema, table=args.table) as store:
+        with sink_from(args).images() as store:
             with_fk = store.init_schema(dimension, with_report_fk=args.with_report_fk)
             target = store.dialect.qualified_table
     except ValueError:

@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from dicomvec.commands.check_db import add_table_arguments
-from dicomvec.commands.init_db import add_sink_arguments, dimension_from
+from dicomvec.commands.init_db import add_sink_arguments, dimension_from, sink_from
 
 
 def register(subparsers) -> None:
@@ -50,12 +50,10 @@ def plan(store, dimension: int):
 
 
 def run(args, extra=None) -> int:
-    from dicomvec.io.stores.base import VectorStore
     from dicomvec.io.stores.dialects import redact_url
-    from dicomvec.io.stores.tables import IMAGES, REPORTS
     dimension = dimension_from(args)
-    stores = [VectorStore(args.sink, schema=args.schema, table=args.table, spec=IMAGES),
-              VectorStore(args.sink, schema=args.schema, table=args.reports_table, spec=REPORTS)]
+    sink = sink_from(args)
+    stores = [sink.images(), sink.reports()]
     pending = 0
     try:
         for store in stores:
@@ -65,14 +63,7 @@ def run(args, extra=None) -> int:
                 for statement in statements:
                     print(f"  {statement};")
                 if statements and args.apply:
-                    def apply(conn, statements=statements):
-                        cur = conn.cursor()
-                        for statement in statements:
-                            cur.execute(statement)
-                        conn.commit()
-                    store._with_retry(apply, "migrate")
-                    store._shape_checked = False
-                    store.check_writable(None)  # the upgraded table is now ours
+                    store.migrate(statements)  # then checks the upgraded table is ours
                     print(f"  applied {len(statements)} statement(s)")
                 elif statements:
                     pending += len(statements)

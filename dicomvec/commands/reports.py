@@ -34,4 +34,4 @@ def run(args, extra) -> int:
     from dicomvec.pipeline.reports import run_reports
     summary = run_reports(extra)
     print(summary.render())
-    return 0
+    return summary.exit_status

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-STAGES = ("read", "decode", "normalize", "resize", "embed", "write")  # = dicomvec.record.STAGES
+from dicomvec.defaults import STAGES
 
 HELP = """Run dead-lettered files through the pipeline again.
 

@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-TARGETS = ("images", "reports")  # = dicomvec.search.engine.TARGETS (imported lazily: Beam)
-REPORTS_TABLE = "MIMICCXRReports"  # = dicomvec.io.stores.tables.REPORTS_TABLE
-TEXT_MODEL = "text-embedding-3-large"  # = dicomvec.io.providers.openai_client.DEFAULT_MODEL
-TEXT_URL = "https://api.openai.com/v1"  # = dicomvec.io.providers.openai_client.DEFAULT_URL
+from dicomvec.defaults import (REPORTS_TABLE, SEARCH_TARGETS as TARGETS, TEXT_MAX_ATTEMPTS,
+                               TEXT_MODEL, TEXT_TIMEOUT_S, TEXT_URL)
 
 
 def register(subparsers) -> None:
@@ -73,10 +71,12 @@ def add_reports_flags(parser) -> None:
     reports.add_argument("--text-dimensions", type=int, default=None,
                          help="send OpenAI's `dimensions` (only if the reports were embedded "
                               "shortened; default: the model's full length)")
-    reports.add_argument("--text-timeout", type=float, default=60.0,
-                         help="read timeout per embeddings request, s (default 60)")
-    reports.add_argument("--text-max-attempts", type=int, default=5,
-                         help="attempts per request; 429/5xx/timeouts are retried (default 5)")
+    reports.add_argument("--text-timeout", type=float, default=TEXT_TIMEOUT_S,
+                         help="read timeout per embeddings request, s (default "
+                              f"{TEXT_TIMEOUT_S:g})")
+    reports.add_argument("--text-max-attempts", type=int, default=TEXT_MAX_ATTEMPTS,
+                         help="attempts per request; 429/5xx/timeouts are retried (default "
+                              f"{TEXT_MAX_ATTEMPTS})")
 
 
 DESCRIPTION = """Store, provider and preprocessing flags are those of `dicomvec run`
@@ -117,9 +117,9 @@ def reports_request(request, args, options):
     if not args.via_reports:
         return request, None
     import os
-    from dicomvec.io.providers.openai_client import DEFAULT_URL, OpenAISettings
+    from dicomvec.io.providers.openai_client import OpenAISettings
     return request, OpenAISettings(
-        url=args.text_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_URL,
+        url=args.text_url or os.environ.get("OPENAI_BASE_URL") or TEXT_URL,
         model=args.text_model, dimensions=args.text_dimensions, timeout_s=args.text_timeout,
         max_attempts=args.text_max_attempts)
 

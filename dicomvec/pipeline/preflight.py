@@ -17,20 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Optional
 
-from dicomvec.errors import UserError
+from dicomvec.errors import NoInputFilesError, PreflightError  # noqa: F401  (re-exported)
+from dicomvec.io.local_paths import first_line, folder_problem, writable_dir
 
 log = logging.getLogger(__name__)
-
-
-class PreflightError(UserError):
-    """Something the job needs is missing or unusable; nothing has been created."""
-
-
-class NoInputFilesError(PreflightError):
-    """The input pattern matched nothing: an error, never an empty success."""
 
 
 def _is_local(path: str) -> bool:
@@ -56,84 +48,16 @@ def resolve_input(pattern: Optional[str], what: str = "a DICOM file pattern such
             matched = FileSystems.match([used], limits=[1])[0].metadata_list
         except Exception as exc:  # bad scheme, unreachable bucket, no permission
             raise NoInputFilesError(f"cannot list --input {used!r}: "
-                                    f"{type(exc).__name__}: {_first_line(exc)}") from None
+                                    f"{type(exc).__name__}: {first_line(exc)}") from None
         if not matched:
             raise NoInputFilesError(f"no files match --input {used!r}")
     return used
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _writable_dir(directory: str) -> bool:
-    """``directory`` is a folder this process can create files in."""
-    if not os.path.isdir(directory):
-        return False
-    try:  # os.access says yes to root even where writing fails (read-only mounts, /proc)
-        fd, probe = tempfile.mkstemp(prefix=".dicomvec-probe-", dir=directory)
-    except OSError:
-        return False
-    os.close(fd)
-    os.unlink(probe)
-    return True
-
-
-def folder_problem(folder: str) -> Optional[str]:
-    """Why ``folder`` cannot be written or made (its nearest existing ancestor is a file or
-    not writable), or None. Makes nothing: missing folders are made by the job itself."""
-    existing = folder or "."
-    while not os.path.exists(existing):
-        parent = os.path.dirname(existing.rstrip(os.sep)) or "."
-        if parent == existing:
-            break
-        existing = parent
-    if not os.path.isdir(existing):
-        return f"{existing!r} is a file, not a folder"
-    if not _writable_dir(existing):
-        return f"folder {existing!r} is not writable"
-    return None
-
-
-def check_sqlite_path(path: str, must_exist: bool = False) -> None:
-    """The SQLite file can be written, or created (its folder too); ``must_exist``: it is
-    there."""
-    if os.path.isdir(path):
-        raise PreflightError(f"sink {path!r} is a directory, not an SQLite file")
-    if os.path.exists(path):
-        try:
-            with open(path, "r+b"):  # opened for writing, nothing written
-                pass
-        except OSError as exc:
-            raise PreflightError(f"sink file {path!r} is not writable: {exc.strerror}") from None
-        return
-    if must_exist:
-        raise PreflightError(f"no database at {path!r} (fill it with `dicomvec run` first, or "
-                             "pass --sink)")
-    problem = folder_problem(os.path.dirname(path))
-    if problem:
-        raise PreflightError(f"cannot create the sink {path!r}: {problem}")
-
-
-def check_sink(url: str, must_exist: bool = False) -> None:
-    """``url`` is a store dicomvec can write (SQLite path checks; servers: a login)."""
-    from dicomvec.io.stores.dialects import dialect_for_url, redact_url, url_scheme
-    dialect = dialect_for_url(url, schema="VectorSearch")  # bad scheme/URL: ValueError
-    if url_scheme(url) == "sqlite":
-        check_sqlite_path(dialect.path, must_exist)
-        return
-    try:
-        conn = dialect.connect()
-    except ValueError:
-        raise  # a bad URL or password setting: already one plain line
-    except Exception as exc:
-        raise PreflightError(f"cannot log in to {redact_url(url)}: {type(exc).__name__}: "
-                             f"{_first_line(exc)}") from None
-    try:
-        conn.close()
-    except Exception:  # closing after a successful login must not fail the check
-        pass
+def check_sink(sink, must_exist: bool = False) -> None:
+    """``sink`` (a ``SinkConfig``) is a store dicomvec can write (SQLite path checks; servers:
+    a login)."""
+    sink.dialect().check_reachable(must_exist)  # bad scheme/URL: ValueError
 
 
 def check_dead_letter_folder(path: str) -> None:
@@ -144,7 +68,7 @@ def check_dead_letter_folder(path: str) -> None:
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise PreflightError(f"--dead-letter {path!r} is a file, not a folder")
-        if not _writable_dir(path):
+        if not writable_dir(path):
             raise PreflightError(f"--dead-letter folder {path!r} is not writable")
         return
     problem = folder_problem(os.path.dirname(os.path.normpath(path)))
@@ -176,5 +100,5 @@ def check_job(options, input_pattern: bool = True, sink_must_exist: bool = False
     check_provider(options.provider_config())
     if dead_letters:
         check_dead_letter_folder(options.dead_letter)
-    check_sink(options.sink, must_exist=sink_must_exist)
+    check_sink(options.sink_config(), must_exist=sink_must_exist)
     return used

@@ -1,5 +1,6 @@
-"""Driver for ``dicomvec run``: parse options, check the input and the sink, run the graph,
-read the Beam counters back and print the end-of-run summary.
+"""The job runner (``run_job``: one for ``dicomvec run``, ``reports`` and ``reprocess``) and the
+driver of ``dicomvec run``: parse options, check the input and the sink, run the graph, read
+the Beam counters back and print the end-of-run summary.
 
 In: a command line (dicomvec flags plus any Beam flag). Out: a ``RunSummary`` (also printed).
 """
@@ -10,33 +11,28 @@ import datetime as _dt
 import logging
 import time
 import uuid
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   StandardOptions)
 
+from dicomvec import counters as C
 from dicomvec.io.dead_letter import generation_dir
 from dicomvec.io.listing import paths_the_listing_skips
 from dicomvec.io.object_storage import check_s3_paths, match_input, worker_environment
 from dicomvec.io.providers import create_provider
-from dicomvec.io.stores import VectorStore
-from dicomvec.io.stores.dialects import redact_url
-from dicomvec.pipeline.accounting import (EXIT_ACCOUNTING_MISMATCH, Accounting,
-                                          check_accounting)
-from dicomvec.pipeline.job_monitor import JobMonitor, in_flight  # noqa: F401  (re-exported)
-from dicomvec.pipeline.job_monitor import beam_counters as read_counters
+from dicomvec.io.stores import SinkConfig
+from dicomvec.pipeline.accounting import Accounting, check_accounting, exit_status
+from dicomvec.pipeline.job_monitor import JobMonitor
 from dicomvec.pipeline.local_engine import configure_local_engine
 from dicomvec.pipeline.graph import build_ingest
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline import preflight
 from dicomvec.pipeline.preflight import NoInputFilesError  # noqa: F401 (re-exported)
-from dicomvec.record import STAGES
 
 log = logging.getLogger(__name__)
-
-
 
 
 @dataclasses.dataclass
@@ -65,9 +61,7 @@ class RunSummary:
     @property
     def exit_status(self) -> int:
         """0, or 3 when not every matched path is accounted for (see pipeline/accounting.py)."""
-        if self.accounting is not None and not self.accounting.holds:
-            return EXIT_ACCOUNTING_MISMATCH
-        return 0
+        return exit_status(self.accounting)
 
     @property
     def images_per_s(self) -> float:
@@ -106,11 +100,6 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def provider_stats(counters: Dict[str, int]) -> Dict[str, int]:
-    """The provider's own counters (requests, retries, ...) from the ``provider_*`` counters."""
-    return {k[len("provider_"):]: v for k, v in counters.items() if k.startswith("provider_")}
-
-
 def list_input(pattern: Optional[str],
                options: Optional[PipelineOptions] = None) -> Tuple[List[str], List[str]]:
     """(Beam's listing of ``pattern``, the matched local paths it leaves out: dangling symbolic
@@ -126,20 +115,14 @@ def list_input(pattern: Optional[str],
     return listed, skipped
 
 
-def check_input(pattern: Optional[str]) -> int:
-    """Number of files ``pattern`` matches; raises NoInputFilesError for none."""
-    return sum(map(len, list_input(pattern)))
-
-
-def rows_in_store(dv: DicomvecOptions, provider_name: str) -> int:
+def rows_in_store(sink: SinkConfig, provider_name: str) -> int:
     """Rows now stored for the provider; -1 when the sink cannot be reached any more (the
     summary must still be printed: the dead letters say what was not written)."""
     try:
-        with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table,
-                         max_attempts=2) as store:
+        with sink.images(max_attempts=2) as store:
             return store.count(provider_name)
     except Exception as exc:  # noqa: BLE001 - a summary, not a reason to lose the run's report
-        log.error("cannot count the rows in %s after the run: %s: %s", redact_url(dv.sink),
+        log.error("cannot count the rows in %s after the run: %s: %s", sink.redacted,
                   type(exc).__name__, str(exc).strip()[:200])
         return -1
 
@@ -148,11 +131,47 @@ def default_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+def job_options(argv: List[str]) -> Tuple[PipelineOptions, DicomvecOptions]:
+    """The job's options, with Beam's filesystems set up (s3:// needs Beam's S3 options before
+    the graph exists)."""
+    options = PipelineOptions(argv)
+    FileSystems.set_options(options)
+    return options, options.view_as(DicomvecOptions)
+
+
+@dataclasses.dataclass
+class JobRun:
+    """How a job ended: its counters, wall time and the signal that stopped a stream."""
+
+    counters: Dict[str, int]
+    wall_time_s: float
+    stopped_by: str = ""
+
+
+def run_job(options: PipelineOptions, run_id: str, build: Callable[[beam.Pipeline], object],
+            streaming: bool = False, names: C.JobCounters = C.IMAGES) -> JobRun:
+    """Build (``build(pipeline)``), submit and watch one job until it ends: on the local
+    engine with the worker environment (S3 options for local worker processes), on Flink with
+    live counters and a real cancel on SIGINT/SIGTERM (``JobMonitor``). ``options``: already
+    through ``configure_local_engine``."""
+    dv = options.view_as(DicomvecOptions)
+    # a name unique to this run: on Flink the monitor finds, watches and cancels the job by it
+    job = options.view_as(GoogleCloudOptions)
+    job.job_name = job.job_name or f"dicomvec-{run_id}-{uuid.uuid4().hex[:8]}".lower()
+    started = time.monotonic()
+    submitted_ms = int(time.time() * 1000)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline)
+    with worker_environment(options):  # S3 options for local worker processes
+        result = pipeline.run()
+        monitor = JobMonitor(result, options, job.job_name, submitted_ms, names=names)
+        counters = monitor.watch(streaming, dv.stop_after_idle, dv.dead_letter_frequency)
+    return JobRun(counters, time.monotonic() - started, monitor.stopped_by)
+
+
 def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary:
     """Run the job over ``--input`` (or over exactly ``paths``, for reprocessing)."""
-    options = PipelineOptions(argv)
-    dv = options.view_as(DicomvecOptions)
-    FileSystems.set_options(options)  # s3:// needs Beam's S3 options before the graph exists
+    options, dv = job_options(argv)
     streaming = options.view_as(StandardOptions).streaming and paths is None
     # matches are counted by list_input below (it also finds what Beam's listing skips)
     used = preflight.check_job(dv, input_pattern=paths is None, require_match=False)
@@ -169,41 +188,32 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     if not provider.semantic:
         log.warning("provider %r is a NON-SEMANTIC descriptor (%s), not CLIP: use it for dry "
                     "runs and image-to-image lookups only", provider.name, provider.model)
-    with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table) as store:
+    sink = dv.sink_config()
+    with sink.images() as store:
         store.init_schema(provider.dimension)
 
-    # a name unique to this run: on Flink the monitor finds, watches and cancels the job by it
-    job = options.view_as(GoogleCloudOptions)
-    job.job_name = job.job_name or f"dicomvec-{run_id}-{uuid.uuid4().hex[:8]}".lower()
-    started = time.monotonic()
-    submitted_ms = int(time.time() * 1000)
-    pipeline = beam.Pipeline(options=options)
-    build_ingest(pipeline, dv, run_id, paths=paths, streaming=streaming, unreadable=unreadable)
-    with worker_environment(options):  # S3 options for local worker processes
-        result = pipeline.run()
-        monitor = JobMonitor(result, options, job.job_name, submitted_ms)
-        counters = monitor.watch(streaming, dv.stop_after_idle, dv.dead_letter_frequency)
-    wall = time.monotonic() - started
-
-    rows = rows_in_store(dv, provider.name)
+    job = run_job(options, run_id, lambda pipeline: build_ingest(
+        pipeline, dv, run_id, paths=paths, streaming=streaming, unreadable=unreadable),
+        streaming)
+    counters = job.counters
     summary = RunSummary(
         run_id=run_id,
-        matched=counters.get("matched", 0),
-        duplicate_files=counters.get("duplicate_files", 0),
-        skipped_existing=counters.get("skipped_existing", 0),
-        stored=counters.get("write_ok", 0),
-        dead_lettered={stage: counters.get(f"{stage}_failed", 0) for stage in STAGES},
-        wall_time_s=wall,
-        rows_in_store=rows,
-        sink=redact_url(dv.sink),
+        matched=counters.get(C.MATCHED, 0),
+        duplicate_files=counters.get(C.DUPLICATE_FILES, 0),
+        skipped_existing=counters.get(C.ALREADY_STORED, 0),
+        stored=counters.get(C.STORED, 0),
+        dead_lettered=C.IMAGES.dead_lettered(counters),
+        wall_time_s=job.wall_time_s,
+        rows_in_store=rows_in_store(sink, provider.name),
+        sink=sink.redacted,
         dead_letter_dir=generation_dir(dv.dead_letter, run_id),
         provider=provider.name,
         embedding_model=provider.model,
         semantic=provider.semantic,
-        provider_stats=provider_stats(counters),
+        provider_stats=C.IMAGES.provider_stats(counters),
     )
     if hasattr(provider, "cost_line"):
         summary.cost_line = provider.cost_line(summary.provider_stats)
     summary.accounting = check_accounting(expected, counters, summary.dead_letter_dir,
-                                          stopped_by=monitor.stopped_by)
+                                          stopped_by=job.stopped_by)
     return summary

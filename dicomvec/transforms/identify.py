@@ -16,6 +16,7 @@ import logging
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from dicomvec import counters as C
 from dicomvec import imaging
 from dicomvec.io.files import identify
 from dicomvec.io.listing import UnreadablePathError, check_readable, unreadable_reason
@@ -32,8 +33,8 @@ class MatchPath(beam.DoFn):
 
     def __init__(self):
         super().__init__()
-        self.matched = counter("matched")
-        self.read_failed = counter("read_failed")
+        self.matched = counter(C.MATCHED)
+        self.read_failed = counter(C.failed("read"))
 
     def process(self, path: str):
         try:
@@ -56,8 +57,8 @@ class ReportUnreadable(beam.DoFn):
 
     def __init__(self):
         super().__init__()
-        self.matched = counter("matched")
-        self.read_failed = counter("read_failed")
+        self.matched = counter(C.MATCHED)
+        self.read_failed = counter(C.failed("read"))
 
     def process(self, path: str):
         self.matched.inc()
@@ -75,9 +76,9 @@ class IdentifyDicom(beam.DoFn):
     def __init__(self, storage_settings=None):
         super().__init__()
         self.storage_settings = storage_settings
-        self.matched = counter("matched")
-        self.read_failed = counter("read_failed")
-        self.header_failed = counter("decode_failed")
+        self.matched = counter(C.MATCHED)
+        self.read_failed = counter(C.failed("read"))
+        self.header_failed = counter(C.failed("decode"))
 
     def setup(self):
         self.reader = HeaderReader(self.storage_settings)

@@ -13,6 +13,7 @@ import logging
 
 import apache_beam as beam
 
+from dicomvec import counters as C
 from dicomvec import imaging
 from dicomvec.io.object_storage import ObjectReader
 from dicomvec.record import ImageRecord
@@ -37,7 +38,7 @@ class DecodePixels(RecordStage):
         self.image_size = image_size
         self.storage_settings = storage_settings
         self.reader = None
-        self.duplicates = counter("duplicate_files")
+        self.duplicates = counter(C.DUPLICATE_FILES)
 
     def process(self, record: ImageRecord):
         decoded, failed = decode_first_copy(record, self.process_record)

@@ -8,10 +8,11 @@ import logging
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from dicomvec import counters as C
+from dicomvec.counters import NAMESPACE
 from dicomvec.record import Failure, ImageRecord
 
 FAILED = "failed"
-NAMESPACE = "dicomvec"
 log = logging.getLogger(__name__)
 
 
@@ -29,8 +30,8 @@ class RecordStage(beam.DoFn):
 
     def __init__(self):
         super().__init__()
-        self.ok = counter(f"{self.stage}_ok")
-        self.failed = counter(f"{self.stage}_failed")
+        self.ok = counter(C.ok(self.stage))
+        self.failed = counter(C.failed(self.stage))
 
     def process_record(self, record: ImageRecord) -> ImageRecord:
         raise NotImplementedError

@@ -23,7 +23,7 @@ key (pipeline flag)               default                         meaning
 ``max_requests_per_minute``       40 for the hosted URL,          request starts per minute per
 (--nvclip-max-requests-per-       unlimited (0) otherwise         worker process (see below)
 minute)
-``timeout_s`` (--nvclip-timeout)  120                             read timeout per request, s
+``timeout_s`` (--nvclip-timeout)  60                              read timeout per request, s
 ``max_attempts``                  5                               attempts per request
 (--nvclip-max-attempts)                                           (1 = no retry)
 ``connect_timeout_s``             10                              TCP/TLS connect timeout, s
@@ -79,15 +79,17 @@ import threading
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
+from dicomvec import defaults
 from dicomvec.io.providers.base import (EmbeddingProvider, EmbeddingResult, EncodedImage,
                                         FatalProviderError, ProviderConfig)
-from dicomvec.io.providers.nvclip_client import (ClientSettings, Counters, NVClipClient,
-                                                 Redactor, RejectedRequest, RetriesExhausted)
+from dicomvec.io.providers.openai_compatible import (ClientSettings, Counters, EmbeddingsClient,
+                                                     Redactor, RejectedRequest,
+                                                     RetriesExhausted)
 from dicomvec.io.providers.rate_limit import shared_rate_limiter
 
 logger = logging.getLogger(__name__)
 
-HOSTED_URL = "https://integrate.api.nvidia.com/v1"
+HOSTED_URL = defaults.NVCLIP_URL
 API_KEY_ENV = "NVIDIA_API_KEY"
 HOSTED_DEFAULT_RPM = 40.0
 MAX_INPUTS_PER_REQUEST = 64
@@ -97,21 +99,36 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
+class NVClipClient(EmbeddingsClient):
+    """The NIM endpoint of NV-CLIP: fatal statuses name NVIDIA_API_KEY and the --nvclip-* flags."""
+
+    service = "NV-CLIP"
+
+    def fatal(self, status: int, detail: str) -> Optional[FatalProviderError]:
+        if status == 401:
+            return FatalProviderError("NV-CLIP rejected the API key (401): check NVIDIA_API_KEY")
+        if status == 404:
+            return FatalProviderError(f"NV-CLIP endpoint or model not found (404) at "
+                                      f"{self.embeddings_url}: check --nvclip-url and "
+                                      f"--nvclip-model ({self.settings.model!r})")
+        return super().fatal(status, detail)
+
+
 @dataclasses.dataclass(frozen=True)
 class NVClipSettings:
     """Typed view of ``ProviderConfig.settings`` (see the module docstring for each key)."""
 
     url: str = HOSTED_URL
-    model: str = "nvidia/nvclip"
-    concurrency: int = 4
+    model: str = defaults.NVCLIP_MODEL
+    concurrency: int = defaults.NVCLIP_CONCURRENCY
     max_requests_per_minute: Optional[float] = None
-    timeout_s: float = 120.0
-    max_attempts: int = 5
+    timeout_s: float = defaults.NVCLIP_TIMEOUT_S
+    max_attempts: int = defaults.NVCLIP_MAX_ATTEMPTS
     connect_timeout_s: float = 10.0
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     max_retry_after_s: float = 300.0
-    dimension: int = 1024
+    dimension: int = defaults.DIMENSION
     request_size: int = MAX_INPUTS_PER_REQUEST
     max_base64_chars: int = 180_000
     max_text_tokens: int = 77

@@ -22,15 +22,17 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from dicomvec import defaults
 from dicomvec.errors import UserError
 from dicomvec.io.providers.base import FatalProviderError
-from dicomvec.io.providers.nvclip_client import (ClientSettings, Counters, EmbeddingsClient,
-                                                 RejectedRequest, RetriesExhausted)
+from dicomvec.io.providers.openai_compatible import (ClientSettings, Counters,
+                                                     EmbeddingsClient, RejectedRequest,
+                                                     RetriesExhausted)
 from dicomvec.io.providers.rate_limit import RateLimiter
 
 API_KEY_ENV = "OPENAI_API_KEY"
-DEFAULT_URL = "https://api.openai.com/v1"
-DEFAULT_MODEL = "text-embedding-3-large"
+DEFAULT_URL = defaults.TEXT_URL
+DEFAULT_MODEL = defaults.TEXT_MODEL
 #: native output length of OpenAI's embedding models (``dimensions`` may shorten text-embedding-3)
 NATIVE_DIMENSIONS = {"text-embedding-3-large": 3072, "text-embedding-3-small": 1536,
                      "text-embedding-ada-002": 1536}
@@ -47,9 +49,9 @@ class OpenAISettings:
     model: str = DEFAULT_MODEL
     dimensions: Optional[int] = None
     encoding_format: str = "float"
-    timeout_s: float = 60.0
+    timeout_s: float = defaults.TEXT_TIMEOUT_S
     connect_timeout_s: float = 10.0
-    max_attempts: int = 5
+    max_attempts: int = defaults.TEXT_MAX_ATTEMPTS
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0
     max_retry_after_s: float = 120.0

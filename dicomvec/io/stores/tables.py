@@ -39,6 +39,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+# REPORTS_TABLE: the table the images table's optional foreign key points at (same schema)
+from dicomvec.defaults import IMAGES_TABLE, REPORTS_TABLE
+
 #: portable column types; ``TEXT`` and ``VECTOR`` are rendered per database by the dialect
 ID = "VARCHAR(64)"  # DICOM UIDs and MIMIC IDs (a UID can be 64 characters)
 NAME = "VARCHAR(100)"
@@ -46,10 +49,6 @@ PATH = "VARCHAR(500)"
 TEXT = "TEXT"
 VECTOR = "VECTOR"
 TIMESTAMP = "TIMESTAMP DEFAULT CURRENT_TIMESTAMP"
-
-IMAGES_TABLE = "MIMICCXRImages"
-#: the reports table the images table's optional foreign key points at (same schema)
-REPORTS_TABLE = "MIMICCXRReports"
 
 
 def _now() -> str:
@@ -234,6 +233,18 @@ class TableShape:
 
     def column(self, name: str) -> Optional[ColumnInfo]:
         return next((c for c in self.columns if c.name.lower() == name.lower()), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorColumn:
+    """How another tool's table keeps its vectors: ``kind`` (chosen by the dialect) decides
+    where the search runs: ``scan`` in numpy, else in the database."""
+
+    name: str  # SQL-rendered column
+    kind: str  # scan, or the dialect's: pgvector | halfvec | iris-vector | iris-text
+    dimension: int
+    storage: str  # for messages and docs, e.g. "pgvector vector(3072)"
+    element_type: str = "DOUBLE"
 
 
 def declared_length(sql_type: str) -> Optional[int]:

@@ -1,9 +1,10 @@
-"""HTTP client for ``POST {url}/embeddings``: one request (≤ 64 input strings) with retries.
+"""The OpenAI-compatible embeddings transport: ``POST {url}/embeddings``, one request (≤ 64
+input strings) with retries.
 
 ``EmbeddingsClient`` speaks the embeddings request/response shape NVIDIA's NIM shares with
 OpenAI's API (``{"input": [...], "model": ..., "encoding_format": ...}`` in; ``{"data":
-[{"index": i, "embedding": [...]}], "usage": {...}}`` out); ``NVClipClient`` is it with NV-CLIP's
-messages, and ``dicomvec.io.providers.openai_client.OpenAIClient`` with OpenAI's.
+[{"index": i, "embedding": [...]}], "usage": {...}}`` out); ``nvclip.NVClipClient`` is it with
+NV-CLIP's messages, and ``openai_client.OpenAIClient`` with OpenAI's.
 
 In: a list of input strings (image data URLs or texts). Out: one ``EmbeddingResult`` per input,
 matched by the response's ``index``, each vector checked (dimension, finite, non-zero) and
@@ -359,21 +360,6 @@ class EmbeddingsClient:
             except (ValueError, TypeError) as exc:
                 out.append(f"{self.service} returned an unusable vector: {exc}")
         return out
-
-
-class NVClipClient(EmbeddingsClient):
-    """The NIM endpoint of NV-CLIP: fatal statuses name NVIDIA_API_KEY and the --nvclip-* flags."""
-
-    service = "NV-CLIP"
-
-    def fatal(self, status: int, detail: str) -> Optional[FatalProviderError]:
-        if status == 401:
-            return FatalProviderError("NV-CLIP rejected the API key (401): check NVIDIA_API_KEY")
-        if status == 404:
-            return FatalProviderError(f"NV-CLIP endpoint or model not found (404) at "
-                                      f"{self.embeddings_url}: check --nvclip-url and "
-                                      f"--nvclip-model ({self.settings.model!r})")
-        return super().fatal(status, detail)
 
 
 def _root_cause(exc: BaseException) -> str:
