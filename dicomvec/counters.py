@@ -1,11 +1,7 @@
 """Every Beam counter dicomvec reports (namespace ``dicomvec``), named once: the transforms
-increment them, the summaries, the job monitor and the accounting check (exit status 3) read
-them. Imports nothing heavy.
-
-A job's counters are described by a ``JobCounters``: ``IMAGES`` (``dicomvec run``,
-``reprocess``) and ``REPORTS`` (``dicomvec reports``, the same names with ``reports_`` in
-front, and per dead-letter stage the counters of its failures).
-"""
+increment them; the summaries, the job monitor and the accounting check (exit status 3) read
+them through a job's ``JobCounters``: ``IMAGES`` (``run``, ``reprocess``) or ``REPORTS``
+(``reports``: the same names with ``reports_`` in front)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,63 +10,38 @@ from typing import Dict, Tuple
 from dicomvec.defaults import STAGES
 
 NAMESPACE = "dicomvec"
-
-MATCHED = "matched"
-STORED = "write_ok"
-ALREADY_STORED = "skipped_existing"
-DUPLICATE_FILES = "duplicate_files"
-RESUME_LOOKUP_FAILED = "resume_lookup_failed"
-EMBED_BATCHES = "embed_batches"
-FILES_STILL_ARRIVING = "files_still_arriving"
-#: versions waiting to settle (streaming idle detection): arriving - arrived
-ARRIVING = "arriving"
-ARRIVED = "arrived"
+MATCHED, STORED, ALREADY_STORED = "matched", "write_ok", "skipped_existing"
+DUPLICATE_FILES, RESUME_LOOKUP_FAILED = "duplicate_files", "resume_lookup_failed"
+EMBED_BATCHES, FILES_STILL_ARRIVING = "embed_batches", "files_still_arriving"
+#: file versions waiting to settle (streaming idle detection): arriving - arrived
+ARRIVING, ARRIVED = "arriving", "arrived"
 #: ``provider_<stat>``: the provider's own stats (requests, retries, ...)
 PROVIDER_PREFIX = "provider_"
-# the reports job's own
-REPORTS_PARSED = "reports_parsed"
-REPORTS_PARSE_FAILED = "reports_parse_failed"
-REPORTS_DUPLICATE_STUDY = "reports_duplicate_study"
-REPORTS_TEXT_ONLY = "reports_text_only"
-
-
-def ok(stage: str, prefix: str = "") -> str:
-    return f"{prefix}{stage}_ok"
-
-
-def failed(stage: str, prefix: str = "") -> str:
-    return f"{prefix}{stage}_failed"
+REPORTS_PARSED, REPORTS_PARSE_FAILED = "reports_parsed", "reports_parse_failed"
+REPORTS_DUPLICATE_STUDY, REPORTS_TEXT_ONLY = "reports_duplicate_study", "reports_text_only"
 
 
 @dataclasses.dataclass(frozen=True)
 class JobCounters:
-    """The counter names of one job: ``prefix`` + the images job's names, and per dead-letter
-    stage the counters of its failures."""
+    """One job's counter names: ``prefix`` + the images job's, and per dead-letter stage the
+    counters of its failures."""
 
     prefix: str
-    dead_letters: Tuple[Tuple[str, Tuple[str, ...]], ...]
+    dead_letters: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
 
     def ok(self, stage: str) -> str:
-        return ok(stage, self.prefix)
+        return f"{self.prefix}{stage}_ok"
 
     def failed(self, stage: str) -> str:
-        return failed(stage, self.prefix)
+        return f"{self.prefix}{stage}_failed"
 
-    @property
-    def matched(self) -> str:
-        return self.prefix + MATCHED
-
-    @property
-    def stored(self) -> str:
-        return self.prefix + STORED
-
-    @property
-    def already_stored(self) -> str:
-        return self.prefix + ALREADY_STORED
-
-    @property
-    def duplicates(self) -> str:
-        return self.prefix + DUPLICATE_FILES
+    def __getattr__(self, name: str) -> str:
+        """``matched``, ``stored``, ``already_stored``, ``duplicates``: the prefixed names."""
+        base = {"matched": MATCHED, "stored": STORED, "already_stored": ALREADY_STORED,
+                "duplicates": DUPLICATE_FILES}.get(name)
+        if base is None:
+            raise AttributeError(name)
+        return self.prefix + base
 
     def dead_lettered(self, counters: Dict[str, int]) -> Dict[str, int]:
         """Failures per stage."""
@@ -80,15 +51,15 @@ class JobCounters:
     def failures(self, counters: Dict[str, int]) -> int:
         return sum(self.dead_lettered(counters).values())
 
-    def provider_stats(self, counters: Dict[str, int]) -> Dict[str, int]:
+    @staticmethod
+    def provider_stats(counters: Dict[str, int]) -> Dict[str, int]:
         """The provider's own counters (requests, retries, ...)."""
         return {k[len(PROVIDER_PREFIX):]: v for k, v in counters.items()
                 if k.startswith(PROVIDER_PREFIX)}
 
 
-IMAGES = JobCounters("", tuple((stage, (failed(stage),)) for stage in STAGES))
-REPORTS = JobCounters("reports_", (
-    ("read", (failed("read", "reports_"),)),
-    ("decode", (REPORTS_PARSE_FAILED, REPORTS_DUPLICATE_STUDY)),
-    ("embed", (failed("embed", "reports_"),)),
-    ("write", (failed("write", "reports_"),))))
+IMAGES = JobCounters("", tuple((stage, (f"{stage}_failed",)) for stage in STAGES))
+_R = JobCounters("reports_")
+REPORTS = JobCounters(_R.prefix, (
+    ("read", (_R.failed("read"),)), ("decode", (REPORTS_PARSE_FAILED, REPORTS_DUPLICATE_STUDY)),
+    ("embed", (_R.failed("embed"),)), ("write", (_R.failed("write"),))))

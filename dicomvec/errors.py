@@ -20,3 +20,9 @@ class PreflightError(UserError):
 
 class NoInputFilesError(PreflightError):
     """The input pattern matched nothing: an error, never an empty success."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its class name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,5 +1,8 @@
-"""Rows and vectors for the store tests: deterministic, MIMIC-shaped identifiers."""
+"""Rows and vectors for the store tests: deterministic, MIMIC-shaped identifiers; ``lookup``
+reads rows back by key."""
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
@@ -22,3 +25,14 @@ def make_row(i: int, provider: str = "nvclip", view: str = "PA", vector=None,
                   Provider=provider, PreprocessVersion=version)
     values.update(changes)
     return ImageRow(**values)
+
+
+def lookup(store, keys: Sequence[str]) -> dict:
+    """Rows of a ``store`` with a single-column key, by key (``{key: hit}``); unknown keys are
+    absent."""
+    keys = list(dict.fromkeys(k for k in keys if k))
+    found = {}
+    for start in range(0, len(keys), 500):
+        for row in store.query(*store.dialect.lookup_sql(keys[start:start + 500]), "lookup"):
+            found[row[0]] = store.spec.hit_type(*row)
+    return found

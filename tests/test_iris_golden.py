@@ -16,7 +16,8 @@ import pytest
 
 from dicomvec.io.stores import VectorStore
 from dicomvec.io.stores.iris import IrisDialect
-from dicomvec.io.stores.tables import IMAGES, REPORTS, ReportRow, lookup
+from dicomvec.io.stores.tables import IMAGES, REPORTS, ReportRow
+from tests.store_rows import lookup
 from tests.iris_recorder import Recorder, connect_to, spec_columns
 from tests.store_rows import make_row, unit
 

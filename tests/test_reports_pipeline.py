@@ -7,7 +7,8 @@ import pytest
 
 from dicomvec.io.dead_letter import read_dead_letters
 from dicomvec.io.stores import VectorStore
-from dicomvec.io.stores.tables import REPORTS, lookup
+from dicomvec.io.stores.tables import REPORTS
+from tests.store_rows import lookup
 from dicomvec.pipeline.reports import run_reports
 from dicomvec.pipeline.run import NoInputFilesError
 from dicomvec.reports.samples import sample_texts

@@ -7,7 +7,8 @@ import pytest
 
 from dicomvec.io.stores import VectorStore
 from dicomvec.io.stores.dialects import dialect_for_url
-from dicomvec.io.stores.tables import REPORTS, ReportRow, lookup
+from dicomvec.io.stores.tables import REPORTS, ReportRow
+from tests.store_rows import lookup
 
 DIM = 8
 
@@ -25,19 +26,10 @@ def _row(study: str, vector=None, provider="nvclip", text="text") -> ReportRow:
                      Provider=provider if vector is not None else None)
 
 
-# PostgreSQL + pgvector comes from the ``postgres_server`` fixture (tests/pg_fixtures.py)
-SINKS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=SINKS)
-def store(request, tmp_path):
+@pytest.fixture
+def store(sink_url):
     """A fresh reports table on each available database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/db.sqlite"
-    else:
-        server = request.getfixturevalue("postgres_server")
-        url = server.create_database(f"reports_{tmp_path.name.replace('-', '_').lower()}")
-    with VectorStore(url, spec=REPORTS) as store:
+    with VectorStore(sink_url, spec=REPORTS) as store:
         store.init_schema(DIM)
         yield store
 

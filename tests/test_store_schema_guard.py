@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import uuid
 
 import numpy as np
 import pytest
@@ -63,15 +62,12 @@ class Sink:
         return "?" if self.kind == "sqlite" else "%s"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def sink(request, tmp_path):
-    if request.param == "sqlite":
-        path = tmp_path / "db.sqlite"
-        return Sink("sqlite", f"sqlite:///{path}", lambda: sqlite3.connect(path))
-    server = request.getfixturevalue("postgres_server")
-    url = server.create_database(f"guard_{uuid.uuid4().hex[:8]}")
+@pytest.fixture
+def sink(sink_url):
+    if sink_url.startswith("sqlite:///"):
+        return Sink("sqlite", sink_url, lambda: sqlite3.connect(sink_url[len("sqlite:///"):]))
     import psycopg
-    return Sink("postgresql", url, lambda: psycopg.connect(url))
+    return Sink("postgresql", sink_url, lambda: psycopg.connect(sink_url))
 
 
 def error_lines(capsys):

@@ -90,12 +90,3 @@ def _check(provider, url: str, out: TextIO, err: TextIO) -> int:
           f"{elapsed_ms:.0f} ms", file=out)
     return 0
 
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="dicomvec check-nvclip", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

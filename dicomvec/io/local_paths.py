@@ -7,11 +7,6 @@ import tempfile
 from typing import Optional
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def writable_dir(directory: str) -> bool:
     """``directory`` is a folder this process can create files in."""
     if not os.path.isdir(directory):

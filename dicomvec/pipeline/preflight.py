@@ -20,7 +20,8 @@ import os
 from typing import Optional
 
 from dicomvec.errors import NoInputFilesError, PreflightError  # noqa: F401  (re-exported)
-from dicomvec.io.local_paths import first_line, folder_problem, writable_dir
+from dicomvec.errors import first_line
+from dicomvec.io.local_paths import folder_problem, writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def resolve_input(pattern: Optional[str], what: str = "a DICOM file pattern such
 def check_sink(sink, must_exist: bool = False) -> None:
     """``sink`` (a ``SinkConfig``) is a store dicomvec can write (SQLite path checks; servers:
     a login)."""
-    sink.dialect().check_reachable(must_exist)  # bad scheme/URL: ValueError
+    sink.images().dialect.check_reachable(must_exist)  # bad scheme/URL: ValueError
 
 
 def check_dead_letter_folder(path: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import List, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -24,12 +24,12 @@ from dicomvec import counters as C
 from dicomvec.io.dead_letter import WriteDeadLetters, generation_dir
 from dicomvec.io.object_storage import check_s3_paths, match_input
 from dicomvec.io.providers import create_provider
-from dicomvec.pipeline.accounting import Accounting, check_accounting, exit_status
+from dicomvec.pipeline.accounting import check_accounting
 from dicomvec.pipeline.graph import stage
 from dicomvec.pipeline.local_engine import configure_local_engine
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline import preflight
-from dicomvec.pipeline.run import default_run_id, job_options, run_job
+from dicomvec.pipeline.run import JobSummary, default_run_id, job_options, run_job
 from dicomvec.reports.parsing import CONTEXT_TOKENS, TOKEN_BUDGET, Report
 from dicomvec.reports.transforms import (KeepFirstPerStudy, ParseReportFile, embed_reports,
                                         write_reports)
@@ -59,35 +59,14 @@ def build_reports(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str
     return stored
 
 
-@dataclasses.dataclass
-class ReportsSummary:
-    run_id: str
-    matched: int
+@dataclasses.dataclass(kw_only=True)
+class ReportsSummary(JobSummary):
     duplicate_studies: int
-    stored: int
     embedded: int
     text_only: int
-    dead_lettered: Dict[str, int]
-    wall_time_s: float
     rows_in_table: int
     vectors_in_table: int
     table: str
-    sink: str
-    dead_letter_dir: str
-    provider: str
-    embedding_model: str
-    semantic: bool
-    provider_stats: Dict[str, int] = dataclasses.field(default_factory=dict)
-    accounting: Optional[Accounting] = None  # do the counts add up? (pipeline/accounting.py)
-
-    @property
-    def dead_lettered_total(self) -> int:
-        return sum(self.dead_lettered.values())
-
-    @property
-    def exit_status(self) -> int:
-        """0, or 3 when not every matched file is accounted for."""
-        return exit_status(self.accounting)
 
     def render(self) -> str:
         lines = [
@@ -97,8 +76,7 @@ class ReportsSummary:
             f"study's report; dead-lettered)",
             f"  reports stored       {self.stored}  ({self.embedded} with a text vector, "
             f"{self.text_only} text only)",
-            f"  dead-lettered        {self.dead_lettered_total}" + "".join(
-                f"\n    {stage:<18} {n}" for stage, n in self.dead_lettered.items() if n),
+            self.dead_letter_line(),
             f"  wall time            {self.wall_time_s:.1f} s",
             f"  provider             {self.provider} ({self.embedding_model})",
             f"  embedded text        IMPRESSION, else FINDINGS, else the report's tail; at most "
@@ -107,16 +85,9 @@ class ReportsSummary:
         if not self.semantic:
             lines.append("                       NOTE: this provider has no text tower: reports "
                          "were stored as text only (no vectors); use nvclip for text search")
-        for name, value in sorted(self.provider_stats.items()):
-            lines.append(f"  provider {name + ' ':<12}{value}")
-        lines += [
-            f"  rows in table        {self.rows_in_table}  ({self.table}; {self.vectors_in_table}"
-            f" with a {self.provider} vector; {self.sink})",
-            f"  dead letters         {self.dead_letter_dir}",
-        ]
-        if self.accounting is not None:
-            lines.append(self.accounting.render())
-        return "\n".join(lines)
+        return "\n".join(lines + self.provider_lines() + [self.tail(
+            f"  rows in table        {self.rows_in_table}  ({self.table}; "
+            f"{self.vectors_in_table} with a {self.provider} vector; {self.sink})")])
 
 
 def run_reports(argv: List[str]) -> ReportsSummary:

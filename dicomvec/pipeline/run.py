@@ -35,23 +35,22 @@ from dicomvec.pipeline.preflight import NoInputFilesError  # noqa: F401 (re-expo
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
-class RunSummary:
+@dataclasses.dataclass(kw_only=True)
+class JobSummary:
+    """What every job's summary says: files matched, rows stored, dead letters by stage, wall
+    time, provider, where the rows and dead letters are, and whether the counts add up."""
+
     run_id: str
     matched: int
-    duplicate_files: int
-    skipped_existing: int
     stored: int
     dead_lettered: Dict[str, int]
     wall_time_s: float
-    rows_in_store: int
     sink: str
     dead_letter_dir: str
     provider: str
     embedding_model: str
     semantic: bool
-    provider_stats: Dict[str, int]
-    cost_line: str = ""
+    provider_stats: Dict[str, int] = dataclasses.field(default_factory=dict)
     accounting: Optional[Accounting] = None  # do the counts add up? (pipeline/accounting.py)
 
     @property
@@ -62,6 +61,29 @@ class RunSummary:
     def exit_status(self) -> int:
         """0, or 3 when not every matched path is accounted for (see pipeline/accounting.py)."""
         return exit_status(self.accounting)
+
+    def dead_letter_line(self) -> str:
+        return f"  dead-lettered        {self.dead_lettered_total}" + "".join(
+            f"\n    {stage:<18} {n}" for stage, n in self.dead_lettered.items() if n)
+
+    def provider_lines(self) -> List[str]:
+        return [f"  provider {name + ' ':<12}{value}"
+                for name, value in sorted(self.provider_stats.items())]
+
+    def tail(self, rows_line: str) -> str:
+        """``rows_line``, the dead-letter folder and the accounting line."""
+        lines = [rows_line, f"  dead letters         {self.dead_letter_dir}"]
+        if self.accounting is not None:
+            lines.append(self.accounting.render())
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(kw_only=True)
+class RunSummary(JobSummary):
+    duplicate_files: int
+    skipped_existing: int
+    rows_in_store: int
+    cost_line: str = ""
 
     @property
     def images_per_s(self) -> float:
@@ -76,28 +98,16 @@ class RunSummary:
             f"  already stored       {self.skipped_existing}  (skipped: same provider and "
             f"preprocessing; --force re-embeds)",
             f"  images stored        {self.stored}",
-            f"  dead-lettered        {self.dead_lettered_total}" + "".join(
-                f"\n    {stage:<18} {n}" for stage, n in self.dead_lettered.items() if n),
+            self.dead_letter_line(),
             f"  wall time            {self.wall_time_s:.1f} s  ({self.images_per_s:.2f} images/s)",
             f"  provider             {self.provider} ({self.embedding_model})",
         ]
         if not self.semantic:
             lines.append("                       NOTE: non-semantic descriptor, not CLIP: "
                          "image-to-image and dry runs only")
-        if self.cost_line:
-            lines.append(f"  {self.cost_line}")
-        else:
-            for name, value in sorted(self.provider_stats.items()):
-                lines.append(f"  provider {name + ' ':<12}{value}")
-        lines += [
-            f"  rows in store        "
-            f"{self.rows_in_store if self.rows_in_store >= 0 else 'unknown (unreachable)'}"
-            f"  ({self.sink})",
-            f"  dead letters         {self.dead_letter_dir}",
-        ]
-        if self.accounting is not None:
-            lines.append(self.accounting.render())
-        return "\n".join(lines)
+        lines += [f"  {self.cost_line}"] if self.cost_line else self.provider_lines()
+        rows = self.rows_in_store if self.rows_in_store >= 0 else "unknown (unreachable)"
+        return "\n".join(lines + [self.tail(f"  rows in store        {rows}  ({self.sink})")])
 
 
 def list_input(pattern: Optional[str],

@@ -54,12 +54,11 @@ class SearchRequest:
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageResult:
+class RankedHit:
+    """One result: its rank and the row found (with its score)."""
+
     rank: int
-    hit: Hit
-    report: Optional[ReportHit] = None
-    #: True when the search joined reports (``report`` None then means "no report stored")
-    joined: bool = False
+    hit: Union[Hit, ReportHit]
 
     @property
     def score(self) -> float:
@@ -68,26 +67,28 @@ class ImageResult:
     def to_dict(self) -> dict:
         out = {"rank": self.rank, **dataclasses.asdict(self.hit)}
         out["score"] = round(out["score"], 6)
+        return out
+
+
+class ReportResult(RankedHit):
+    """A report found."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageResult(RankedHit):
+    """An image found, with its study's report when the search joined them."""
+
+    report: Optional[ReportHit] = None
+    #: True when the search joined reports (``report`` None then means "no report stored")
+    joined: bool = False
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
         if self.joined:
             out["report"] = None if self.report is None else {
                 "StudyID": self.report.StudyID, "ReportPath": self.report.ReportPath,
                 "Findings": self.report.Findings, "Impression": self.report.Impression,
                 "EmbeddedText": self.report.EmbeddedText}
-        return out
-
-
-@dataclasses.dataclass(frozen=True)
-class ReportResult:
-    rank: int
-    hit: ReportHit
-
-    @property
-    def score(self) -> float:
-        return self.hit.score
-
-    def to_dict(self) -> dict:
-        out = {"rank": self.rank, **dataclasses.asdict(self.hit)}
-        out["score"] = round(out["score"], 6)
         return out
 
 

@@ -34,7 +34,7 @@ class MatchPath(beam.DoFn):
     def __init__(self):
         super().__init__()
         self.matched = counter(C.MATCHED)
-        self.read_failed = counter(C.failed("read"))
+        self.read_failed = counter(C.IMAGES.failed("read"))
 
     def process(self, path: str):
         try:
@@ -58,7 +58,7 @@ class ReportUnreadable(beam.DoFn):
     def __init__(self):
         super().__init__()
         self.matched = counter(C.MATCHED)
-        self.read_failed = counter(C.failed("read"))
+        self.read_failed = counter(C.IMAGES.failed("read"))
 
     def process(self, path: str):
         self.matched.inc()
@@ -77,8 +77,8 @@ class IdentifyDicom(beam.DoFn):
         super().__init__()
         self.storage_settings = storage_settings
         self.matched = counter(C.MATCHED)
-        self.read_failed = counter(C.failed("read"))
-        self.header_failed = counter(C.failed("decode"))
+        self.read_failed = counter(C.IMAGES.failed("read"))
+        self.header_failed = counter(C.IMAGES.failed("decode"))
 
     def setup(self):
         self.reader = HeaderReader(self.storage_settings)

@@ -9,7 +9,6 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from dicomvec import counters as C
-from dicomvec.counters import NAMESPACE
 from dicomvec.record import Failure, ImageRecord
 
 FAILED = "failed"
@@ -17,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def counter(name: str):
-    return Metrics.counter(NAMESPACE, name)
+    return Metrics.counter(C.NAMESPACE, name)
 
 
 class RecordStage(beam.DoFn):
@@ -30,8 +29,8 @@ class RecordStage(beam.DoFn):
 
     def __init__(self):
         super().__init__()
-        self.ok = counter(C.ok(self.stage))
-        self.failed = counter(C.failed(self.stage))
+        self.ok = counter(C.IMAGES.ok(self.stage))
+        self.failed = counter(C.IMAGES.failed(self.stage))
 
     def process_record(self, record: ImageRecord) -> ImageRecord:
         raise NotImplementedError

@@ -8,52 +8,17 @@ A request refused for its content (400/413/422) is bisected until the bad inputs
 good neighbours get their vectors, bad ones a non-retryable failure carrying NVIDIA's problem
 title/detail. 401/402/403/404 raise ``FatalProviderError`` (the job stops).
 
-Settings (``ProviderConfig.settings`` keys; ``None`` means "use the default"):
-
-================================  ==============================  ===============================
-key (pipeline flag)               default                         meaning
-================================  ==============================  ===============================
-``url`` (--nvclip-url)            https://integrate.api.nvidia.   base URL ending in ``/v1``;
-                                  com/v1                          self-hosted: http://host:8000/v1
-``model`` (--nvclip-model)        nvidia/nvclip                   self-hosted NIM: nvidia/nvclip-
-                                                                  vit-h-14 (per its schema)
-``concurrency``                   4                               requests in flight per provider
-(--nvclip-concurrency)                                            instance (threads + pooled
-                                                                  connections)
-``max_requests_per_minute``       40 for the hosted URL,          request starts per minute per
-(--nvclip-max-requests-per-       unlimited (0) otherwise         worker process (see below)
-minute)
-``timeout_s`` (--nvclip-timeout)  60                              read timeout per request, s
-``max_attempts``                  5                               attempts per request
-(--nvclip-max-attempts)                                           (1 = no retry)
-``connect_timeout_s``             10                              TCP/TLS connect timeout, s
-``backoff_base_s``                1.0                             first backoff; doubles per try,
-                                                                  plus up to this much jitter
-``backoff_max_s``                 60                              backoff cap, s
-``max_retry_after_s``             300                             cap on a server's Retry-After
-``dimension``                     1024                            expected vector length
-``request_size``                  64                              inputs per request (1..64)
-``max_base64_chars``              180000                          inline image limit (base64
-                                                                  chars, exclusive)
-``max_text_tokens``               77                              CLIP context incl. start/end
-``cost_per_1k_images``            0 (unknown)                     USD per 1,000 images, for the
-(--nvclip-cost-per-1k-images)                                     summary's cost estimate
-``max_rejected_batches``          3                               stop the job after this many
-                                                                  consecutive multi-input requests
-                                                                  whose every input was refused
-                                                                  (wrong model etc.); 0 = never
-================================  ==============================  ===============================
+Settings: ``NVClipSettings`` (``ProviderConfig.settings`` keys, their defaults from
+``dicomvec.defaults``; what each means and which ``--nvclip-*`` flag sets it: docs/nvclip.md).
 
 The API key comes only from the environment variable ``NVIDIA_API_KEY``, read in ``setup()``
 (on the worker). It is required for the hosted URL (``*.api.nvidia.com``) and optional for a
 self-hosted NIM. It is sent only in the ``Authorization`` header and never appears in logs,
 exception messages, stats or results.
 
-Rate limit arithmetic: the limit is per worker *process* (all provider instances in one Python
-process share one limiter per URL and rate). A cluster sends at most
-``max_requests_per_minute × worker processes`` requests per minute, e.g. a hosted key allowed
-40 requests/min shared by 4 Beam SDK worker processes needs ``--nvclip-max-requests-per-minute
-10``. Each request carries up to 64 images, so 40 requests/min ≈ 2,560 images/min.
+Rate limit: per worker *process* (all provider instances in one Python process share one
+limiter per URL and rate); a cluster sends at most ``max_requests_per_minute × worker
+processes`` requests per minute (docs/nvclip.md).
 
 Throughput: one ``embed_images`` call with N images sends ceil(N / request_size) requests in
 parallel (up to ``concurrency``). To keep several requests in flight with batches of 64, either

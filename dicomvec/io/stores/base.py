@@ -445,11 +445,6 @@ class SinkConfig:
         """The URL with any password replaced, for messages."""
         return redact_url(self.url)
 
-    def dialect(self, spec: TableSpec = IMAGES) -> Dialect:
-        return dialect_for_url(self.url, schema=self.schema,
-                               table=self.reports_table if spec == REPORTS else self.table,
-                               spec=spec)
-
     def images(self, **kwargs) -> VectorStore:
         """A store on the images table (connects on first use)."""
         return VectorStore(self.url, schema=self.schema, table=self.table, **kwargs)

@@ -23,8 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlparse
 
 import numpy as np
 
-from dicomvec.errors import PreflightError
-from dicomvec.io.local_paths import first_line
+from dicomvec.errors import PreflightError, first_line
 from dicomvec.io.stores.tables import (IMAGES, REPORTS_TABLE, TEXT, VECTOR, ColumnInfo,
                                        TableShape, TableSpec, VectorColumn, declared_length)
 

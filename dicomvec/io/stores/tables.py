@@ -194,17 +194,6 @@ REPORTS = TableSpec(
 )
 
 
-def lookup(store, keys: Sequence[str]) -> dict:
-    """Rows of a ``store`` with a single-column key, by key (``{key: hit}``); unknown keys are
-    absent."""
-    keys = list(dict.fromkeys(k for k in keys if k))
-    found = {}
-    for start in range(0, len(keys), 500):
-        for row in store.query(*store.dialect.lookup_sql(keys[start:start + 500]), "lookup"):
-            found[row[0]] = store.spec.hit_type(*row)
-    return found
-
-
 # -- what an existing table looks like (read from the database's catalog) ----------------------
 
 @dataclasses.dataclass(frozen=True)
