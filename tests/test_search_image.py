@@ -22,6 +22,7 @@ from dicomvec.reports.samples import write_sample_reports
 from dicomvec.search import SearchRequest, run_search
 from dicomvec.search.contact_sheet import HEADER, PAD, THUMB, render, sheet_size
 from dicomvec.synthetic import generate
+from tests.local_run import thumbnail_flags
 from tests.sinks import SINKS, sink_url
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +39,8 @@ def archive(request, tmp_path_factory):
     files = [f for f in generate(root / "sample", COUNT, size=SIZE, syntaxes=("native", "rle"),
                                  seed=11) if not f.broken]
     sink = sink_url(request.param, request, root)
-    common = ["--sink", sink, "--dead-letter", str(root / "dead_letter"),
-              "--provider", "thumbnail", "--image-size", "160"]
+    common = thumbnail_flags(root, None, "--image-size", "160", sink=sink,
+                             dead_letter=root / "dead_letter")
     summary = run_ingest(["--input", f"{root}/sample/files/**/*.dcm", "--run-id", "ingest",
                           *common])
     assert summary.stored == COUNT

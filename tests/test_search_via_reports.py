@@ -31,6 +31,7 @@ from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline.run import run_ingest
 from dicomvec.search import SearchRequest, run_search
 from dicomvec.synthetic import generate
+from tests.local_run import thumbnail_flags
 from tests.openai_server import Fault, OpenAIContractServer
 from tests.sinks import WITH_IRIS, sink_url
 
@@ -181,10 +182,9 @@ def archive(request, tmp_path_factory, openai_server):
     schema = f"DicomvecVia{secrets.token_hex(4)}" if kind == "iris" else "VectorSearch"
     files = [f for f in generate(root / "sample", COUNT, size=(192, 160),
                                  syntaxes=("native",), seed=16) if not f.broken]
-    summary = run_ingest(["--input", f"{root}/sample/files/**/*.dcm", "--sink", sink,
-                          "--sink-schema", schema,
-                          "--dead-letter", str(root / "dead_letter"), "--provider", "thumbnail",
-                          "--image-size", "128"])
+    summary = run_ingest(thumbnail_flags(
+        root, None, "--sink-schema", schema, "--image-size", "128",
+        input=f"{root}/sample/files/**/*.dcm", sink=sink, dead_letter=root / "dead_letter"))
     assert summary.stored == len(files)
     # one report per (subject, study); the last study has no report; one report has no images
     pairs = list(dict.fromkeys((f.subject_id, f.study_id) for f in files))

@@ -25,6 +25,7 @@ from dicomvec.io.stores.tables import REPORTS
 from dicomvec.pipeline.run import run_ingest
 from dicomvec.reports.samples import sample_texts
 from dicomvec.synthetic import generate
+from tests.local_run import thumbnail_flags
 
 PREDECESSOR_DIM = 3072
 IMAGES_N = 6
@@ -128,8 +129,7 @@ def test_predecessor_reports_table_survives_every_command(sink, tmp_path, report
                                                           archive, capsys):
     make_predecessor_reports(sink)
     before = snapshot(sink)
-    common = ["--sink", sink.url, "--dead-letter", str(tmp_path / "dl"),
-              "--provider", "thumbnail"]
+    common = thumbnail_flags(tmp_path, sink=sink.url)
 
     # the reports job refuses the table: one line, exit 2, nothing written
     assert main(["reports", "--input", report_files, *common, "--run-id", "r1"]) == 2
@@ -213,8 +213,7 @@ def break_two_rows(sink: Sink):
 def test_old_images_table_is_migrated_then_resumed_without_re_embedding(sink, tmp_path,
                                                                        archive, capsys):
     def flags(run_id, *extra):
-        return ["--input", archive, "--sink", sink.url, "--dead-letter", str(tmp_path / "dl"),
-                "--provider", "thumbnail", "--run-id", run_id, *extra]
+        return thumbnail_flags(tmp_path, run_id, *extra, input=archive, sink=sink.url)
 
     first = run_ingest(flags("old"))
     assert first.stored == IMAGES_N
