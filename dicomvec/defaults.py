@@ -20,7 +20,6 @@ WATCH_INTERVAL_S = 30.0
 DEAD_LETTER_FREQUENCY_S = 60.0
 #: pipeline stages, in order; dead letters name one of them
 STAGES = ("read", "decode", "normalize", "resize", "embed", "write")
-
 #: what ``dicomvec search --target`` searches
 SEARCH_TARGETS = ("images", "reports")
 
@@ -33,6 +32,8 @@ NVCLIP_TIMEOUT_S = 60.0
 #: ``dicomvec check-nvclip`` answers quickly or not at all
 CHECK_NVCLIP_TIMEOUT_S = 30.0
 NVCLIP_MAX_ATTEMPTS = 5
+#: CLIP's text context, in tokens, including its start and end markers
+CLIP_CONTEXT_TOKENS = 77
 
 # -- OpenAI-compatible text embeddings (search --via-reports) -----------------------------------
 TEXT_URL = "https://api.openai.com/v1"

@@ -33,6 +33,10 @@ def lookup(store, keys: Sequence[str]) -> dict:
     keys = list(dict.fromkeys(k for k in keys if k))
     found = {}
     for start in range(0, len(keys), 500):
-        for row in store.query(*store.dialect.lookup_sql(keys[start:start + 500]), "lookup"):
+        chunk = keys[start:start + 500]
+        sql = (f"SELECT {', '.join(store.spec.hit_columns)} FROM "
+               f"{store.dialect.qualified_table} WHERE {store.spec.key[0]} IN "
+               f"({store.dialect.placeholders(len(chunk))})")
+        for row in store.query(sql, chunk, "lookup"):
             found[row[0]] = store.spec.hit_type(*row)
     return found

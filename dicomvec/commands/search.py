@@ -112,7 +112,7 @@ def reports_request(request, args, options):
     ``--via-reports``, and the ``OpenAISettings`` for it (None without it)."""
     import dataclasses
     request = dataclasses.replace(request, via_reports=args.via_reports,
-                                  reports_table=getattr(options, "reports_table", None),
+                                  reports_table=options.reports_table,
                                   reports_schema=args.reports_schema)
     if not args.via_reports:
         return request, None

@@ -3,8 +3,6 @@
 bytes/stream --read_dataset--> Dataset --decode_pixels--> DecodedPixels (small stored-value
 array) --normalize_pixels--> 2-D uint8 --fit_and_encode--> EncodedPixels (PNG/JPEG bytes at the
 model size) --data_url--> inline model input.
-
-``reference`` holds the slow full-resolution paths used by tests and benchmarks.
 """
 from dicomvec.imaging.decoding import DecodedPixels, decode_pixels
 from dicomvec.imaging.encoding import (MAX_BASE64_CHARS, EncodedPixels, data_url,

@@ -1,5 +1,4 @@
-"""Can this process write here? Checks of local files and folders that create nothing (the
-preflight checks of the sink and the dead-letter folder)."""
+"""Can this process write here? Checks of local folders that create nothing (preflight)."""
 from __future__ import annotations
 
 import os

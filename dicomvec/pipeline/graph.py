@@ -9,6 +9,8 @@ WriteDeadLetters.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
@@ -24,7 +26,7 @@ from dicomvec.transforms.identify import IdentifyDicom, MatchPath, ReportUnreada
 from dicomvec.transforms.preprocess import DecodePixels, NormalizePixels, ResizeAndEncode
 from dicomvec.transforms.stage import FAILED
 from dicomvec.transforms.watch import WatchForCompleteFiles
-from dicomvec.transforms.write import WriteToStore
+from dicomvec.transforms.write import WriteToStore, to_row
 
 
 def stage(pcoll, label, dofn, failures):
@@ -86,9 +88,9 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
     batches = encoded | "Batch" >> BatchForEmbedding(options.batch_size, batch_wait,
                                                      batching_shards(pipeline.options))
     embedded = stage(batches, "Embed", EmbedBatch(options.provider_config()), failures)
-    stored = stage(embedded, "Write",
-                   WriteToStore.images(sink, options.preprocess_version(), dimension,
-                                       options.progress_every), failures)
+    write = WriteToStore(sink, partial(to_row, preprocess_version=options.preprocess_version()),
+                         dimension=dimension, progress_every=options.progress_every)
+    stored = stage(embedded, "Write", write, failures)
     (failures
      | "AllFailures" >> beam.Flatten()
      | "DeadLetters" >> WriteDeadLetters(

@@ -19,8 +19,7 @@ import logging
 import os
 from typing import Optional
 
-from dicomvec.errors import NoInputFilesError, PreflightError  # noqa: F401  (re-exported)
-from dicomvec.errors import first_line
+from dicomvec.errors import NoInputFilesError, PreflightError, first_line  # noqa: F401
 from dicomvec.io.local_paths import folder_problem, writable_dir
 
 log = logging.getLogger(__name__)
@@ -87,10 +86,7 @@ def require_dead_letter_folder(path: str) -> None:
 def check_provider(config) -> None:
     """The provider can be built and has its credentials (no request is sent)."""
     from dicomvec.io.providers import create_provider
-    provider = create_provider(config)  # unknown name: ValueError
-    preflight = getattr(provider, "preflight", None)
-    if preflight is not None:
-        preflight()
+    create_provider(config).preflight()  # unknown name: ValueError
 
 
 def check_job(options, input_pattern: bool = True, sink_must_exist: bool = False,

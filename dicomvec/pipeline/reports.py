@@ -31,9 +31,11 @@ from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline import preflight
 from dicomvec.pipeline.run import JobSummary, default_run_id, job_options, run_job
 from dicomvec.reports.parsing import CONTEXT_TOKENS, TOKEN_BUDGET, Report
-from dicomvec.reports.transforms import (KeepFirstPerStudy, ParseReportFile, embed_reports,
-                                        write_reports)
-from dicomvec.transforms.embed import BatchForEmbedding, batching_shards
+from dicomvec.io.stores.tables import REPORTS
+from dicomvec.reports.transforms import (KeepFirstPerStudy, ParseReportFile, ReportInputs,
+                                        report_failure)
+from dicomvec.transforms.embed import BatchForEmbedding, EmbedBatch, batching_shards
+from dicomvec.transforms.write import WriteToStore
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,11 @@ def build_reports(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str
     reports = stage(keyed, "KeepFirstPerStudy", KeepFirstPerStudy(), failures)
     batches = reports | "BatchReports" >> BatchForEmbedding(
         options.batch_size, shards=batching_shards(pipeline.options))
-    rows = stage(batches, "EmbedReports", embed_reports(options.provider_config()), failures)
-    stored = stage(rows, "WriteReports", write_reports(options.sink_config()), failures)
+    rows = stage(batches, "EmbedReports", EmbedBatch(
+        options.provider_config(), inputs=ReportInputs(), names=C.REPORTS), failures)
+    stored = stage(rows, "WriteReports", WriteToStore(
+        options.sink_config(), to_row=lambda row: row, failure=report_failure, spec=REPORTS,
+        names=C.REPORTS), failures)
     (failures
      | "AllReportFailures" >> beam.Flatten()
      | "ReportDeadLetters" >> WriteDeadLetters(options.dead_letter, run_id))

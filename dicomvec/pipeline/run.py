@@ -6,6 +6,7 @@ In: a command line (dicomvec flags plus any Beam flag). Out: a ``RunSummary`` (a
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as _dt
 import logging
@@ -149,13 +150,8 @@ def job_options(argv: List[str]) -> Tuple[PipelineOptions, DicomvecOptions]:
     return options, options.view_as(DicomvecOptions)
 
 
-@dataclasses.dataclass
-class JobRun:
-    """How a job ended: its counters, wall time and the signal that stopped a stream."""
-
-    counters: Dict[str, int]
-    wall_time_s: float
-    stopped_by: str = ""
+#: how a job ended: its counters, wall time and the signal that stopped a stream ("" if none)
+JobRun = collections.namedtuple("JobRun", "counters wall_time_s stopped_by")
 
 
 def run_job(options: PipelineOptions, run_id: str, build: Callable[[beam.Pipeline], object],
@@ -222,8 +218,7 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
         semantic=provider.semantic,
         provider_stats=C.IMAGES.provider_stats(counters),
     )
-    if hasattr(provider, "cost_line"):
-        summary.cost_line = provider.cost_line(summary.provider_stats)
+    summary.cost_line = provider.cost_line(summary.provider_stats)
     summary.accounting = check_accounting(expected, counters, summary.dead_letter_dir,
                                           stopped_by=job.stopped_by)
     return summary

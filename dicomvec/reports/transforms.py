@@ -4,13 +4,13 @@
   ``read``; no MIMIC identity in the path or no text → Failure stage ``decode``.
 - ``KeepFirstPerStudy``: one report per StudyID; another file with the same StudyID → Failure
   stage ``decode``.
-- ``embed_reports``: the images' ``EmbedBatch`` with ``ReportInputs``: list[Report] →
+- ``ReportInputs``: what the images' ``EmbedBatch`` embeds here: list[Report] →
   list[ReportRow] with text vectors (one provider call per batch); a text the provider refuses →
   Failure stage ``embed``. A provider without a text tower (``thumbnail``) gives text-only rows
   (Vector NULL), so ``--with-reports`` and the images table's foreign key still work; such rows
   are counted as ``reports_text_only``.
-- ``write_reports``: the images' ``WriteToStore`` on the reports table: list[ReportRow] → number
-  stored; rows the database refuses → Failure stage ``write``.
+- ``report_failure``: the dead letter of a row the images' ``WriteToStore`` could not write
+  into the reports table (stage ``write``).
 
 Dead-letter rows use the report's StudyID in the ``image_id`` column.
 """
@@ -25,14 +25,13 @@ from apache_beam.coders import StrUtf8Coder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from dicomvec import counters as C
-from dicomvec.io.providers import ProviderConfig, TextNotSupportedError
-from dicomvec.io.stores import SinkConfig
-from dicomvec.io.stores.tables import REPORTS, ReportRow
+from dicomvec.io.providers import TextNotSupportedError
+from dicomvec.io.providers.base import finished_future
+from dicomvec.io.stores.tables import ReportRow
 from dicomvec.record import Failure
 from dicomvec.reports.parsing import Report, ReportParseError, parse_report, parse_report_path
-from dicomvec.transforms.embed import EmbedBatch, finished_future
+from dicomvec.transforms.embed import ImageInputs
 from dicomvec.transforms.stage import FAILED, counter
-from dicomvec.transforms.write import WriteToStore
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +111,16 @@ def text_only_row(report: Report) -> ReportRow:
                      Vector=None, EmbeddingModel=None, Provider=None)
 
 
-class ReportInputs:
+class ReportInputs(ImageInputs):
     """What ``EmbedBatch`` embeds for the reports job: ``Report`` → its embedded text; out a
     ``ReportRow`` with the text's vector. A provider without a text tower gives the whole batch
     as text-only rows (counted as ``reports_text_only``)."""
 
     def __init__(self):
         self.text_only = counter(C.REPORTS_TEXT_ONLY)
+
+    def identity(self, report: Report):
+        return report.path, report.study_id
 
     def submit(self, provider, batch: List[Report]):
         texts = [report.embedded_text for report in batch]
@@ -127,12 +129,6 @@ class ReportInputs:
     def embedded(self, provider, report: Report, vector) -> ReportRow:
         return dataclasses.replace(text_only_row(report), Vector=vector,
                                    EmbeddingModel=provider.model, Provider=provider.name)
-
-    def refused(self, report: Report, result) -> Failure:
-        return Failure.from_result(report.path, report.study_id, "embed", result)
-
-    def failed(self, report: Report, exc: BaseException) -> Failure:
-        return _failure(report.path, "embed", exc, retryable=True)
 
     def unsupported(self, batch: List[Report], exc: BaseException) -> Optional[list]:
         if not isinstance(exc, TextNotSupportedError):
@@ -147,12 +143,3 @@ def report_failure(row: ReportRow, stage: str, exc: BaseException,
     return _failure(row.ReportPath, stage, exc, retryable=retryable)
 
 
-def embed_reports(provider_config: ProviderConfig) -> EmbedBatch:
-    """In: list[Report]. Out: list[ReportRow] (one per batch), ``Failure`` per refused text."""
-    return EmbedBatch(provider_config, inputs=ReportInputs(), names=C.REPORTS)
-
-
-def write_reports(sink: SinkConfig) -> WriteToStore:
-    """In: list[ReportRow]. Out: rows stored (int); ``Failure`` per row the database refused."""
-    return WriteToStore(sink, to_row=lambda row: row, failure=report_failure, spec=REPORTS,
-                        names=C.REPORTS)

@@ -7,6 +7,7 @@ Out: a ``SearchResult`` whose ``results`` are ``ImageResult`` or ``ReportResult`
 """
 from __future__ import annotations
 
+import contextlib
 from typing import List, Optional
 
 from dicomvec.errors import UserError
@@ -16,16 +17,23 @@ from dicomvec.io.stores.dialects import redact_url
 from dicomvec.io.stores.tables import REPORTS, ReportHit
 from dicomvec.search.queries import embed_query_image, embed_query_text, image_record
 from dicomvec.search.reports_table import inspect_reports
-from dicomvec.search.results import (TARGETS, ImageResult, ReportResult,  # noqa: F401
-                                     SearchRequest, SearchResult)
+from dicomvec.search.results import ImageResult, ReportResult, SearchRequest, SearchResult
 from dicomvec.search.via_reports import (open_reports, reports_for, reports_via_images,
                                          search_via_reports)
 
 
-def _store_error(exc: Exception, table: str, sink: str) -> UserError:
-    return UserError(f"cannot search {table} at {redact_url(sink)}: {type(exc).__name__}: "
-                     f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
-                     f"(run `dicomvec {'reports' if table == REPORTS.table else 'run'}` first?)")
+@contextlib.contextmanager
+def _store_errors(table: str, sink: str):
+    """A database error while searching ``table`` becomes one ``UserError`` line."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(
+            f"cannot search {table} at {redact_url(sink)}: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
+            f"(run `dicomvec {'reports' if table == REPORTS.table else 'run'}` first?)") from None
 
 
 def _same_subject(report: Optional[ReportHit], hit: Hit) -> Optional[ReportHit]:
@@ -53,13 +61,8 @@ def _reports_are_ours(request: SearchRequest, options) -> bool:
 
 
 def _nearest_images(request: SearchRequest, options, vector, provider, k: int) -> List[Hit]:
-    try:
-        with options.sink_config().images() as store:
-            return store.nearest(vector, k, provider.name, request.view)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise _store_error(exc, options.sink_table, options.sink) from None
+    with _store_errors(options.sink_table, options.sink), options.sink_config().images() as store:
+        return store.nearest(vector, k, provider.name, request.view)
 
 
 def run_search(request: SearchRequest, options, text_settings=None) -> SearchResult:
@@ -95,26 +98,17 @@ def run_search(request: SearchRequest, options, text_settings=None) -> SearchRes
                                             "reports table has no vectors of this provider)"})
     if request.target == "reports":
         table = request.reports_table or REPORTS.table
-        try:
-            with open_reports(options, request.reports_table, request.reports_schema) as store:
-                hits = store.nearest(vector, request.k, provider.name)
-        except UserError:
-            raise
-        except Exception as exc:
-            raise _store_error(exc, table, options.sink) from None
+        with _store_errors(table, options.sink), open_reports(
+                options, request.reports_table, request.reports_schema) as store:
+            hits = store.nearest(vector, request.k, provider.name)
         results = [ReportResult(rank, hit) for rank, hit in enumerate(hits, start=1)]
     else:
         table = options.sink_table
         hits = _nearest_images(request, options, vector, provider, request.k)
         reports = {}
         if request.with_reports and hits:
-            try:
+            with _store_errors(request.reports_table or REPORTS.table, options.sink):
                 reports = reports_for(options, request, [hit.StudyID for hit in hits])
-            except UserError:
-                raise
-            except Exception as exc:
-                raise _store_error(exc, request.reports_table or REPORTS.table,
-                                   options.sink) from None
         results = [ImageResult(rank, hit, _same_subject(reports.get(hit.StudyID), hit),
                                request.with_reports)
                    for rank, hit in enumerate(hits, start=1)]

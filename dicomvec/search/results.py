@@ -76,8 +76,6 @@ class ReportResult(RankedHit):
 
 @dataclasses.dataclass(frozen=True)
 class ImageResult(RankedHit):
-    """An image found, with its study's report when the search joined them."""
-
     report: Optional[ReportHit] = None
     #: True when the search joined reports (``report`` None then means "no report stored")
     joined: bool = False

@@ -36,7 +36,7 @@ def open_reports(options, table: Optional[str] = None, schema: Optional[str] = N
                  ) -> VectorStore:
     """A (read) store on the reports table ``schema.table`` (defaults: the sink schema and
     ``MIMICCXRReports``)."""
-    name = table or getattr(options, "reports_table", None) or REPORTS.table
+    name = table or options.reports_table
     spec = REPORTS if name == REPORTS.table else \
         dataclasses.replace(REPORTS, table=validate_identifier(name))
     store = options.sink_config().reports(table=name, schema=schema, spec=spec)

@@ -74,41 +74,28 @@ class BatchForEmbedding(beam.PTransform):
 
 class ImageInputs:
     """What ``EmbedBatch`` embeds for the images job: ``ImageRecord`` → its encoded image; out
-    the record with its vector."""
+    the record with its vector. ``identity``: (path, ID) of an item's dead letter."""
+
+    def identity(self, record: ImageRecord):
+        return record.path, record.image_id
 
     def submit(self, provider, batch: List[ImageRecord]) -> cf.Future:
-        images = [EncodedImage(record.encoded, record.mime) for record in batch]
-        submit = getattr(provider, "submit_images", None)
-        if submit is not None:
-            return submit(images)
-        return finished_future(lambda: provider.embed_images(images))
+        return provider.submit_images([EncodedImage(r.encoded, r.mime) for r in batch])
 
     def embedded(self, provider, record: ImageRecord, vector):
         return record.evolve(vector=vector, encoded=None, provider=provider.name,
                              embedding_model=provider.model)
 
-    def refused(self, record: ImageRecord, result) -> Failure:
-        return Failure.from_result(record.path, record.image_id, "embed", result)
+    def refused(self, item, result) -> Failure:
+        return Failure.from_result(*self.identity(item), "embed", result)
 
-    def failed(self, record: ImageRecord, exc: BaseException) -> Failure:
-        return Failure.from_exception(record, "embed", exc, retryable=True)
+    def failed(self, item, exc: BaseException) -> Failure:
+        path, image_id = self.identity(item)
+        return Failure.from_exception(ImageRecord(path, image_id), "embed", exc, retryable=True)
 
     def unsupported(self, batch: list, exc: BaseException) -> Optional[list]:
-        """The batch's outputs when the provider cannot embed this kind of input at all (None:
-        every item fails)."""
+        """The batch's outputs when ``exc`` says the provider cannot embed such inputs."""
         return None
-
-
-def finished_future(call) -> cf.Future:
-    """A finished future holding ``call()``'s result or its exception (fatal errors raise)."""
-    future: cf.Future = cf.Future()
-    try:
-        future.set_result(call())
-    except FatalProviderError:
-        raise
-    except Exception as exc:  # reported per item in _outputs
-        future.set_exception(exc)
-    return future
 
 
 class EmbedBatch(ProviderDoFn):

@@ -36,6 +36,13 @@ class MatchPath(beam.DoFn):
         self.matched = counter(C.MATCHED)
         self.read_failed = counter(C.IMAGES.failed("read"))
 
+    def unreadable(self, path: str, exc: BaseException):
+        """The ``read`` dead letter of a matched ``path`` (counted as matched)."""
+        self.matched.inc()
+        self.read_failed.inc()
+        yield beam.pvalue.TaggedOutput(
+            FAILED, Failure.from_exception(ImageRecord(path=path), "read", exc))
+
     def process(self, path: str):
         try:
             found = FileSystems.match([path])[0].metadata_list
@@ -43,30 +50,19 @@ class MatchPath(beam.DoFn):
                 reason = unreadable_reason(path) or "file not found"
                 raise FileNotFoundError(f"{reason}: {path}")
         except Exception as exc:
-            self.matched.inc()
-            self.read_failed.inc()
-            yield beam.pvalue.TaggedOutput(
-                FAILED, Failure.from_exception(ImageRecord(path=path), "read", exc))
+            yield from self.unreadable(path, exc)
             return
         yield from found
 
 
-class ReportUnreadable(beam.DoFn):
+class ReportUnreadable(MatchPath):
     """In: a matched path Beam's listing could not list (a dangling symbolic link, a directory).
     Out: a Failure at stage ``read`` with the reason; counted as matched."""
 
-    def __init__(self):
-        super().__init__()
-        self.matched = counter(C.MATCHED)
-        self.read_failed = counter(C.IMAGES.failed("read"))
-
     def process(self, path: str):
-        self.matched.inc()
-        self.read_failed.inc()
         reason = unreadable_reason(path) or "matched by the pattern but not listed as a file"
         log.warning("cannot read %s: %s", path, reason)
-        yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(
-            ImageRecord(path=path), "read", UnreadablePathError(f"{path}: {reason}")))
+        yield from self.unreadable(path, UnreadablePathError(f"{path}: {reason}"))
 
 
 class IdentifyDicom(beam.DoFn):

@@ -9,7 +9,6 @@ bisection so good rows are still written.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from typing import Callable, List, Optional
@@ -34,13 +33,9 @@ def to_row(record: ImageRecord, preprocess_version: str) -> ImageRow:
                     PreprocessVersion=preprocess_version)
 
 
-def image_failure(record: ImageRecord, stage: str, exc: BaseException,
-                  retryable: bool = False) -> Failure:
-    return Failure.from_exception(record, stage, exc, retryable=retryable)
-
-
 class WriteToStore(beam.DoFn):
-    def __init__(self, sink: SinkConfig, to_row: Callable, failure: Callable = image_failure,
+    def __init__(self, sink: SinkConfig, to_row: Callable,
+                 failure: Callable = Failure.from_exception,
                  spec: TableSpec = IMAGES, names: C.JobCounters = C.IMAGES,
                  dimension: Optional[int] = None, progress_every: int = PROGRESS_EVERY):
         super().__init__()
@@ -54,13 +49,6 @@ class WriteToStore(beam.DoFn):
         self.stored = counter(names.stored)
         self.failed = counter(names.failed("write"))
         self.noun = names.prefix.rstrip("_") or "images"
-
-    @classmethod
-    def images(cls, sink: SinkConfig, preprocess_version: str, dimension: int,
-               progress_every: int = PROGRESS_EVERY) -> "WriteToStore":
-        """The images job's write: ``ImageRecord`` → ``ImageRow``."""
-        return cls(sink, functools.partial(to_row, preprocess_version=preprocess_version),
-                   dimension=dimension, progress_every=progress_every)
 
     def setup(self):
         self.store = self.sink.store(self.spec, dimension=self.dimension)

@@ -47,7 +47,7 @@ from urllib.parse import urlparse
 from dicomvec import defaults
 from dicomvec.io.providers.base import (EmbeddingProvider, EmbeddingResult, EncodedImage,
                                         FatalProviderError, ProviderConfig)
-from dicomvec.io.providers.openai_compatible import (ClientSettings, Counters, EmbeddingsClient,
+from dicomvec.io.providers.openai_compatible import (Counters, EmbeddingsClient,
                                                      Redactor, RejectedRequest,
                                                      RetriesExhausted)
 from dicomvec.io.providers.rate_limit import shared_rate_limiter
@@ -96,7 +96,7 @@ class NVClipSettings:
     dimension: int = defaults.DIMENSION
     request_size: int = MAX_INPUTS_PER_REQUEST
     max_base64_chars: int = 180_000
-    max_text_tokens: int = 77
+    max_text_tokens: int = defaults.CLIP_CONTEXT_TOKENS
     cost_per_1k_images: float = 0.0
     max_rejected_batches: int = 3
 
@@ -196,7 +196,8 @@ def approx_clip_tokens(text: str) -> List[Tuple[int, int]]:
     return out
 
 
-def truncate_for_clip(text: str, max_tokens: int = 77) -> Tuple[str, bool]:
+def truncate_for_clip(text: str, max_tokens: int = defaults.CLIP_CONTEXT_TOKENS
+                      ) -> Tuple[str, bool]:
     """(text cut to fit ``max_tokens`` including CLIP's start/end markers, whether it was cut)."""
     budget = max_tokens - 2
     pieces = approx_clip_tokens(text)
@@ -283,15 +284,10 @@ class NVClipProvider(EmbeddingProvider):
             return
         api_key = self._api_key()
         s = self.settings
-        client_settings = ClientSettings(
-            endpoint=s.url, model=s.model, dimension=s.dimension,
-            connect_timeout_s=s.connect_timeout_s, timeout_s=s.timeout_s,
-            max_attempts=s.max_attempts, backoff_base_s=s.backoff_base_s,
-            backoff_max_s=s.backoff_max_s, max_retry_after_s=s.max_retry_after_s,
-            pool_size=s.concurrency)
         limiter = shared_rate_limiter(s.url, s.requests_per_minute)
         self._redact = Redactor(api_key)
-        self._client = NVClipClient(client_settings, api_key, limiter, self._counters)
+        self._client = NVClipClient(s, api_key, limiter, self._counters, s.dimension,
+                                    s.concurrency)
         self._pool = cf.ThreadPoolExecutor(max_workers=s.concurrency,
                                            thread_name_prefix="nvclip")
 

@@ -25,9 +25,8 @@ import numpy as np
 from dicomvec import defaults
 from dicomvec.errors import UserError
 from dicomvec.io.providers.base import FatalProviderError
-from dicomvec.io.providers.openai_compatible import (ClientSettings, Counters,
-                                                     EmbeddingsClient, RejectedRequest,
-                                                     RetriesExhausted)
+from dicomvec.io.providers.openai_compatible import (Counters, EmbeddingsClient,
+                                                     RejectedRequest, RetriesExhausted)
 from dicomvec.io.providers.rate_limit import RateLimiter
 
 API_KEY_ENV = "OPENAI_API_KEY"
@@ -89,18 +88,11 @@ class OpenAIClient(EmbeddingsClient):
 
     service = "OpenAI embeddings"
 
-    def __init__(self, settings: ClientSettings, api_key: Optional[str], limiter: RateLimiter,
-                 counters: Counters, dimensions: Optional[int] = None,
-                 encoding_format: str = "float"):
-        super().__init__(settings, api_key, limiter, counters)
-        self.dimensions = dimensions
-        self.encoding_format = encoding_format
-
     def request_body(self, inputs: Sequence[str]) -> Dict[str, Any]:
         body: Dict[str, Any] = {"input": list(inputs), "model": self.settings.model,
-                                "encoding_format": self.encoding_format}
-        if self.dimensions:
-            body["dimensions"] = int(self.dimensions)
+                                "encoding_format": self.settings.encoding_format}
+        if self.settings.dimensions:
+            body["dimensions"] = int(self.settings.dimensions)
         return body
 
     def decode_embedding(self, value: Any) -> Any:
@@ -142,15 +134,8 @@ class OpenAITextEmbedder:
 
     def __enter__(self) -> "OpenAITextEmbedder":
         key = api_key(self.settings.model)
-        s = self.settings
-        self._client = OpenAIClient(
-            ClientSettings(endpoint=s.url, model=s.model, dimension=self.dimension,
-                           connect_timeout_s=s.connect_timeout_s, timeout_s=s.timeout_s,
-                           max_attempts=s.max_attempts, backoff_base_s=s.backoff_base_s,
-                           backoff_max_s=s.backoff_max_s, max_retry_after_s=s.max_retry_after_s,
-                           pool_size=1),
-            key, RateLimiter(0), self.counters, dimensions=s.dimensions,
-            encoding_format=s.encoding_format)
+        self._client = OpenAIClient(self.settings, key, RateLimiter(0), self.counters,
+                                    self.dimension)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -203,13 +203,7 @@ class VectorStore:
             return False
         return True
 
-    def index_exists(self) -> bool:
-        """True when the catalog lists the vector index (see ``_index_exists``)."""
-        found = self._index_exists(self.conn)
-        self.conn.rollback()
-        return found
-
-    def _index_exists(self, conn) -> bool:
+    def index_exists(self, conn) -> bool:
         """True when the dialect can tell the index exists (dialects whose DDL has no
         IF NOT EXISTS); an unanswerable catalog query means "try to create it"."""
         statement = self.dialect.index_exists_sql()
@@ -239,7 +233,7 @@ class VectorStore:
 
         def action(conn):
             self.dialect.check_index_support(conn)
-            if self._index_exists(conn):
+            if self.index_exists(conn):
                 log.info("vector index already exists on %s", self.dialect.qualified_table)
                 return
             cur = conn.cursor()
@@ -429,7 +423,6 @@ def vector_problem(vector, dimension: int) -> Optional[str]:
     return None
 
 
-
 @dataclasses.dataclass(frozen=True)
 class SinkConfig:
     """Where vectors go, as one value (like ``ProviderConfig``): the database URL, the schema
@@ -453,8 +446,7 @@ class SinkConfig:
                 spec: TableSpec = REPORTS, **kwargs) -> VectorStore:
         """A store on the reports table (``table``/``schema``: another one than configured)."""
         return VectorStore(self.url, schema=schema or self.schema,
-                           table=table or (None if spec != REPORTS else self.reports_table),
-                           spec=spec, **kwargs)
+                           table=table or self.reports_table, spec=spec, **kwargs)
 
     def store(self, spec: TableSpec = IMAGES, **kwargs) -> VectorStore:
         """A store on the table of ``spec`` (``IMAGES`` or ``REPORTS``)."""

@@ -119,8 +119,8 @@ class Dialect(abc.ABC):
         return redact_url(self.url)
 
     def check_reachable(self, must_exist: bool = False) -> None:
-        """Before a job: raise ``PreflightError`` when dicomvec cannot write here (servers: the
-        login fails); creates nothing. ``must_exist``: the database must be there already."""
+        """``PreflightError`` when dicomvec cannot write here (servers: the login fails);
+        creates nothing. ``must_exist``: the database must be there already."""
         try:
             conn = self.connect()
         except ValueError:
@@ -134,8 +134,7 @@ class Dialect(abc.ABC):
             pass
 
     def missing_database(self) -> Optional[str]:
-        """Why reading here would create the database (a local file that does not exist), or
-        None: reading must not create anything."""
+        """Why reading would create the database here (None: it would not)."""
         return None
 
     # -- schema ----------------------------------------------------------------------------
@@ -363,8 +362,7 @@ class Dialect(abc.ABC):
         return None
 
     def forced_index_plan(self, conn, sql: str, params: list) -> Optional[str]:
-        """The plan of ``sql`` with the planner told to use an index where it can (a small
-        table is cheaper to scan); None when the database cannot be told."""
+        """The plan of ``sql`` when told to use an index where it can (None: cannot tell)."""
         return None
 
     # -- writes ----------------------------------------------------------------------------
@@ -431,13 +429,6 @@ class Dialect(abc.ABC):
                 f"WHERE Provider = {self.marker} AND ImageID IN "
                 f"({self.placeholders(len(image_ids))})", [provider, *image_ids])
 
-    def lookup_sql(self, keys: Sequence[str]) -> Tuple[str, list]:
-        """Hit columns of the rows whose (single-column) key is in ``keys``."""
-        if len(self.spec.key) != 1:
-            raise ValueError("lookup needs a single-column key")
-        return (f"SELECT {', '.join(self.spec.hit_columns)} FROM {self.qualified_table} "
-                f"WHERE {self.spec.key[0]} IN ({self.placeholders(len(keys))})", list(keys))
-
     def filters_sql(self, provider: Optional[str],
                     view_position: Optional[str] = None) -> Tuple[str, list]:
         """``WHERE ...`` for a search ('' when none) and its parameters: rows with a vector,
@@ -469,8 +460,7 @@ class Dialect(abc.ABC):
 
     # -- another tool's vectors (a reports table read as it is) -------------------------------
     def stored_length_sql(self, declared: str) -> Optional[str]:
-        """An expression (``{}``: the column) giving a stored vector's length for a column of
-        type ``declared``, when the database can tell; None: read a value and decode it."""
+        """SQL (``{}``: the column) for a stored vector's length (None: decode a value)."""
         return None
 
     def searchable_vector(self, column: str, declared: str,
@@ -480,8 +470,7 @@ class Dialect(abc.ABC):
 
     def foreign_nearest_sql(self, select: str, table: str, column: VectorColumn,
                             query: np.ndarray, n: int) -> Tuple[str, list]:
-        """``select`` + cosine score, best first, at most ``n``, over a ``searchable_vector``
-        column of ``table``."""
+        """``select`` + cosine score, best first, at most ``n`` (``searchable_vector``)."""
         raise NotImplementedError(f"no vector search SQL for {self.name}")
 
     def foreign_search_fallback(self, column: VectorColumn) -> Optional[VectorColumn]:

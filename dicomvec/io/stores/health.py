@@ -1,15 +1,9 @@
 """``check-db``: what a user should know about a sink before loading 377K rows into it.
 
-In: a ``SinkConfig`` (URL, schema, images/reports table names) and the vector length we would
-write.
-Out: a list of ``Check`` (one line each: ✓ passed, ✗ failed, – not applicable / for
-information), in this order: connect (login), server version, VECTOR type and HNSW index at
-that version, schema (IRIS: namespace), the images table's columns, key and vector length,
-whether this user may create tables and indexes (a throw-away table is created and dropped, or
-rolled back), rows by Provider, rows with a zero or wrong-length vector, the reports table, the
-vector index and, when it exists, the query plan of one nearest-neighbour query (does it use
-the index?). Each check runs on its own; a failed one does not hide the others, except that
-nothing runs without a connection.
+In: a ``SinkConfig`` and the vector length we would write. Out: a list of ``Check`` (one line
+each: ✓ passed, ✗ failed, – not applicable / for information) in the order
+``commands/check_db.py`` lists them. Each check runs on its own; a failed one does not hide the
+others, except that nothing runs without a connection.
 """
 from __future__ import annotations
 
@@ -191,7 +185,8 @@ def _index_checks(store: VectorStore) -> List[Check]:
     if not dialect.create_index_statements():
         return [Check("vector index", None, f"none on {dialect.name}: search is an exact scan")]
     conn = store.conn
-    listed = store.index_exists()
+    listed = store.index_exists(conn)
+    conn.rollback()
     dimension = store.shape().dimension
     if not listed and (dialect.index_catalog_complete or not dimension):
         return [Check("vector index", None, f"{dialect.index_name} not built yet: run "
