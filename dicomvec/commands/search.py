@@ -90,13 +90,11 @@ def pipeline_options(extra):
     """The ``DicomvecOptions`` for the flags after the search flags (strict: unknown flags are
     an error with a suggestion, not silently dropped; Beam's options do not apply here, except
     its S3 options, for ``--image s3://...``: --s3_endpoint_url, --s3_region_name, ...)."""
-    import argparse as _argparse
-
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import S3Options
 
     from dicomvec.commands.pipeline_flags import strict_parser, check_flags
-    s3_parser = _argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    s3_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     S3Options._add_argparse_args(s3_parser)
     s3_flags, rest = s3_parser.parse_known_args(extra)
     check_flags(rest, "dicomvec search", dicomvec_only=True)

@@ -62,13 +62,6 @@ class Accounting:
                 f"for (see the log)")
 
 
-def exit_status(accounting: Optional[Accounting]) -> int:
-    """0, or ``EXIT_ACCOUNTING_MISMATCH`` when not every matched path is accounted for."""
-    if accounting is not None and not accounting.holds:
-        return EXIT_ACCOUNTING_MISMATCH
-    return 0
-
-
 def dead_letter_paths(generation_dir: str) -> tuple:
     """(distinct paths, rows) in one dead-letter generation folder, on any Beam filesystem."""
     from dicomvec.io.dead_letter import read_parquet

@@ -100,7 +100,7 @@ class ImageInputs:
 
 class EmbedBatch(ProviderDoFn):
     """Embeds each batch (``inputs``: what an item is and what it becomes; default the images
-    job's ``ImageInputs``). With a provider that has ``submit_images`` (nvclip), up to
+    job's ``ImageInputs``). With a provider whose ``submit_images`` returns at once (nvclip), up to
     ``max_pending`` batches (default: the provider's ``concurrency``) are in flight at once, so
     API latency overlaps; results are emitted as they complete, the rest in ``finish_bundle``
     (a bundle never ends with a batch pending, so streaming windows and checkpoints hold)."""
