@@ -48,7 +48,7 @@ class JobCounters:
         return {stage: sum(counters.get(name, 0) for name in names)
                 for stage, names in self.dead_letters}
 
-    def failures(self, counters: Dict[str, int]) -> int:  # every stage's
+    def failures(self, counters: Dict[str, int]) -> int:
         return sum(self.dead_lettered(counters).values())
 
     @staticmethod

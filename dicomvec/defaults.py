@@ -13,7 +13,7 @@ DIMENSION = 1024
 # -- the job -----------------------------------------------------------------------------------
 DEAD_LETTER = "out/dead_letter"
 PROVIDER = "thumbnail"
-IMAGE_SIZE = 224
+IMAGE_SIZE, IMAGE_FORMAT, NORMALIZATION = 224, "png", "standard"
 BATCH_SIZE = 64
 PROGRESS_EVERY = 500
 WATCH_INTERVAL_S = 30.0
@@ -22,6 +22,7 @@ DEAD_LETTER_FREQUENCY_S = 60.0
 STAGES = ("read", "decode", "normalize", "resize", "embed", "write")
 #: what ``dicomvec search --target`` searches
 SEARCH_TARGETS = ("images", "reports")
+SEARCH_K, CONTACT_SHEET_COLUMNS = 10, 5
 
 # -- NV-CLIP -----------------------------------------------------------------------------------
 NVCLIP_URL = "https://integrate.api.nvidia.com/v1"
@@ -34,6 +35,8 @@ CHECK_NVCLIP_TIMEOUT_S = 30.0
 NVCLIP_MAX_ATTEMPTS = 5
 #: CLIP's text context, in tokens, including its start and end markers
 CLIP_CONTEXT_TOKENS = 77
+#: NV-CLIP hosted API: an inline data URL's base64 payload must be shorter than this
+MAX_BASE64_CHARS = 180_000
 
 # -- OpenAI-compatible text embeddings (search --via-reports) -----------------------------------
 TEXT_URL = "https://api.openai.com/v1"

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from dicomvec.io.stores import ImageRow
+from dicomvec.io.stores.tables import ReportRow
 
 DIM = 1024
 
@@ -25,6 +26,18 @@ def make_row(i: int, provider: str = "nvclip", view: str = "PA", vector=None,
                   Provider=provider, PreprocessVersion=version)
     values.update(changes)
     return ImageRow(**values)
+
+
+def make_report_row(study: str, vector=None, provider: str = "nvclip", text: str = "text",
+                    **changes) -> ReportRow:
+    """A reports-table row of subject 10000001 (a text-only row when ``vector`` is None)."""
+    values = dict(SubjectID="10000001", StudyID=study, ReportPath=f"p10/p10000001/s{study}.txt",
+                  Findings=f"findings {study}", Impression=f"impression {study}",
+                  EmbeddedText=text, Vector=vector,
+                  EmbeddingModel="nvidia/nvclip" if vector is not None else None,
+                  Provider=provider if vector is not None else None)
+    values.update(changes)
+    return ReportRow(**values)
 
 
 def lookup(store, keys: Sequence[str]) -> dict:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dicomvec.defaults import (REPORTS_TABLE, SEARCH_TARGETS as TARGETS, TEXT_MAX_ATTEMPTS,
-                               TEXT_MODEL, TEXT_TIMEOUT_S, TEXT_URL)
+from dicomvec.defaults import (CONTACT_SHEET_COLUMNS, REPORTS_TABLE, SEARCH_K,
+                               SEARCH_TARGETS as TARGETS, TEXT_MAX_ATTEMPTS, TEXT_MODEL,
+                               TEXT_TIMEOUT_S, TEXT_URL)
 
 
 def register(subparsers) -> None:
@@ -37,7 +38,8 @@ def register(subparsers) -> None:
     search.add_argument("--target", choices=TARGETS, default="images",
                         help="table to search: images (default) or reports (FINDINGS/"
                              "IMPRESSION text vectors)")
-    search.add_argument("--k", type=int, default=10, help="number of results (default 10)")
+    search.add_argument("--k", type=int, default=SEARCH_K,
+                        help=f"number of results (default {SEARCH_K})")
     search.add_argument("--view", help="only images with this ViewPosition (PA, AP, LATERAL...)")
     search.add_argument("--with-reports", action="store_true",
                         help="show each image hit's study report (FINDINGS/IMPRESSION)")
@@ -45,7 +47,8 @@ def register(subparsers) -> None:
     search.add_argument("--contact-sheet", metavar="PNG",
                         help="also write the image hits as a PNG grid (thumbnail, rank, score, "
                              "ImageID, view)")
-    search.add_argument("--columns", type=int, default=5, help="contact sheet columns")
+    search.add_argument("--columns", type=int, default=CONTACT_SHEET_COLUMNS,
+                        help="contact sheet columns")
     parser.set_defaults(func=run, passthrough=True)
     add_reports_flags(parser)
 

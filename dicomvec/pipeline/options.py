@@ -34,9 +34,9 @@ class DicomvecFlags:
                             help="Embedding provider: thumbnail (offline, NON-semantic) or nvclip")
         parser.add_argument("--image_size", "--image-size", type=int, default=D.IMAGE_SIZE,
                             help="Model input size S: images fit inside S×S and are padded")
-        parser.add_argument("--image_format", "--image-format", default="png",
+        parser.add_argument("--image_format", "--image-format", default=D.IMAGE_FORMAT,
                             choices=["png", "jpeg"], help="Encoding of the model input")
-        parser.add_argument("--normalization", default="standard",
+        parser.add_argument("--normalization", default=D.NORMALIZATION,
                             choices=["standard", "mimic-jpg"],
                             help="standard = modality LUT → VOI → MONOCHROME1 inversion → "
                                  "robust fallback; mimic-jpg = the MIMIC-CXR-JPG recipe")

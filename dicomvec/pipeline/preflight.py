@@ -54,12 +54,6 @@ def resolve_input(pattern: Optional[str], what: str = "a DICOM file pattern such
     return used
 
 
-def check_sink(sink, must_exist: bool = False) -> None:
-    """``sink`` (a ``SinkConfig``) is a store dicomvec can write (SQLite path checks; servers:
-    a login)."""
-    sink.images().dialect.check_reachable(must_exist)  # bad scheme/URL: ValueError
-
-
 def check_dead_letter_folder(path: str) -> None:
     """The dead-letter folder can be written: it is a writable folder, or can be made (its
     nearest existing ancestor is a writable folder; the job makes it, not this check)."""
@@ -97,5 +91,6 @@ def check_job(options, input_pattern: bool = True, sink_must_exist: bool = False
     check_provider(options.provider_config())
     if dead_letters:
         check_dead_letter_folder(options.dead_letter)
-    check_sink(options.sink_config(), must_exist=sink_must_exist)
+    # the sink: its dialect's check (SQLite: the file; servers: a login); a bad URL: ValueError
+    options.sink_config().images().dialect.check_reachable(sink_must_exist)
     return used

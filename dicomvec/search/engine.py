@@ -83,9 +83,8 @@ def run_search(request: SearchRequest, options, text_settings=None) -> SearchRes
         vector = query_vector(request, options, provider)
     finally:
         provider.teardown()
-    from dicomvec.pipeline.preflight import check_sink
     # a missing database is an error, never created
-    check_sink(options.sink_config(), must_exist=True)
+    options.sink_config().images().dialect.check_reachable(must_exist=True)
 
     if foreign_reports:  # another tool's reports: rank each study's report by its images
         hits = _nearest_images(request, options, vector, provider, 4 * request.k)

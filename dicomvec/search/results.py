@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Optional, Union
 
-from dicomvec.defaults import SEARCH_TARGETS as TARGETS
+from dicomvec.defaults import SEARCH_K, SEARCH_TARGETS as TARGETS
 from dicomvec.errors import UserError
 from dicomvec.io.stores import Hit
 from dicomvec.io.stores.tables import ReportHit
@@ -20,7 +20,7 @@ class SearchRequest:
     text: Optional[str] = None
     image: Optional[str] = None
     target: str = "images"
-    k: int = 10
+    k: int = SEARCH_K
     view: Optional[str] = None
     with_reports: bool = False
     #: embed the text with the reports' own (OpenAI-compatible) model and search their vectors

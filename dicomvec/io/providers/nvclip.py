@@ -95,7 +95,7 @@ class NVClipSettings:
     max_retry_after_s: float = 300.0
     dimension: int = defaults.DIMENSION
     request_size: int = MAX_INPUTS_PER_REQUEST
-    max_base64_chars: int = 180_000
+    max_base64_chars: int = defaults.MAX_BASE64_CHARS
     max_text_tokens: int = defaults.CLIP_CONTEXT_TOKENS
     cost_per_1k_images: float = 0.0
     max_rejected_batches: int = 3

@@ -380,8 +380,8 @@ class VectorStore:
         sql, params = self.dialect.invalid_vectors_sql(dimension)
         return [tuple(r) for r in self.query(sql, params, "invalid_rows")]
 
-    def nearest(self, vector: np.ndarray, k: int = 10, provider: Optional[str] = None,
-                view_position: Optional[str] = None) -> List[Hit]:
+    def nearest(self, vector: np.ndarray, k: int = defaults.SEARCH_K,
+                provider: Optional[str] = None, view_position: Optional[str] = None) -> List[Hit]:
         """The ``k`` rows most cosine-similar to ``vector``, best first."""
         return self.read(
             lambda conn: self.dialect.nearest(conn, np.asarray(vector, dtype=np.float32), k,
