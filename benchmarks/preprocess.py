@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from dicomvec import imaging, synthetic
-from dicomvec.imaging.reference import naive_preprocess
+from tests.imaging_reference import naive_preprocess
 
 from benchmarks.common import machine, status_mb as _status_mb
 

@@ -32,9 +32,7 @@ COMMANDS = (
     "dicomvec.commands.search",
 )
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-#: "<dicomvec level>,<library level>" for Beam's worker processes (dicomvec.pipeline.worker_main)
-LOG_LEVELS_ENV = "DICOMVEC_LOG_LEVELS"
+from dicomvec.pipeline.worker_main import LOG_FORMAT, LOG_LEVELS_ENV
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -145,12 +143,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         what = f"unknown option {flag}{hint}" if flag else f"unexpected argument {extra[0]!r}"
         print(f"dicomvec {args.command}: error: {what}", file=sys.stderr)
         return 2
-    from dicomvec.errors import UserError
     try:
         configure_logging(*log_levels(args))
         return int(args.func(args, extra) or 0)
     except Exception as exc:
-        from dicomvec.errors import user_errors
+        from dicomvec.io.providers.base import FatalProviderError, TextNotSupportedError
         from dicomvec.pipeline.job_monitor import JobFailed, JobInterrupted
         if isinstance(exc, JobInterrupted):  # SIGINT/SIGTERM: the job was cancelled, not finished
             print(f"dicomvec: {exc}", file=sys.stderr)
@@ -158,7 +155,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if isinstance(exc, JobFailed):  # the runner failed the job: what it said, in one line
             print(f"dicomvec: error: {exc}", file=sys.stderr)
             return exc.exit_code
-        if not isinstance(exc, (UserError,) + user_errors()):
+        # one line: ValueError covers UserError, unknown providers, bad sink URLs and
+        # identifiers; plus the provider's fatal errors
+        if not isinstance(exc, (ValueError, FatalProviderError, TextNotSupportedError)):
             raise
         print(f"dicomvec: error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Errors a user can fix, reported as one plain line by the CLI (no traceback), exit status 2.
 
-Imports nothing heavy: the CLI loads this module before it knows which command runs.
+Imports nothing: the CLI loads this module before it knows which command runs, and every layer
+may raise these.
 """
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ class UsageError(UserError):
     """A misspelled or unknown option, or a bad option value."""
 
 
-def user_errors() -> tuple:
-    """The exception types the CLI prints as one line: ValueError covers NoInputFilesError,
-    unknown providers, bad sink URLs and identifiers; plus the provider's fatal errors."""
-    from dicomvec.io.providers.base import FatalProviderError, TextNotSupportedError
-    return (UserError, ValueError, FatalProviderError, TextNotSupportedError)
+class PreflightError(UserError):
+    """Something the job needs is missing or unusable; nothing has been created."""
 
 
-def __getattr__(name: str):
-    if name == "USER_ERRORS":  # the tuple, for older callers
-        return user_errors()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class NoInputFilesError(PreflightError):
+    """The input pattern matched nothing: an error, never an empty success."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its class name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

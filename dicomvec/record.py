@@ -15,8 +15,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-#: Pipeline stages, in order; dead letters name one of them.
-STAGES = ("read", "decode", "normalize", "resize", "embed", "write")
+from dicomvec.defaults import STAGES  # noqa: F401  (re-exported: the stages, in order)
 
 
 @dataclasses.dataclass(frozen=True)

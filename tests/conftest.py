@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.sinks import SINKS, sink_url as make_sink_url
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -27,6 +29,12 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 pytest_plugins = ["tests.pg_fixtures", "tests.nvclip_fixtures", "tests.s3_fixtures"]
+
+
+@pytest.fixture(params=SINKS)
+def sink_url(request, tmp_path) -> str:
+    """A fresh, empty database of each available kind (see tests/sinks.py)."""
+    return make_sink_url(request.param, request, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -391,6 +391,7 @@ def test_help_lists_every_option_with_defaults_without_importing_beam():
             assert "apache_beam.options.pipeline_options.html" in flat and "--help-beam" in flat
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_worker_processes_print_each_warning_once_and_no_beam_chatter(sample, work):
     """Two worker processes: Beam's harness chatter (apitools, semi_persistent_directory, the
     job service's relay) stays off by default, and each dicomvec warning is printed once;

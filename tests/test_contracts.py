@@ -25,6 +25,7 @@ from dicomvec.io.stores import VectorStore
 from dicomvec.io.stores.dialects import dialect_for_url
 from dicomvec.pipeline.run import run_ingest
 from dicomvec.synthetic import synthetic_dataset
+from tests.local_run import thumbnail_flags
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 ARROW_TYPES = {"string": pa.string(), "int32": pa.int32(), "bool": pa.bool_()}
@@ -52,9 +53,7 @@ def write_dicom(path: Path, index: int, **changes) -> str:
 
 
 def flags(tmp_path: Path, run_id: str, sink: str = None, *extra: str) -> List[str]:
-    return ["--sink", sink or f"sqlite:///{tmp_path}/db.sqlite",
-            "--dead-letter", str(tmp_path / "dl"), "--provider", "thumbnail",
-            "--run-id", run_id, "--batch-size", "2", *extra]
+    return thumbnail_flags(tmp_path, run_id, *extra, sink=sink, batch_size=2)
 
 
 def dead_by_name(tmp_path: Path, run_id: str) -> Dict[str, Dict]:
@@ -144,6 +143,7 @@ def test_read_decode_normalize_and_a_refused_row(tmp_path):
     assert summary.accounting.holds
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_resize_dead_letter_when_the_model_input_is_over_the_limit(tmp_path):
     archive = tmp_path / "in"
     archive.mkdir()

@@ -132,6 +132,7 @@ def test_corrupt_rle_raises_one_line_error(tmp_path):
     assert "\n" not in str(info.value) and "RLE" in str(info.value)
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_every_real_file_decodes_except_the_corrupt_one(real_cxr_dir):
     for path in sorted(real_cxr_dir.glob("*.dcm")):
         ds = read_dataset(path.read_bytes())

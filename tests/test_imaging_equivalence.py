@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dicomvec.imaging import decode_pixels, fit_and_encode, normalize_pixels, read_dataset
-from dicomvec.imaging.reference import reference_preprocess
+from tests.imaging_reference import reference_preprocess
 from dicomvec.synthetic import synthetic_dataset, write_image
 
 MAD_DIRECT, MAD_J2K, P99 = 1.5, 2.5, 12

@@ -21,6 +21,7 @@ from dicomvec.pipeline.reprocess import run_reprocess
 from dicomvec.pipeline.run import run_ingest
 from dicomvec.synthetic import synthetic_dataset
 from dicomvec.transforms.identify import IdentifyDicom
+from tests.local_run import thumbnail_flags
 
 
 def copies(index: int = 1):
@@ -33,8 +34,7 @@ def copies(index: int = 1):
 
 
 def flags(tmp_path: Path, run_id: str, *extra: str):
-    return ["--sink", f"sqlite:///{tmp_path}/db.sqlite", "--dead-letter", str(tmp_path / "dl"),
-            "--provider", "thumbnail", "--run-id", run_id, "--batch-size", "4", *extra]
+    return thumbnail_flags(tmp_path, run_id, *extra, batch_size=4)
 
 
 def stored_files(tmp_path: Path):

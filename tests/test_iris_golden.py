@@ -16,9 +16,9 @@ import pytest
 
 from dicomvec.io.stores import VectorStore
 from dicomvec.io.stores.iris import IrisDialect
-from dicomvec.io.stores.tables import IMAGES, REPORTS, ReportRow, lookup
+from dicomvec.io.stores.tables import IMAGES, REPORTS
 from tests.iris_recorder import Recorder, connect_to, spec_columns
-from tests.store_rows import make_row, unit
+from tests.store_rows import lookup, make_report_row, make_row, unit
 
 GOLDEN = Path(__file__).with_name("golden") / "iris_statements.sql"
 URL = "iris://dicomvec@iris.example.org:1972/MIMIC"
@@ -26,10 +26,8 @@ DIM = 1024
 
 
 def _report(study, vector=None):
-    return ReportRow(SubjectID="10000001", StudyID=study, ReportPath=f"s{study}.txt",
-                     Findings="f", Impression="i", EmbeddedText="i", Vector=vector,
-                     EmbeddingModel="nvidia/nvclip" if vector is not None else None,
-                     Provider="nvclip" if vector is not None else None)
+    return make_report_row(study, vector, ReportPath=f"s{study}.txt", Findings="f",
+                           Impression="i", EmbeddedText="i")
 
 
 def _old_images_columns():
@@ -90,8 +88,10 @@ def scenario(monkeypatch):
                              index_exists=True),
         Recorder(spec=REPORTS, dimension=DIM))
     monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(int=0xC0FFEE))
+    from dicomvec.io.stores import SinkConfig
     from dicomvec.io.stores.health import run_checks
-    checks = run_checks(URL, "VectorSearch", "MIMICCXRImages", "MIMICCXRReports", DIM)
+    checks = run_checks(SinkConfig(URL, "VectorSearch", "MIMICCXRImages", "MIMICCXRReports"),
+                        DIM)
     use("migrate: older dicomvec images table", Recorder(table_exists=True, dimension=DIM,
                                                          columns=_old_images_columns(),
                                                          stored=stored),

@@ -82,6 +82,7 @@ def debug_logs(caplog):
     caplog.set_level(logging.DEBUG)
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_clean_run_stores_every_good_image_with_its_own_vector(
         nvclip_server, nvclip_api_key, real_cxr_dir, tmp_path, caplog):
     summary = run(nvclip_server, real_cxr_dir, tmp_path, "clean")
@@ -164,6 +165,7 @@ def test_bad_vectors_are_dead_lettered_never_stored(nvclip_server, nvclip_api_ke
     check_key_absent(nvclip_api_key, caplog, tmp_path)
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_wrong_key_stops_the_job_with_a_plain_message(nvclip_server, real_cxr_dir, tmp_path,
                                                       monkeypatch, caplog):
     monkeypatch.setenv("NVIDIA_API_KEY", "testkey_nvapi_WRONG-KEY-e2e-0123456789")
@@ -177,6 +179,7 @@ def test_wrong_key_stops_the_job_with_a_plain_message(nvclip_server, real_cxr_di
     assert nvclip_server.request_count <= 4  # stopped at once, not once per image
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_batches_are_in_flight_together(nvclip_server, nvclip_api_key, real_cxr_dir, tmp_path,
                                         caplog):
     nvclip_server.latency_s = 1.0  # wide windows: overlap is certain even on a loaded machine

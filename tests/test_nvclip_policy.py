@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from dicomvec.io.providers.nvclip import _even_chunks
-from dicomvec.io.providers.nvclip_client import Redactor, _root_cause, parse_retry_after
+from dicomvec.io.providers.openai_compatible import Redactor, _root_cause, parse_retry_after
 from dicomvec.io.providers.rate_limit import RateLimiter, shared_rate_limiter
 
 

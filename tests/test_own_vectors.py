@@ -92,6 +92,7 @@ def test_a_retried_request_still_gives_each_image_its_own_vector(nvclip_server, 
     check(archive, tmp_path, dead_expected=[victim])
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_a_request_failing_every_attempt_dead_letters_its_own_images(nvclip_server, archive,
                                                                      tmp_path):
     """One request at a time, so the first request takes all three 500s: its images, and only

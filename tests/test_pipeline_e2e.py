@@ -10,20 +10,16 @@ import pytest
 from dicomvec.io.dead_letter import SCHEMA, read_dead_letters
 from dicomvec.io.stores import VectorStore
 from dicomvec.pipeline.run import NoInputFilesError, run_ingest
+from tests.local_run import thumbnail_flags
 
 
 def _run(input_pattern, tmp_path, run_id, *extra):
-    return run_ingest([
-        "--input", str(input_pattern),
-        "--sink", f"sqlite:///{tmp_path}/dicomvec.db",
-        "--dead-letter", str(tmp_path / "dead_letter"),
-        "--provider", "thumbnail",
-        "--run-id", run_id,
-        "--batch-size", "4",
-        *extra,
-    ])
+    return run_ingest(thumbnail_flags(tmp_path, run_id, *extra, input=input_pattern,
+                                      sink=f"sqlite:///{tmp_path}/dicomvec.db",
+                                      dead_letter=tmp_path / "dead_letter", batch_size=4))
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_real_files_store_five_and_dead_letter_the_corrupt_one(real_cxr_dir, tmp_path):
     summary = _run(real_cxr_dir / "*.dcm", tmp_path, "first")
     assert summary.matched == 6

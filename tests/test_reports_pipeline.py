@@ -7,10 +7,12 @@ import pytest
 
 from dicomvec.io.dead_letter import read_dead_letters
 from dicomvec.io.stores import VectorStore
-from dicomvec.io.stores.tables import REPORTS, lookup
+from dicomvec.io.stores.tables import REPORTS
+from tests.store_rows import lookup
 from dicomvec.pipeline.reports import run_reports
 from dicomvec.pipeline.run import NoInputFilesError
 from dicomvec.reports.samples import sample_texts
+from tests.local_run import thumbnail_flags
 
 
 @pytest.fixture()
@@ -33,11 +35,10 @@ def report_tree(tmp_path):
 
 
 def _run(tmp_path, run_id, *extra):
-    return run_reports(["--input", f"{tmp_path}/files/**/s*.txt",
-                        "--sink", f"sqlite:///{tmp_path}/dicomvec.db",
-                        "--dead-letter", str(tmp_path / "dead_letter"),
-                        "--provider", "thumbnail", "--run-id", run_id, "--batch-size", "3",
-                        *extra])
+    return run_reports(thumbnail_flags(
+        tmp_path, run_id, *extra, input=f"{tmp_path}/files/**/s*.txt",
+        sink=f"sqlite:///{tmp_path}/dicomvec.db", dead_letter=tmp_path / "dead_letter",
+        batch_size=3))
 
 
 def test_reports_are_stored_once_per_study_and_failures_dead_lettered(report_tree):

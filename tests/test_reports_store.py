@@ -7,55 +7,38 @@ import pytest
 
 from dicomvec.io.stores import VectorStore
 from dicomvec.io.stores.dialects import dialect_for_url
-from dicomvec.io.stores.tables import REPORTS, ReportRow, lookup
+from dicomvec.io.stores.tables import REPORTS, ReportRow
+from tests.store_rows import lookup, make_report_row, make_row, unit
 
 DIM = 8
 
 
 def _unit(seed: int) -> np.ndarray:
-    vec = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
-    return vec / np.linalg.norm(vec)
+    return unit(seed, DIM)
 
 
-def _row(study: str, vector=None, provider="nvclip", text="text") -> ReportRow:
-    return ReportRow(SubjectID="10000001", StudyID=study, ReportPath=f"p10/p10000001/s{study}.txt",
-                     Findings=f"findings {study}", Impression=f"impression {study}",
-                     EmbeddedText=text, Vector=vector,
-                     EmbeddingModel="nvidia/nvclip" if vector is not None else None,
-                     Provider=provider if vector is not None else None)
-
-
-# PostgreSQL + pgvector comes from the ``postgres_server`` fixture (tests/pg_fixtures.py)
-SINKS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=SINKS)
-def store(request, tmp_path):
+@pytest.fixture
+def store(sink_url):
     """A fresh reports table on each available database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/db.sqlite"
-    else:
-        server = request.getfixturevalue("postgres_server")
-        url = server.create_database(f"reports_{tmp_path.name.replace('-', '_').lower()}")
-    with VectorStore(url, spec=REPORTS) as store:
+    with VectorStore(sink_url, spec=REPORTS) as store:
         store.init_schema(DIM)
         yield store
 
 
 def test_upsert_is_idempotent_on_study_id(store):
-    rows = [_row(str(50000000 + i), _unit(i)) for i in range(5)]
+    rows = [make_report_row(str(50000000 + i), _unit(i)) for i in range(5)]
     assert store.upsert(rows) == []
     assert store.upsert(rows) == []
     assert store.count() == 5
-    assert store.upsert([_row("50000001", _unit(99), text="new text")]) == []
+    assert store.upsert([make_report_row("50000001", _unit(99), text="new text")]) == []
     assert store.count() == 5
     assert lookup(store, ["50000001"])["50000001"].EmbeddedText == "new text"
 
 
 def test_text_only_rows_have_no_vector_and_never_erase_one(store):
-    assert store.upsert([_row("50000001", _unit(1)), _row("50000002", _unit(2))]) == []
-    assert store.upsert([_row("50000001", None, text="rewritten"),
-                         _row("50000003", None)]) == []
+    assert store.upsert([make_report_row("50000001", _unit(1)), make_report_row("50000002", _unit(2))]) == []
+    assert store.upsert([make_report_row("50000001", None, text="rewritten"),
+                         make_report_row("50000003", None)]) == []
     assert store.count() == 3 and store.count("nvclip") == 2
     hits = store.nearest(_unit(1), k=5, provider="nvclip")
     assert [h.StudyID for h in hits] == ["50000001", "50000002"]  # text-only row not searched
@@ -66,8 +49,8 @@ def test_text_only_rows_have_no_vector_and_never_erase_one(store):
 
 def test_nearest_ranks_by_cosine_and_filters_provider(store):
     vectors = {str(50000000 + i): _unit(i) for i in range(6)}
-    store.upsert([_row(study, vec) for study, vec in vectors.items()])
-    store.upsert([_row("59999999", _unit(3), provider="other")])
+    store.upsert([make_report_row(study, vec) for study, vec in vectors.items()])
+    store.upsert([make_report_row("59999999", _unit(3), provider="other")])
     query = vectors["50000003"] + 0.05 * _unit(42)
     hits = store.nearest(query, k=3, provider="nvclip")
     expected = sorted(vectors, key=lambda s: -float(vectors[s] @ query / np.linalg.norm(query)))
@@ -80,8 +63,8 @@ def test_nearest_ranks_by_cosine_and_filters_provider(store):
 
 
 def test_a_bad_row_is_isolated_and_good_neighbours_are_written(store):
-    rows = [_row(str(50000000 + i), _unit(i)) for i in range(6)]
-    rows[4] = _row("50000004", np.ones(DIM - 1, dtype=np.float32))  # wrong dimension
+    rows = [make_report_row(str(50000000 + i), _unit(i)) for i in range(6)]
+    rows[4] = make_report_row("50000004", np.ones(DIM - 1, dtype=np.float32))  # wrong dimension
     failed = store.upsert(rows)
     assert [row.StudyID for row, _ in failed] == ["50000004"]
     assert store.count() == 5
@@ -92,18 +75,18 @@ def test_ids_as_long_as_a_dicom_uid_are_stored(store):
     fits (PostgreSQL enforces the length; a 65-character ID fails alone)."""
     uid = "1.2.840.113619.2.55.3." + "1" * 42
     assert len(uid) == 64
-    rows = [_row(uid, _unit(1)), _row("50000002", _unit(2))]
+    rows = [make_report_row(uid, _unit(1)), make_report_row("50000002", _unit(2))]
     rows[0] = ReportRow(**{**rows[0].__dict__, "SubjectID": uid})
     assert store.upsert(rows) == []
     assert lookup(store, [uid])[uid].SubjectID == uid
     if store.dialect.name == "postgresql":
-        failed = store.upsert([_row(uid + "9", _unit(3)), _row("50000003", _unit(3))])
+        failed = store.upsert([make_report_row(uid + "9", _unit(3)), make_report_row("50000003", _unit(3))])
         assert [row.StudyID for row, _ in failed] == [uid + "9"]
         assert store.count() == 3
 
 
 def test_lookup_returns_only_known_studies(store):
-    store.upsert([_row("50000001", _unit(1)), _row("50000002", None)])
+    store.upsert([make_report_row("50000001", _unit(1)), make_report_row("50000002", None)])
     found = lookup(store, ["50000001", "50000002", "59999999", ""])
     assert sorted(found) == ["50000001", "50000002"]
     assert found["50000001"].Impression == "impression 50000001"
@@ -122,7 +105,7 @@ def test_iris_sql_uses_insert_or_update_to_vector_and_top():
     sql = dialect.upsert_sql(REPORTS.column_names, 1024)
     assert sql.startswith("INSERT OR UPDATE INTO VectorSearch.MIMICCXRReports")
     assert "TO_VECTOR(?, DOUBLE, 1024)" in sql and sql.count("?") == len(REPORTS.column_names)
-    text_only = dialect.upsert_sql(REPORTS.write_columns(_row("1")), 0)
+    text_only = dialect.upsert_sql(REPORTS.write_columns(make_report_row("1")), 0)
     assert ("(SubjectID, StudyID, ReportPath, Findings, Impression, EmbeddedText, CreatedAt) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)") in text_only
     query, params = dialect.nearest_sql(_unit(0), 7, "nvclip")
@@ -146,9 +129,9 @@ def test_postgres_sql_uses_on_conflict_and_cosine_distance():
 
 
 def test_a_mixed_batch_writes_text_only_rows_without_touching_vectors(store):
-    assert store.upsert([_row("50000001", _unit(1))]) == []
-    assert store.upsert([_row("50000001", None, text="text only"), _row("50000002", _unit(2)),
-                         _row("50000003", None)]) == []
+    assert store.upsert([make_report_row("50000001", _unit(1))]) == []
+    assert store.upsert([make_report_row("50000001", None, text="text only"), make_report_row("50000002", _unit(2)),
+                         make_report_row("50000003", None)]) == []
     assert store.count() == 3 and store.count("nvclip") == 2
     hit = store.nearest(_unit(1), k=1, provider="nvclip")[0]
     assert (hit.StudyID, hit.EmbeddedText) == ("50000001", "text only")
@@ -157,17 +140,15 @@ def test_a_mixed_batch_writes_text_only_rows_without_touching_vectors(store):
 
 def test_reports_table_is_the_images_tables_foreign_key_target(store):
     """The images table can declare FOREIGN KEY (StudyID) REFERENCES the reports table."""
-    from dicomvec.io.stores import ImageRow
-    store.upsert([_row("50000001", _unit(1))])
+    store.upsert([make_report_row("50000001", _unit(1))])
     schema = store.dialect.schema or "VectorSearch"
     with VectorStore(store.url, schema=schema) as images:
         assert images.init_schema(DIM, with_report_fk=True) is True
 
         def image(image_id, study):
-            return ImageRow(SubjectID="10000001", StudyID=study, ImageID=image_id,
+            return make_row(7, SubjectID="10000001", StudyID=study, ImageID=image_id,
                             ImagePath=f"{image_id}.dcm", DicomFile=f"{image_id}.dcm",
-                            ViewPosition="PA", Vector=_unit(7), EmbeddingModel="m",
-                            Provider="nvclip", PreprocessVersion="pp1")
+                            Vector=_unit(7), EmbeddingModel="m", PreprocessVersion="pp1")
         failed = images.upsert([image("with-report", "50000001"), image("orphan", "59999999")])
         assert [row.ImageID for row, _ in failed] == ["orphan"]
         assert images.count() == 1

@@ -1,5 +1,5 @@
 """Reading another tool's reports table: stored vector forms, ID spellings, view order and the
-search SQL per database (IRIS statement text; no IRIS server can be installed here — the
+search SQL per database (``Dialect.foreign_nearest_sql``) (IRIS statement text; no IRIS server can be installed here — the
 SQLite and PostgreSQL paths run for real in test_search_via_reports.py)."""
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from dicomvec.io.stores.dialects import dialect_for_url
-from dicomvec.io.stores.tables import REPORTS
-from dicomvec.search.reports_table import (ReportsTable, VectorColumn, canonical_id,
-                                           decode_vector, nearest_reports_sql, study_forms,
-                                           view_rank)
+from dicomvec.io.stores.tables import REPORTS, VectorColumn
+from dicomvec.search.reports_table import (ReportsTable, canonical_id, decode_vector,
+                                           study_forms, view_rank)
 
 VEC = np.array([0.25, -1.5, 3.0, 1e-7], dtype=np.float64)
 PREDECESSOR = {"subjectid": ("SubjectID", "VARCHAR"), "studyid": ("StudyID", "VARCHAR"),
@@ -50,6 +49,14 @@ def test_ids_and_view_order():
 def _table(url: str, columns=PREDECESSOR, qualified="VectorSearch.MIMICCXRReports"):
     spec_dialect = dialect_for_url(url, schema="VectorSearch", spec=REPORTS)
     return ReportsTable(spec_dialect, qualified, dict(columns))
+
+
+def nearest_reports_sql(table, column, query, n):
+    """The database-side search of ``nearest_reports`` (None: scanned in numpy)."""
+    if column.kind == "scan":
+        return None
+    return table.dialect.foreign_nearest_sql(table.select_list(), table.qualified, column,
+                                             query, n)
 
 
 def test_missing_columns_get_stand_ins_and_the_table_is_not_ours():

@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from dicomvec.cli import main as cli_main
 from dicomvec.io.dead_letter import read_dead_letters
 from dicomvec.io.stores import VectorStore
 from dicomvec.pipeline.reprocess import run_reprocess, select_paths
 from dicomvec.pipeline.run import run_ingest
+from tests.local_run import thumbnail_flags
 
 
 def _flags(tmp_path, run_id):
-    return ["--sink", f"sqlite:///{tmp_path}/db.sqlite",
-            "--dead-letter", str(tmp_path / "dl"), "--provider", "thumbnail",
-            "--run-id", run_id, "--batch-size", "4"]
+    return thumbnail_flags(tmp_path, run_id, batch_size=4)
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_fixed_file_is_stored_by_reprocess(real_cxr_dir, tmp_path, capsys):
     archive = tmp_path / "archive"
     archive.mkdir()

@@ -43,6 +43,7 @@ def _rows(db: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_finished_input_costs_nothing_and_killed_run_pays_only_the_rest(
         tmp_path, archive, nvclip_server):
     clean = run_ingest(_flags(tmp_path, archive, nvclip_server, "clean-1"))

@@ -16,6 +16,7 @@ from dicomvec.io.dead_letter import read_dead_letters
 from dicomvec.io.stores import VectorStore
 from dicomvec.pipeline.reprocess import run_reprocess
 from dicomvec.pipeline.run import run_ingest
+from tests.local_run import thumbnail_flags
 from tests.s3_fixtures import SYNTH_BROKEN, SYNTH_COUNT
 
 #: the issue's target for identify, per image
@@ -23,9 +24,9 @@ IDENTIFY_MAX_BYTES = 128 * 1024
 
 
 def _argv(pattern, tmp_path, run_id, sample, *extra, dead_letter=None, db="db"):
-    return ["--input", pattern, "--sink", f"sqlite:///{tmp_path}/{db}.sqlite",
-            "--dead-letter", dead_letter or str(tmp_path / "dl"), "--provider", "thumbnail",
-            "--run-id", run_id, "--batch-size", "4", *sample.flags(), *extra]
+    return thumbnail_flags(tmp_path, run_id, *sample.flags(), *extra, input=pattern,
+                           sink=f"sqlite:///{tmp_path}/{db}.sqlite", dead_letter=dead_letter,
+                           batch_size=4)
 
 
 def _vectors(tmp_path, db="db"):
@@ -45,6 +46,7 @@ def _object_traffic(traffic, bucket):
     return per_key
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_bucket_run_counts_vectors_bytes_resume_and_s3_dead_letters(s3_env, tmp_path):
     sample = s3_env
     dead_letter = f"s3://{sample.bucket}/dead_letter/{tmp_path.name}"
@@ -112,6 +114,7 @@ def test_bucket_run_counts_vectors_bytes_resume_and_s3_dead_letters(s3_env, tmp_
     assert report.run.stored == 1 and report.run.rows_in_store == SYNTH_COUNT + 1
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_real_files_from_the_bucket_match_local(s3_env, real_cxr_dir, tmp_path):
     sample = s3_env
     assert len(sample.real_files) == len(list(real_cxr_dir.glob("*.dcm")))
@@ -126,6 +129,7 @@ def test_real_files_from_the_bucket_match_local(s3_env, real_cxr_dir, tmp_path):
     assert all(np.array_equal(from_s3[i], from_disk[i]) for i in from_s3)
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_search_with_an_s3_query_image(s3_env, tmp_path, capsys):
     sample = s3_env
     run_ingest(_argv(sample.synthetic_pattern, tmp_path, "for-search", sample))
@@ -233,6 +237,7 @@ def test_search_and_reprocess_refuse_bad_credentials_in_one_line(s3_env, tmp_pat
     assert "refused the AWS credentials" in err and "wrong" not in err
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_local_worker_processes_read_the_bucket(s3_env, tmp_path):
     """--direct_num_workers 2: Beam starts the worker processes without pipeline options, so
     the S3 options reach them through the environment (object_storage.worker_environment)."""

@@ -22,21 +22,12 @@ from dicomvec.reports.samples import write_sample_reports
 from dicomvec.search import SearchRequest, run_search
 from dicomvec.search.contact_sheet import HEADER, PAD, THUMB, render, sheet_size
 from dicomvec.synthetic import generate
+from tests.local_run import thumbnail_flags
+from tests.sinks import SINKS, sink_url
 
 REPO = Path(__file__).resolve().parents[1]
 COUNT = 8
 SIZE = (384, 320)
-
-
-# PostgreSQL + pgvector comes from the ``postgres_server`` fixture (tests/pg_fixtures.py)
-SINKS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-def _sink_url(name: str, request, root: Path) -> str:
-    if name == "sqlite":
-        return f"sqlite:///{root}/dicomvec.db"
-    server = request.getfixturevalue("postgres_server")
-    return server.create_database(f"search_{root.name.replace('-', '_').lower()}")
 
 
 @pytest.fixture(scope="module", params=SINKS)
@@ -47,9 +38,9 @@ def archive(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     files = [f for f in generate(root / "sample", COUNT, size=SIZE, syntaxes=("native", "rle"),
                                  seed=11) if not f.broken]
-    sink = _sink_url(request.param, request, root)
-    common = ["--sink", sink, "--dead-letter", str(root / "dead_letter"),
-              "--provider", "thumbnail", "--image-size", "160"]
+    sink = sink_url(request.param, request, root)
+    common = thumbnail_flags(root, None, "--image-size", "160", sink=sink,
+                             dead_letter=root / "dead_letter")
     summary = run_ingest(["--input", f"{root}/sample/files/**/*.dcm", "--run-id", "ingest",
                           *common])
     assert summary.stored == COUNT

@@ -11,7 +11,8 @@ import pytest
 
 from dicomvec.io.providers.nvclip import truncate_for_clip
 from dicomvec.io.stores import VectorStore
-from dicomvec.io.stores.tables import REPORTS, lookup
+from dicomvec.io.stores.tables import REPORTS
+from tests.store_rows import lookup
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline.reports import run_reports
 from dicomvec.pipeline.run import run_ingest

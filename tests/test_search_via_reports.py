@@ -17,7 +17,6 @@ set, in a fresh schema). On each database:
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Dict, List
@@ -32,18 +31,15 @@ from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline.run import run_ingest
 from dicomvec.search import SearchRequest, run_search
 from dicomvec.synthetic import generate
+from tests.local_run import thumbnail_flags
 from tests.openai_server import Fault, OpenAIContractServer
+from tests.sinks import WITH_IRIS, sink_url
 
 COUNT = 10
 DIM = 3072
 #: the documented tie order among a study's images (not imported: the test must be able to fail)
 VIEW_ORDER = ("PA", "AP", "LATERAL", "LL")
 QUERIES = ("right lower lobe consolidation", "small left pleural effusion", "no acute process")
-SINKS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
-         pytest.param("iris", marks=pytest.mark.iris)]
-IRIS_SKIP = ("IRIS not run: no IRIS server can be installed here. Set DICOMVEC_IRIS_URL="
-             "iris://USER@HOST:1972/NAMESPACE and DICOMVEC_IRIS_PASSWORD to run it live (it "
-             "works in a fresh schema DicomvecVia…, never VectorSearch)")
 #: per sink: {table name: how its Vector is stored}; the first is the default table name
 STORAGE = {"sqlite": {"MIMICCXRReports": "json", "ReportsF64": "blob64", "ReportsCsv": "csv",
                       "ReportsF32": "blob32"},
@@ -175,29 +171,20 @@ def openai_server():
         yield server
 
 
-@pytest.fixture(scope="module", params=SINKS)
+@pytest.fixture(scope="module", params=WITH_IRIS)
 def archive(request, tmp_path_factory, openai_server):
     """COUNT images ingested by dicomvec (thumbnail) + the predecessor's report tables.
 
     Returns a namespace dict: kind, sink, files, report vectors by StudyID, tables."""
     kind = request.param
-    if kind == "iris" and not os.environ.get("DICOMVEC_IRIS_URL"):
-        pytest.skip(IRIS_SKIP)
     root = tmp_path_factory.mktemp(f"via-{kind}")
+    sink = sink_url(kind, request, root)  # IRIS: in a fresh schema DicomvecVia…
     schema = f"DicomvecVia{secrets.token_hex(4)}" if kind == "iris" else "VectorSearch"
     files = [f for f in generate(root / "sample", COUNT, size=(192, 160),
                                  syntaxes=("native",), seed=16) if not f.broken]
-    if kind == "sqlite":
-        sink = f"sqlite:///{root}/dicomvec.db"
-    elif kind == "iris":
-        sink = os.environ["DICOMVEC_IRIS_URL"]
-    else:
-        sink = request.getfixturevalue("postgres_server").create_database(
-            f"via_{root.name.replace('-', '_').lower()}")
-    summary = run_ingest(["--input", f"{root}/sample/files/**/*.dcm", "--sink", sink,
-                          "--sink-schema", schema,
-                          "--dead-letter", str(root / "dead_letter"), "--provider", "thumbnail",
-                          "--image-size", "128"])
+    summary = run_ingest(thumbnail_flags(
+        root, None, "--sink-schema", schema, "--image-size", "128",
+        input=f"{root}/sample/files/**/*.dcm", sink=sink, dead_letter=root / "dead_letter"))
     assert summary.stored == len(files)
     # one report per (subject, study); the last study has no report; one report has no images
     pairs = list(dict.fromkeys((f.subject_id, f.study_id) for f in files))

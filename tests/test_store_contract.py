@@ -7,7 +7,6 @@ test gets its own table, dropped afterwards.
 """
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 
@@ -15,22 +14,8 @@ import numpy as np
 import pytest
 
 from dicomvec.io.stores import VectorStore
+from tests.sinks import WITH_IRIS, check_iris_url, iris_url, sink_url
 from tests.store_rows import DIM, make_row, unit
-
-IRIS_SKIP = ("IRIS contract not run: no IRIS server can be installed here. Set DICOMVEC_IRIS_URL="
-             "iris://USER@HOST:1972/NAMESPACE and DICOMVEC_IRIS_PASSWORD to run it live")
-
-
-def check_iris_url(url: str) -> None:
-    """A DICOMVEC_IRIS_URL that is set but does not parse is a failure, never a skip."""
-    from dicomvec.io.stores.dialects import dialect_for_url
-    try:
-        dialect = dialect_for_url(url, schema="DicomvecTest")
-    except ValueError as exc:
-        pytest.fail(f"DICOMVEC_IRIS_URL is set but does not parse: {exc}")
-    if dialect.name != "iris":
-        pytest.fail(f"DICOMVEC_IRIS_URL must be an iris:// URL, got a {dialect.name} URL")
-
 
 class Backend:
     """Where one test's table lives, and how to open stores on it."""
@@ -59,22 +44,12 @@ class Backend:
 
 def _open_backend(name: str, request, tmp_path) -> Backend:
     table = f"T{uuid.uuid4().hex[:12]}"
-    server = None
-    if name == "sqlite":
-        url = f"sqlite:///{tmp_path}/store.db"
-    elif name == "postgresql":
-        server = request.getfixturevalue("postgres_server")
-        url = server.url()
-    else:
-        url = os.environ.get("DICOMVEC_IRIS_URL")
-        if not url:
-            pytest.skip(IRIS_SKIP)
-        check_iris_url(url)
+    url = sink_url(name, request, tmp_path, "store", new_database=False)
+    server = request.getfixturevalue("postgres_server") if name == "postgresql" else None
     return Backend(name, url, "DicomvecTest", table, server)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
-                        pytest.param("iris", marks=pytest.mark.iris)])
+@pytest.fixture(params=WITH_IRIS)
 def backend(request, tmp_path):
     """The contract's target: one fresh table on each database."""
     b = _open_backend(request.param, request, tmp_path)
@@ -416,6 +391,4 @@ def test_an_unparseable_iris_url_fails_rather_than_skips(url):
 
 def test_the_configured_iris_url_parses():
     """With DICOMVEC_IRIS_URL set, a typo in it fails here, whatever the live suites do."""
-    url = os.environ.get("DICOMVEC_IRIS_URL")
-    if url:
-        check_iris_url(url)
+    iris_url()  # unset: skipped, saying how to set it

@@ -37,11 +37,6 @@ def test_sqlite_has_no_schema():
     assert dialect_for_url("sqlite:///x.db", "VectorSearch", "Imgs").qualified_table == "Imgs"
 
 
-def test_dialect_names_importable_from_dialects_module():
-    from dicomvec.io.stores.dialects import SQLiteDialect as Legacy
-    assert Legacy is SQLiteDialect
-
-
 def test_postgres_password_never_logged(caplog):
     store = VectorStore("postgresql://bob:pa55w0rd@127.0.0.1:1/cxr", max_attempts=2,
                         retry_delay_s=0.0)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import uuid
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from dicomvec.io.stores.tables import REPORTS
 from dicomvec.pipeline.run import run_ingest
 from dicomvec.reports.samples import sample_texts
 from dicomvec.synthetic import generate
+from tests.local_run import thumbnail_flags
 
 PREDECESSOR_DIM = 3072
 IMAGES_N = 6
@@ -63,15 +63,12 @@ class Sink:
         return "?" if self.kind == "sqlite" else "%s"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def sink(request, tmp_path):
-    if request.param == "sqlite":
-        path = tmp_path / "db.sqlite"
-        return Sink("sqlite", f"sqlite:///{path}", lambda: sqlite3.connect(path))
-    server = request.getfixturevalue("postgres_server")
-    url = server.create_database(f"guard_{uuid.uuid4().hex[:8]}")
+@pytest.fixture
+def sink(sink_url):
+    if sink_url.startswith("sqlite:///"):
+        return Sink("sqlite", sink_url, lambda: sqlite3.connect(sink_url[len("sqlite:///"):]))
     import psycopg
-    return Sink("postgresql", url, lambda: psycopg.connect(url))
+    return Sink("postgresql", sink_url, lambda: psycopg.connect(sink_url))
 
 
 def error_lines(capsys):
@@ -132,8 +129,7 @@ def test_predecessor_reports_table_survives_every_command(sink, tmp_path, report
                                                           archive, capsys):
     make_predecessor_reports(sink)
     before = snapshot(sink)
-    common = ["--sink", sink.url, "--dead-letter", str(tmp_path / "dl"),
-              "--provider", "thumbnail"]
+    common = thumbnail_flags(tmp_path, sink=sink.url)
 
     # the reports job refuses the table: one line, exit 2, nothing written
     assert main(["reports", "--input", report_files, *common, "--run-id", "r1"]) == 2
@@ -217,8 +213,7 @@ def break_two_rows(sink: Sink):
 def test_old_images_table_is_migrated_then_resumed_without_re_embedding(sink, tmp_path,
                                                                        archive, capsys):
     def flags(run_id, *extra):
-        return ["--input", archive, "--sink", sink.url, "--dead-letter", str(tmp_path / "dl"),
-                "--provider", "thumbnail", "--run-id", run_id, *extra]
+        return thumbnail_flags(tmp_path, run_id, *extra, input=archive, sink=sink.url)
 
     first = run_ingest(flags("old"))
     assert first.stored == IMAGES_N

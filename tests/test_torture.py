@@ -39,6 +39,7 @@ def _privilege_prefix():
     return None
 
 
+@pytest.mark.slow  # several seconds: the fast suite stays under two minutes
 def test_every_kind_of_file_ends_where_it_should(tmp_path):
     expected = build(tmp_path / "in")
     assert len(expected) >= 30

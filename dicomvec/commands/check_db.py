@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from dicomvec.commands.init_db import DEFAULT_DIMENSION, add_sink_arguments, dimension_from
-
-REPORTS_TABLE = "MIMICCXRReports"  # = dicomvec.io.stores.tables.REPORTS_TABLE (numpy-free here)
+from dicomvec.commands.init_db import (DEFAULT_DIMENSION, add_store_command, dimension_from,
+                                       sink_from)
+from dicomvec.defaults import REPORTS_TABLE
 
 
 def add_table_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,19 +27,15 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     for name in ("check-db", "check-iris"):
-        parser = subparsers.add_parser(
-            name, help="check a database before a load (one ✓/✗ line per check)"
-            if name == "check-db" else "alias of check-db",
-            description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
-        add_sink_arguments(parser)
-        add_table_arguments(parser)
-        parser.set_defaults(func=run)
+        add_table_arguments(add_store_command(
+            subparsers, name, "check a database before a load (one ✓/✗ line per check)"
+            if name == "check-db" else "alias of check-db", __doc__, run))
 
 
 def run(args, extra=None) -> int:
     from dicomvec.io.stores.health import run_checks
     dimension = dimension_from(args)
-    checks = run_checks(args.sink, args.schema, args.table, args.reports_table, dimension)
+    checks = run_checks(sink_from(args), dimension)
     for check in checks:
         print(check.line())
     failed = [c for c in checks if c.ok is False]

@@ -13,17 +13,19 @@ import sys
 import time
 from typing import List, Optional, TextIO
 
-HOSTED_URL = "https://integrate.api.nvidia.com/v1"  # = dicomvec.io.providers.nvclip.HOSTED_URL
+from dicomvec.defaults import CHECK_NVCLIP_TIMEOUT_S, NVCLIP_MODEL, NVCLIP_URL as HOSTED_URL
+
 PROBE_TEXT = "a frontal chest x-ray"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nvclip-url", default=HOSTED_URL,
                         help="NIM base URL ending in /v1 (default: the hosted API)")
-    parser.add_argument("--nvclip-model", default="nvidia/nvclip",
+    parser.add_argument("--nvclip-model", default=NVCLIP_MODEL,
                         help="model name (self-hosted NIM: nvidia/nvclip-vit-h-14)")
-    parser.add_argument("--nvclip-timeout", type=float, default=30.0,
-                        help="seconds to wait for each answer (default 30)")
+    parser.add_argument("--nvclip-timeout", type=float, default=CHECK_NVCLIP_TIMEOUT_S,
+                        help=f"seconds to wait for each answer (default "
+                             f"{CHECK_NVCLIP_TIMEOUT_S:g})")
 
 
 def register(subparsers) -> None:
@@ -90,12 +92,3 @@ def _check(provider, url: str, out: TextIO, err: TextIO) -> int:
           f"{elapsed_ms:.0f} ms", file=out)
     return 0
 
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="dicomvec check-nvclip", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

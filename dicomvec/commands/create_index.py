@@ -7,36 +7,27 @@ Exit status 0 on success, 1 when the database refuses, 2 for a bad URL or option
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 
-from dicomvec.commands.init_db import add_sink_arguments
+from dicomvec.commands.init_db import add_store_command, database_command, sink_from
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "create-index", help="build the HNSW vector index (after a bulk load)",
-        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
-    add_sink_arguments(parser)
-    parser.set_defaults(func=run)
+    add_store_command(subparsers, "create-index", "build the HNSW vector index (after a bulk "
+                      "load)", __doc__, run)
 
 
 def run(args, extra=None) -> int:
-    from dicomvec.io.stores.base import VectorStore
+    return database_command("create-index", args, lambda: _create(args))
+
+
+def _create(args) -> int:
     from dicomvec.io.stores.dialects import redact_url
     started = time.monotonic()
-    try:
-        with VectorStore(args.sink, schema=args.schema, table=args.table) as store:
-            statements = store.dialect.create_index_statements()
-            store.create_index()
-            rows = store.count()
-    except ValueError:
-        raise  # bad URL, names or password setting: the CLI prints it (exit 2)
-    except Exception as exc:  # database errors (old IRIS, ...): one line
-        print(f"create-index failed for {redact_url(args.sink)}: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        return 1
+    with sink_from(args).images() as store:  # database errors (old IRIS, ...): one line
+        statements = store.dialect.create_index_statements()
+        store.create_index()
+        rows = store.count()
     if not statements:
         print(f"{redact_url(args.sink)}: no vector index for this database "
               "(search is an exact scan)")

@@ -11,11 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-# = dicomvec.io.stores.base.DEFAULT_SCHEMA / DEFAULT_TABLE (not imported here: numpy)
-DEFAULT_SCHEMA = "VectorSearch"
-DEFAULT_TABLE = "MIMICCXRImages"
-
-DEFAULT_DIMENSION = 1024  # NV-CLIP ViT-H
+from dicomvec.defaults import DIMENSION as DEFAULT_DIMENSION, IMAGES_TABLE, SCHEMA
 
 SINK_HELP = ("where vectors go: sqlite:///PATH.db | postgresql://USER@HOST:PORT/DB "
              "(password via PGPASSWORD or ~/.pgpass) | iris://USER@HOST:1972/NAMESPACE "
@@ -25,22 +21,52 @@ SINK_HELP = ("where vectors go: sqlite:///PATH.db | postgresql://USER@HOST:PORT/
 def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
     """``--sink``, ``--schema``, ``--table`` (shared by the store commands)."""
     parser.add_argument("--sink", required=True, help=SINK_HELP + " (required)")
-    parser.add_argument("--schema", default=DEFAULT_SCHEMA,
+    parser.add_argument("--schema", default=SCHEMA,
                         help="schema name (ignored by SQLite; default %(default)s)")
-    parser.add_argument("--table", default=DEFAULT_TABLE, help="table name (default %(default)s)")
+    parser.add_argument("--table", default=IMAGES_TABLE, help="table name (default %(default)s)")
+
+
+def add_store_command(subparsers, name: str, summary: str, doc: str, run):
+    """A store command's parser: its module docstring (after the first paragraph) as the
+    description, ``--sink``, ``--schema``, ``--table``, then ``run``."""
+    parser = subparsers.add_parser(name, help=summary, description=doc.split("\n\n", 1)[1],
+                                   formatter_class=argparse.RawTextHelpFormatter)
+    add_sink_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def database_command(name: str, args, body) -> int:
+    """``body()``'s exit status; a database error is one line on stderr and status 1 (a bad
+    URL, name, provider or password setting raises ValueError: the CLI's one line, exit 2)."""
+    from dicomvec.io.stores.dialects import redact_url
+    try:
+        return body()
+    except ValueError:
+        raise
+    except Exception as exc:  # never a traceback with secrets
+        print(f"{name} failed for {redact_url(args.sink)}: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 1
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "init-db", help="create the vector table (idempotent)",
-        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
-    add_sink_arguments(parser)
+    parser = add_store_command(subparsers, "init-db", "create the vector table (idempotent)",
+                               __doc__, run)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--dimension", type=int, help=f"vector length (default {DEFAULT_DIMENSION})")
     size.add_argument("--provider", help="take the vector length from this embedding provider")
     parser.add_argument("--with-report-fk", action="store_true",
                         help="add FOREIGN KEY (StudyID) to <schema>.MIMICCXRReports if it exists")
-    parser.set_defaults(func=run)
+
+
+def sink_from(args):
+    """The ``SinkConfig`` of the store commands' ``--sink``, ``--schema``, ``--table`` (and
+    ``--reports-table``)."""
+    from dicomvec.io.stores import SinkConfig
+    reports = getattr(args, "reports_table", None)
+    return SinkConfig(args.sink, args.schema, args.table,
+                      **({"reports_table": reports} if reports else {}))
 
 
 def dimension_from(args) -> int:
@@ -56,19 +82,15 @@ def dimension_from(args) -> int:
 
 
 def run(args, extra=None) -> int:
-    from dicomvec.io.stores.base import VectorStore
+    return database_command("init-db", args, lambda: _init(args))
+
+
+def _init(args) -> int:
     from dicomvec.io.stores.dialects import redact_url
-    try:
-        dimension = dimension_from(args)
-        with VectorStore(args.sink, schema=args.schema, table=args.table) as store:
-            with_fk = store.init_schema(dimension, with_report_fk=args.with_report_fk)
-            target = store.dialect.qualified_table
-    except ValueError:
-        raise  # bad URL, names, provider or password setting: the CLI prints it (exit 2)
-    except Exception as exc:  # database errors: one line, never a traceback with secrets
-        print(f"init-db failed for {redact_url(args.sink)}: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        return 1
+    dimension = dimension_from(args)
+    with sink_from(args).images() as store:
+        with_fk = store.init_schema(dimension, with_report_fk=args.with_report_fk)
+        target = store.dialect.qualified_table
     fk_note = " with FOREIGN KEY (StudyID)" if with_fk else ""
     if args.with_report_fk and not with_fk:
         fk_note = " without the foreign key (no reports table yet)"

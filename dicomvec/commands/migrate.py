@@ -11,22 +11,17 @@ is printed), 1 when the database refuses, 2 for a bad URL or option.
 """
 from __future__ import annotations
 
-import argparse
-import sys
-
 from dicomvec.commands.check_db import add_table_arguments
-from dicomvec.commands.init_db import add_sink_arguments, dimension_from
+from dicomvec.commands.init_db import (add_store_command, database_command, dimension_from,
+                                       sink_from)
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "migrate", help="upgrade tables made by an older dicomvec (dry run by default)",
-        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
-    add_sink_arguments(parser)
+    parser = add_store_command(subparsers, "migrate", "upgrade tables made by an older dicomvec "
+                               "(dry run by default)", __doc__, run)
     add_table_arguments(parser)
     parser.add_argument("--apply", action="store_true",
                         help="run the statements (default: print them only)")
-    parser.set_defaults(func=run)
 
 
 def plan(store, dimension: int):
@@ -50,38 +45,24 @@ def plan(store, dimension: int):
 
 
 def run(args, extra=None) -> int:
-    from dicomvec.io.stores.base import VectorStore
-    from dicomvec.io.stores.dialects import redact_url
-    from dicomvec.io.stores.tables import IMAGES, REPORTS
     dimension = dimension_from(args)
-    stores = [VectorStore(args.sink, schema=args.schema, table=args.table, spec=IMAGES),
-              VectorStore(args.sink, schema=args.schema, table=args.reports_table, spec=REPORTS)]
+    return database_command("migrate", args, lambda: _migrate(args, dimension))
+
+
+def _migrate(args, dimension: int) -> int:
+    sink = sink_from(args)
     pending = 0
-    try:
-        for store in stores:
-            with store:
-                statements, note = plan(store, dimension)
-                print(note)
-                for statement in statements:
-                    print(f"  {statement};")
-                if statements and args.apply:
-                    def apply(conn, statements=statements):
-                        cur = conn.cursor()
-                        for statement in statements:
-                            cur.execute(statement)
-                        conn.commit()
-                    store._with_retry(apply, "migrate")
-                    store._shape_checked = False
-                    store.check_writable(None)  # the upgraded table is now ours
-                    print(f"  applied {len(statements)} statement(s)")
-                elif statements:
-                    pending += len(statements)
-    except ValueError:
-        raise
-    except Exception as exc:
-        print(f"migrate failed for {redact_url(args.sink)}: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        return 1
+    for store in (sink.images(), sink.reports()):
+        with store:
+            statements, note = plan(store, dimension)
+            print(note)
+            for statement in statements:
+                print(f"  {statement};")
+            if statements and args.apply:
+                store.migrate(statements)  # then checks the upgraded table is ours
+                print(f"  applied {len(statements)} statement(s)")
+            elif statements:
+                pending += len(statements)
     if pending:
         print(f"dry run: {pending} statement(s) not run; add --apply to run them")
     return 0

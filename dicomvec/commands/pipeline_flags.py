@@ -146,6 +146,25 @@ def add_help_flags(parser: argparse.ArgumentParser, beam: bool = True) -> None:
         parser.add_argument("--help-beam", action=_BeamHelpAction)
 
 
+def add_job_command(subparsers, name: str, summary: str, description: str, func):
+    """A job command (``run``, ``reports``, ``reprocess``): its help, and the rest of the
+    command line (dicomvec's and Beam's flags, checked strictly) passed to ``func``."""
+    parser = subparsers.add_parser(name, help=summary, description=description, add_help=False,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_help_flags(parser)
+    parser.set_defaults(func=func, passthrough=True)
+    return parser
+
+
+def run_job_command(extra: Sequence[str], name: str, run) -> int:
+    """Check ``extra`` strictly, run the job (``run(extra)`` → summary), print its summary;
+    the exit status is the summary's (3: the counts do not add up)."""
+    check_flags(extra, f"dicomvec {name}")
+    summary = run(list(extra))
+    print(summary.render())
+    return summary.exit_status
+
+
 # --------------------------------------------------------------------------- checking
 
 

@@ -1,8 +1,6 @@
 """``dicomvec reports``: the reports job. Unknown flags pass through to Beam (``--runner`` …)."""
 from __future__ import annotations
 
-import argparse
-
 HELP = """Embed MIMIC-CXR radiology reports into the reports table (VectorSearch.MIMICCXRReports).
 
 Reads files/pXX/p<subject>/s<study>.txt, takes FINDINGS and IMPRESSION, embeds the IMPRESSION
@@ -20,18 +18,11 @@ The flags that matter here: --input PATTERN (e.g. 'files/**/s*.txt'), --sink, --
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("reports", help="embed radiology reports (reports table)",
-                                   description=HELP, add_help=False,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    from dicomvec.commands.pipeline_flags import add_help_flags
-    add_help_flags(parser)
-    parser.set_defaults(func=run, passthrough=True)
+    from dicomvec.commands.pipeline_flags import add_job_command
+    add_job_command(subparsers, "reports", "embed radiology reports (reports table)", HELP, run)
 
 
 def run(args, extra) -> int:
-    from dicomvec.commands.pipeline_flags import check_flags
-    check_flags(extra, "dicomvec reports")
+    from dicomvec.commands.pipeline_flags import run_job_command
     from dicomvec.pipeline.reports import run_reports
-    summary = run_reports(extra)
-    print(summary.render())
-    return 0
+    return run_job_command(extra, "reports", run_reports)

@@ -1,9 +1,7 @@
 """``dicomvec reprocess``: run dead-lettered files again after fixing what failed."""
 from __future__ import annotations
 
-import argparse
-
-STAGES = ("read", "decode", "normalize", "resize", "embed", "write")  # = dicomvec.record.STAGES
+from dicomvec.defaults import STAGES
 
 HELP = """Run dead-lettered files through the pipeline again.
 
@@ -15,26 +13,21 @@ error (exit 2); nothing left to reprocess is not (exit 0).
 
 
 def register(subparsers) -> None:
-    from dicomvec.commands.pipeline_flags import add_help_flags
-    parser = subparsers.add_parser(
-        "reprocess", help="run dead-lettered files through the pipeline again",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
-    add_help_flags(parser)
+    from dicomvec.commands.pipeline_flags import add_job_command
+    parser = add_job_command(subparsers, "reprocess",
+                             "run dead-lettered files through the pipeline again", HELP, run)
     parser.add_argument("--stage", choices=STAGES, default=None,
                         help="only files whose latest failure was at this stage (default: all)")
     parser.add_argument("--retryable-only", "--retryable_only", action="store_true",
                         help="only failures marked retryable (rate limits, timeouts, ...)")
-    parser.set_defaults(func=run, passthrough=True)
 
 
 def run(args, extra) -> int:
-    from dicomvec.commands.pipeline_flags import check_flags
-    check_flags(extra, "dicomvec reprocess")
+    from dicomvec.commands.pipeline_flags import run_job_command
     from dicomvec.pipeline.reprocess import NothingToReprocessError, run_reprocess
     try:
-        report = run_reprocess(extra, stage=args.stage, retryable_only=args.retryable_only)
+        return run_job_command(extra, "reprocess", lambda argv: run_reprocess(
+            argv, stage=args.stage, retryable_only=args.retryable_only))
     except NothingToReprocessError as nothing:
         print(f"nothing to reprocess: {nothing}")
         return 0
-    print(report.render())
-    return report.run.exit_status

@@ -2,8 +2,6 @@
 misspelled options are errors."""
 from __future__ import annotations
 
-import argparse
-
 HELP = """Run the ingestion pipeline: DICOM files → vectors in a store, failures in Parquet.
 
 Before anything is created the job checks that --input matches files (a directory means every
@@ -16,18 +14,11 @@ upgraded first (`dicomvec migrate`), another tool's table is never written to.
 
 
 def register(subparsers) -> None:
-    from dicomvec.commands.pipeline_flags import add_help_flags
-    parser = subparsers.add_parser("run", help="run the ingestion pipeline", description=HELP,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   add_help=False)
-    add_help_flags(parser)
-    parser.set_defaults(func=run, passthrough=True)
+    from dicomvec.commands.pipeline_flags import add_job_command
+    add_job_command(subparsers, "run", "run the ingestion pipeline", HELP, run)
 
 
 def run(args, extra) -> int:
-    from dicomvec.commands.pipeline_flags import check_flags
-    check_flags(extra, "dicomvec run")
+    from dicomvec.commands.pipeline_flags import run_job_command
     from dicomvec.pipeline.run import run_ingest
-    summary = run_ingest(extra)
-    print(summary.render())
-    return summary.exit_status
+    return run_job_command(extra, "run", run_ingest)

@@ -19,10 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-TARGETS = ("images", "reports")  # = dicomvec.search.engine.TARGETS (imported lazily: Beam)
-REPORTS_TABLE = "MIMICCXRReports"  # = dicomvec.io.stores.tables.REPORTS_TABLE
-TEXT_MODEL = "text-embedding-3-large"  # = dicomvec.io.providers.openai_client.DEFAULT_MODEL
-TEXT_URL = "https://api.openai.com/v1"  # = dicomvec.io.providers.openai_client.DEFAULT_URL
+from dicomvec.defaults import (CONTACT_SHEET_COLUMNS, REPORTS_TABLE, SEARCH_K,
+                               SEARCH_TARGETS as TARGETS, TEXT_MAX_ATTEMPTS, TEXT_MODEL,
+                               TEXT_TIMEOUT_S, TEXT_URL)
 
 
 def register(subparsers) -> None:
@@ -39,7 +38,8 @@ def register(subparsers) -> None:
     search.add_argument("--target", choices=TARGETS, default="images",
                         help="table to search: images (default) or reports (FINDINGS/"
                              "IMPRESSION text vectors)")
-    search.add_argument("--k", type=int, default=10, help="number of results (default 10)")
+    search.add_argument("--k", type=int, default=SEARCH_K,
+                        help=f"number of results (default {SEARCH_K})")
     search.add_argument("--view", help="only images with this ViewPosition (PA, AP, LATERAL...)")
     search.add_argument("--with-reports", action="store_true",
                         help="show each image hit's study report (FINDINGS/IMPRESSION)")
@@ -47,7 +47,8 @@ def register(subparsers) -> None:
     search.add_argument("--contact-sheet", metavar="PNG",
                         help="also write the image hits as a PNG grid (thumbnail, rank, score, "
                              "ImageID, view)")
-    search.add_argument("--columns", type=int, default=5, help="contact sheet columns")
+    search.add_argument("--columns", type=int, default=CONTACT_SHEET_COLUMNS,
+                        help="contact sheet columns")
     parser.set_defaults(func=run, passthrough=True)
     add_reports_flags(parser)
 
@@ -73,10 +74,12 @@ def add_reports_flags(parser) -> None:
     reports.add_argument("--text-dimensions", type=int, default=None,
                          help="send OpenAI's `dimensions` (only if the reports were embedded "
                               "shortened; default: the model's full length)")
-    reports.add_argument("--text-timeout", type=float, default=60.0,
-                         help="read timeout per embeddings request, s (default 60)")
-    reports.add_argument("--text-max-attempts", type=int, default=5,
-                         help="attempts per request; 429/5xx/timeouts are retried (default 5)")
+    reports.add_argument("--text-timeout", type=float, default=TEXT_TIMEOUT_S,
+                         help="read timeout per embeddings request, s (default "
+                              f"{TEXT_TIMEOUT_S:g})")
+    reports.add_argument("--text-max-attempts", type=int, default=TEXT_MAX_ATTEMPTS,
+                         help="attempts per request; 429/5xx/timeouts are retried (default "
+                              f"{TEXT_MAX_ATTEMPTS})")
 
 
 DESCRIPTION = """Store, provider and preprocessing flags are those of `dicomvec run`
@@ -90,13 +93,11 @@ def pipeline_options(extra):
     """The ``DicomvecOptions`` for the flags after the search flags (strict: unknown flags are
     an error with a suggestion, not silently dropped; Beam's options do not apply here, except
     its S3 options, for ``--image s3://...``: --s3_endpoint_url, --s3_region_name, ...)."""
-    import argparse as _argparse
-
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import S3Options
 
     from dicomvec.commands.pipeline_flags import strict_parser, check_flags
-    s3_parser = _argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    s3_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     S3Options._add_argparse_args(s3_parser)
     s3_flags, rest = s3_parser.parse_known_args(extra)
     check_flags(rest, "dicomvec search", dicomvec_only=True)
@@ -112,14 +113,14 @@ def reports_request(request, args, options):
     ``--via-reports``, and the ``OpenAISettings`` for it (None without it)."""
     import dataclasses
     request = dataclasses.replace(request, via_reports=args.via_reports,
-                                  reports_table=getattr(options, "reports_table", None),
+                                  reports_table=options.reports_table,
                                   reports_schema=args.reports_schema)
     if not args.via_reports:
         return request, None
     import os
-    from dicomvec.io.providers.openai_client import DEFAULT_URL, OpenAISettings
+    from dicomvec.io.providers.openai_client import OpenAISettings
     return request, OpenAISettings(
-        url=args.text_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_URL,
+        url=args.text_url or os.environ.get("OPENAI_BASE_URL") or TEXT_URL,
         model=args.text_model, dimensions=args.text_dimensions, timeout_s=args.text_timeout,
         max_attempts=args.text_max_attempts)
 

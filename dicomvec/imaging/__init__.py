@@ -3,9 +3,8 @@
 bytes/stream --read_dataset--> Dataset --decode_pixels--> DecodedPixels (small stored-value
 array) --normalize_pixels--> 2-D uint8 --fit_and_encode--> EncodedPixels (PNG/JPEG bytes at the
 model size) --data_url--> inline model input.
-
-``reference`` holds the slow full-resolution paths used by tests and benchmarks.
 """
+from dicomvec.defaults import IMAGE_FORMAT, IMAGE_SIZE, NORMALIZATION
 from dicomvec.imaging.decoding import DecodedPixels, decode_pixels
 from dicomvec.imaging.encoding import (MAX_BASE64_CHARS, EncodedPixels, data_url,
                                        fit_and_encode)
@@ -20,8 +19,8 @@ __all__ = [
 ]
 
 
-def preprocess(source, size: int = 224, method: str = "standard", image_format: str = "png",
-               rgb: bool = True) -> EncodedPixels:
+def preprocess(source, size: int = IMAGE_SIZE, method: str = NORMALIZATION,
+               image_format: str = IMAGE_FORMAT, rgb: bool = True) -> EncodedPixels:
     """Convenience: one DICOM (bytes or stream) → ``EncodedPixels`` via the fast path."""
     ds = read_dataset(source)
     decoded = decode_pixels(ds, size)

@@ -36,6 +36,7 @@ from pydicom.encaps import generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
+from dicomvec.errors import first_line
 from dicomvec.imaging.errors import PixelDecodeError
 
 log = logging.getLogger(__name__)
@@ -120,11 +121,6 @@ def _transfer_syntax(ds: pydicom.Dataset) -> UID:
     if uid is None:
         raise PixelDecodeError("dataset has no transfer syntax (file meta missing)")
     return UID(uid)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _one_line(exc: BaseException, limit: int = 400) -> str:
@@ -492,6 +488,6 @@ def _decode_pixels(ds: pydicom.Dataset, target_size: int) -> DecodedPixels:
     except PixelDecodeError:
         raise
     except Exception as exc:
-        raise PixelDecodeError(f"cannot decode {ts.name} pixel data: {_first_line(exc)}") \
+        raise PixelDecodeError(f"cannot decode {ts.name} pixel data: {first_line(exc)}") \
             from None
     return decoded if decoded is not None else _decode_general(ds, ts, target_size)

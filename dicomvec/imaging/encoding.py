@@ -15,8 +15,7 @@ import io
 import numpy as np
 from PIL import Image
 
-#: NV-CLIP hosted API: an inline data URL's base64 payload must be shorter than this
-MAX_BASE64_CHARS = 180_000
+from dicomvec.defaults import IMAGE_FORMAT, IMAGE_SIZE, MAX_BASE64_CHARS  # noqa: F401
 
 #: zlib level for PNG: 1 is ~4x faster than the default 6 and ~30 % larger, far under the limit
 PNG_FAST_LEVEL = 1
@@ -70,7 +69,7 @@ def _encode(image: Image.Image, pil_format: str, png_level: int) -> bytes:
     return buffer.getvalue()
 
 
-def fit_and_encode(gray: np.ndarray, size: int = 224, image_format: str = "png",
+def fit_and_encode(gray: np.ndarray, size: int = IMAGE_SIZE, image_format: str = IMAGE_FORMAT,
                    rgb: bool = True) -> EncodedPixels:
     """2-D uint8 → ``EncodedPixels`` at size×size. Raises ValueError if the base64 would reach
     ``MAX_BASE64_CHARS`` or the format is unknown."""

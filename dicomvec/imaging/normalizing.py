@@ -21,6 +21,7 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut, apply_voi
 
+from dicomvec.defaults import NORMALIZATION
 from dicomvec.imaging.decoding import DecodedPixels
 from dicomvec.imaging.errors import NormalizationError
 
@@ -174,7 +175,7 @@ def mimic_jpg(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     return _equalize(gray)
 
 
-def normalize_pixels(ds: pydicom.Dataset, decoded: DecodedPixels, method: str = "standard"
+def normalize_pixels(ds: pydicom.Dataset, decoded: DecodedPixels, method: str = NORMALIZATION
                      ) -> np.ndarray:
     """Decoded stored values → 2-D uint8 display image (same shape as ``decoded.array``).
 

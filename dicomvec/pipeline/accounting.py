@@ -19,7 +19,7 @@ from typing import Dict, Optional, Set
 
 from apache_beam.io.filesystems import FileSystems
 
-from dicomvec.record import STAGES
+from dicomvec import counters as C
 
 log = logging.getLogger(__name__)
 
@@ -88,27 +88,30 @@ def dead_letter_paths(generation_dir: str) -> tuple:
 
 
 def check_accounting(matched: Optional[int], counters: Dict[str, int],
-                     generation_dir: str, stopped_by: str = "") -> Accounting:
+                     generation_dir: str, stopped_by: str = "",
+                     names: C.JobCounters = C.IMAGES) -> Accounting:
     """Compare the paths given to the run with where they ended; logs an error on a mismatch.
     ``matched`` None: use the pipeline's own ``matched`` counter (streaming). ``stopped_by``: the
     signal that ended a stream, whose files in flight were cancelled on purpose (and whose last
-    live counters may lag): the counts are then reported, not judged."""
-    seen = counters.get("matched", 0)
+    live counters may lag): the counts are then reported, not judged. ``names``: the job's
+    counters."""
+    seen = counters.get(names.matched, 0)
     paths, rows = dead_letter_paths(generation_dir)
-    if "matched" not in counters and matched:
+    if names.matched not in counters and matched:
         log.warning("the runner reported no dicomvec counters: the accounting of the %d matched "
                     "files cannot be checked", matched)
         return Accounting(matched=matched, seen_by_pipeline=0, stored=0, already_stored=0,
                           duplicates=0, dead_lettered_paths=len(paths), dead_letter_rows=rows,
                           checked=False)
-    counted_failures = sum(counters.get(f"{stage}_failed", 0) for stage in STAGES)
+    counted_failures = names.failures(counters)
     # streaming re-reads a file that changed after it was read: count events, not paths
     dead = len(paths) if matched is not None else counted_failures
     accounting = Accounting(
         matched=seen if matched is None else matched, seen_by_pipeline=seen,
-        stored=counters.get("write_ok", 0), already_stored=counters.get("skipped_existing", 0),
-        duplicates=counters.get("duplicate_files", 0), dead_lettered_paths=dead,
-        dead_letter_rows=rows, ignored=counters.get("not_dicom_ignored", 0))
+        stored=counters.get(names.stored, 0),
+        already_stored=counters.get(names.already_stored, 0),
+        duplicates=counters.get(names.duplicates, 0), dead_lettered_paths=dead,
+        dead_letter_rows=rows, ignored=counters.get(C.NOT_DICOM_IGNORED, 0))
     if stopped_by and not accounting.holds:
         log.warning("stopped by %s with files in flight: run the same command again to finish "
                     "them (stored images are skipped)", stopped_by)

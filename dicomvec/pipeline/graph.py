@@ -9,6 +9,8 @@ WriteDeadLetters.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
@@ -24,10 +26,12 @@ from dicomvec.transforms.identify import IdentifyDicom, MatchPath, ReportUnreada
 from dicomvec.transforms.preprocess import DecodePixels, NormalizePixels, ResizeAndEncode
 from dicomvec.transforms.stage import FAILED
 from dicomvec.transforms.watch import WatchForCompleteFiles
-from dicomvec.transforms.write import WriteToStore
+from dicomvec.transforms.write import WriteToStore, to_row
 
 
-def _stage(pcoll, label, dofn, failures):
+def stage(pcoll, label, dofn, failures):
+    """``pcoll | label >> ParDo(dofn)``: the main output; its ``failed`` output is added to
+    ``failures`` (they all become dead letters)."""
     outputs = pcoll | label >> beam.ParDo(dofn).with_outputs(FAILED, main="ok")
     failures.append(outputs[FAILED])
     return outputs.ok
@@ -48,7 +52,7 @@ def match_input(pipeline: beam.Pipeline, options: DicomvecOptions, paths, failur
             options.input, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
     else:
         listed = pipeline | "ListedPaths" >> beam.Create(sorted(paths))
-        matched = _stage(listed, "MatchPaths", MatchPath(), failures)
+        matched = stage(listed, "MatchPaths", MatchPath(), failures)
     # one pattern is matched by one worker: spread the file list (metadata only) so that reading
     # the headers (Identify) runs on every worker of a cluster, not only the matching one
     return matched | "SpreadFiles" >> beam.Reshuffle()
@@ -62,37 +66,36 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
     not dead-lettered. Returns the PCollection of stored counts."""
     failures = []
     if unreadable:
-        _stage(pipeline | "UnreadablePaths" >> beam.Create(sorted(unreadable)),
+        stage(pipeline | "UnreadablePaths" >> beam.Create(sorted(unreadable)),
                "ReportUnreadable", ReportUnreadable(), failures)
     files = (match_input(pipeline, options, paths, failures, streaming)
              | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
-    records = _stage(files, "Identify", IdentifyDicom(storage_settings(options),
-                                                    options.read_ahead(), ignore_non_dicom),
-                     failures)
+    records = stage(files, "Identify", IdentifyDicom(storage_settings(options),
+                                                   options.read_ahead(), ignore_non_dicom),
+                    failures)
     unique = records if streaming else records | "OnePerImageID" >> OnePerImageID()
     dimension = create_provider(options.provider_config()).dimension
+    sink = options.sink_config()
     if not options.force:
         unique = unique | "SkipStored" >> SkipStored(
-            options.sink, options.sink_schema, options.sink_table, options.provider,
-            options.preprocess_version(),
+            sink, options.provider, options.preprocess_version(),
             valid_dimension=dimension if options.replace_invalid else None)
-    decoded = _stage(unique, "Decode",
-                     DecodePixels(options.image_size, storage_settings(options),
-                                  options.read_ahead()),
+    decoded = stage(unique, "Decode",
+                    DecodePixels(options.image_size, storage_settings(options),
+                                 options.read_ahead()),
                      failures)
-    normalized = _stage(decoded, "Normalize", NormalizePixels(options.normalization), failures)
-    encoded = _stage(normalized, "Resize",
+    normalized = stage(decoded, "Normalize", NormalizePixels(options.normalization), failures)
+    encoded = stage(normalized, "Resize",
                      ResizeAndEncode(options.image_size, options.image_format), failures)
     if streaming:  # copies arrive at any time: the first one that got this far is kept
         encoded = encoded | "OnePerImageID" >> KeepFirstWorkingCopy()
     batch_wait = (options.batch_wait or options.watch_interval / 2) if streaming else None
     batches = encoded | "Batch" >> BatchForEmbedding(options.batch_size, batch_wait,
                                                      batching_shards(pipeline.options))
-    embedded = _stage(batches, "Embed", EmbedBatch(options.provider_config()), failures)
-    stored = _stage(embedded, "Write",
-                    WriteToStore(options.sink, options.sink_schema, options.sink_table,
-                                 options.preprocess_version(), dimension,
-                                 options.progress_every), failures)
+    embedded = stage(batches, "Embed", EmbedBatch(options.provider_config()), failures)
+    write = WriteToStore(sink, partial(to_row, preprocess_version=options.preprocess_version()),
+                         dimension=dimension, progress_every=options.progress_every)
+    stored = stage(embedded, "Write", write, failures)
     (failures
      | "AllFailures" >> beam.Flatten()
      | "DeadLetters" >> WriteDeadLetters(

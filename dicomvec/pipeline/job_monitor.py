@@ -35,8 +35,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
-from dicomvec.record import STAGES
-from dicomvec.transforms.stage import NAMESPACE
+from dicomvec import counters as C
+from dicomvec.counters import NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +88,19 @@ def beam_counters(result, live: bool = False) -> Dict[str, int]:
     totals: Dict[str, int] = {}
     for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
-        name = counter.key.metric.name
+        name = C.base_name(counter.key.metric.name)
         totals[name] = totals.get(name, 0) + int(value or 0)
     return totals
 
 
-def in_flight(counters: Dict[str, int]) -> int:
+def in_flight(counters: Dict[str, int], names: C.JobCounters = C.IMAGES) -> int:
     """Files seen arriving or matched but not yet stored, skipped, merged as duplicates or
     dead-lettered."""
-    settled = (counters.get("write_ok", 0) + counters.get("skipped_existing", 0)
-               + counters.get("duplicate_files", 0) + counters.get("not_dicom_ignored", 0)
-               + sum(counters.get(f"{stage}_failed", 0) for stage in STAGES))
-    arriving = counters.get("arriving", 0) - counters.get("arrived", 0)
-    return counters.get("matched", 0) - settled + arriving
+    settled = (counters.get(names.stored, 0) + counters.get(names.already_stored, 0)
+               + counters.get(names.duplicates, 0) + counters.get(C.NOT_DICOM_IGNORED, 0)
+               + names.failures(counters))
+    arriving = counters.get(C.ARRIVING, 0) - counters.get(C.ARRIVED, 0)
+    return counters.get(names.matched, 0) - settled + arriving
 
 
 class FlinkRest:
@@ -150,7 +150,7 @@ class FlinkRest:
             for start in range(0, len(ids), 40):   # keep the query string short
                 chunk = ",".join(urllib.request.quote(i, safe="") for i in ids[start:start + 40])
                 for metric in self._call(f"{base}?get={chunk}"):
-                    name = metric["id"].rsplit(".", 1)[-1][len(prefix):]
+                    name = C.base_name(metric["id"].rsplit(".", 1)[-1][len(prefix):])
                     totals[name] = totals.get(name, 0) + int(float(metric["value"]))
         return totals
 
@@ -177,7 +177,7 @@ def accumulated_counters(accumulators: dict, namespace: str = NAMESPACE) -> Dict
             labels = info.get("labels", {})
             if (info.get("urn") == "beam:metric:user:sum_int64:v1"
                     and labels.get("NAMESPACE") == namespace):
-                name = labels["NAME"]
+                name = C.base_name(labels["NAME"])
                 totals[name] = totals.get(name, 0) + _varint(base64.b64decode(info["payload"]))
     return totals
 
@@ -232,8 +232,10 @@ class JobMonitor:
     """One submitted job: its live counters, its end, and how to stop it (see module doc)."""
 
     def __init__(self, result, options: PipelineOptions, job_name: str,
-                 submitted_ms: int, poll_s: float = 1.0, progress_every_s: float = 30.0):
+                 submitted_ms: int, poll_s: float = 1.0, progress_every_s: float = 30.0,
+                 names: C.JobCounters = C.IMAGES):
         self.result = result
+        self.names = names
         self.job_name = job_name
         self.submitted_ms = submitted_ms
         self.poll_s = poll_s
@@ -299,10 +301,9 @@ class JobMonitor:
     def _progress(self, counters: Dict[str, int]) -> None:
         if counters and time.monotonic() - self._last_progress >= self.progress_every_s:
             self._last_progress = time.monotonic()
-            failed = sum(counters.get(f"{s}_failed", 0) for s in STAGES)
             log.info("progress: matched %d, stored %d, dead-lettered %d, in flight %d",
-                     counters.get("matched", 0), counters.get("write_ok", 0), failed,
-                     max(0, in_flight(counters)))
+                     counters.get(self.names.matched, 0), counters.get(self.names.stored, 0),
+                     self.names.failures(counters), max(0, in_flight(counters, self.names)))
 
     # --- ending ----------------------------------------------------------------------------
     def cancel(self, timeout_s: float = 60.0) -> str:
@@ -428,7 +429,7 @@ class JobMonitor:
                 self._progress(counters)
                 if counters != last:
                     last, last_change = counters, time.monotonic()
-                elif (idle_limit and counters and in_flight(counters) <= 0
+                elif (idle_limit and counters and in_flight(counters, self.names) <= 0
                       and time.monotonic() - last_change >= idle_limit):
                     log.info("idle for %.0f s with nothing in flight: stopping", idle_limit)
                     self.counters()
@@ -447,7 +448,8 @@ class JobMonitor:
                 self.stopped_by = signal.Signals(signum).name
                 log.warning("stopped by %s: %s", self.stopped_by, what)
                 return dict(self.last_counters)
-            pending = max(0, in_flight(self.last_counters)) if self.last_counters else None
+            pending = (max(0, in_flight(self.last_counters, self.names)) if self.last_counters
+                       else None)
             raise JobInterrupted(signum, what + (
                 f"; {pending} file(s) were in flight and are not stored: run the same command "
                 f"again to finish them (stored images are skipped)" if pending else ""))

@@ -10,6 +10,7 @@ them without importing Beam; ``DicomvecOptions`` (= ``DicomvecFlags`` + Beam's
 from __future__ import annotations
 
 from dicomvec import PREPROCESS_VERSION
+from dicomvec import defaults as D
 from dicomvec.io.prefetch import DEFAULT_PREFETCH_MB, DEFAULT_PREFETCH_OBJECTS
 
 
@@ -21,31 +22,32 @@ class DicomvecFlags:
         parser.add_argument("--input", required=False, default=None,
                             help="DICOM file pattern on any Beam filesystem, e.g. "
                                  "'/data/mimic-cxr/files/**/*.dcm'")
-        parser.add_argument("--sink", default="sqlite:///out/dicomvec.db",
+        parser.add_argument("--sink", default=D.SINK_URL,
                             help="Vector store URL: sqlite:///path, postgresql://..., "
                                  "iris://USER@HOST:1972/NAMESPACE")
-        parser.add_argument("--sink_schema", "--sink-schema", default="VectorSearch",
+        parser.add_argument("--sink_schema", "--sink-schema", default=D.SCHEMA,
                             help="Schema of the images table (ignored by SQLite)")
-        parser.add_argument("--sink_table", "--sink-table", default="MIMICCXRImages",
+        parser.add_argument("--sink_table", "--sink-table", default=D.IMAGES_TABLE,
                             help="Images table name")
-        parser.add_argument("--dead_letter", "--dead-letter", default="out/dead_letter",
+        parser.add_argument("--dead_letter", "--dead-letter", default=D.DEAD_LETTER,
                             help="Directory for Parquet dead letters (one sub-folder per run)")
-        parser.add_argument("--provider", default="thumbnail",
+        parser.add_argument("--provider", default=D.PROVIDER,
                             help="Embedding provider: thumbnail (offline, NON-semantic) or nvclip")
-        parser.add_argument("--image_size", "--image-size", type=int, default=224,
+        parser.add_argument("--image_size", "--image-size", type=int, default=D.IMAGE_SIZE,
                             help="Model input size S: images fit inside S×S and are padded")
-        parser.add_argument("--image_format", "--image-format", default="png",
+        parser.add_argument("--image_format", "--image-format", default=D.IMAGE_FORMAT,
                             choices=["png", "jpeg"], help="Encoding of the model input")
-        parser.add_argument("--normalization", default="standard",
+        parser.add_argument("--normalization", default=D.NORMALIZATION,
                             choices=["standard", "mimic-jpg"],
                             help="standard = modality LUT → VOI → MONOCHROME1 inversion → "
                                  "robust fallback; mimic-jpg = the MIMIC-CXR-JPG recipe")
-        parser.add_argument("--batch_size", "--batch-size", type=int, default=64,
+        parser.add_argument("--batch_size", "--batch-size", type=int, default=D.BATCH_SIZE,
                             help="Images per embedding request (NV-CLIP takes at most 64)")
         parser.add_argument("--run_id", "--run-id", default=None,
                             help="Run identifier (default: UTC timestamp); names the "
                                  "dead-letter generation folder")
-        parser.add_argument("--progress_every", "--progress-every", type=int, default=500,
+        parser.add_argument("--progress_every", "--progress-every", type=int,
+                            default=D.PROGRESS_EVERY,
                             help="Log progress every N images per worker")
         parser.add_argument("--force", action="store_true", default=False,
                             help="Re-embed images already stored for this provider and "
@@ -55,7 +57,7 @@ class DicomvecFlags:
                             help="Re-embed images whose stored row has a zero or wrong-length "
                                  "vector (rows written by other tools; `dicomvec check-db` "
                                  "lists them)")
-        parser.add_argument("--reports_table", "--reports-table", default="MIMICCXRReports",
+        parser.add_argument("--reports_table", "--reports-table", default=D.REPORTS_TABLE,
                             help="Reports table name (in --sink-schema): `dicomvec reports` "
                                  "writes it, `search` reads it")
         # object storage (s3://, gs://): read-ahead per worker
@@ -69,7 +71,8 @@ class DicomvecFlags:
                                  "~15 MB, sized for <= 300 MB RSS per worker; a worker's memory "
                                  "grows by about this much)")
         # streaming (with Beam's --streaming)
-        parser.add_argument("--watch_interval", "--watch-interval", type=float, default=30.0,
+        parser.add_argument("--watch_interval", "--watch-interval", type=float,
+                            default=D.WATCH_INTERVAL_S,
                             help="streaming: seconds between polls of --input")
         parser.add_argument("--settle_seconds", "--settle-seconds", type=float, default=None,
                             help="streaming: a file is read once its size and mtime have not "
@@ -79,18 +82,19 @@ class DicomvecFlags:
                             help="streaming: flush a partial batch after this many seconds "
                                  "(default: half the watch interval)")
         parser.add_argument("--dead_letter_frequency", "--dead-letter-frequency", type=float,
-                            default=60.0,
+                            default=D.DEAD_LETTER_FREQUENCY_S,
                             help="streaming: seconds between dead-letter file writes")
         parser.add_argument("--stop_after_idle", "--stop-after-idle", type=float, default=0.0,
                             help="streaming: stop once nothing is in flight and nothing new "
                                  "arrived for this many seconds (0 = run until a signal)")
         # NV-CLIP provider settings (key comes from NVIDIA_API_KEY, never a flag)
         parser.add_argument("--nvclip_url", "--nvclip-url",
-                            default="https://integrate.api.nvidia.com/v1",
+                            default=D.NVCLIP_URL,
                             help="NV-CLIP base URL ending in /v1 (hosted API or a NIM)")
-        parser.add_argument("--nvclip_model", "--nvclip-model", default="nvidia/nvclip",
+        parser.add_argument("--nvclip_model", "--nvclip-model", default=D.NVCLIP_MODEL,
                             help="model name (self-hosted NIM: nvidia/nvclip-vit-h-14)")
-        parser.add_argument("--nvclip_concurrency", "--nvclip-concurrency", type=int, default=4,
+        parser.add_argument("--nvclip_concurrency", "--nvclip-concurrency", type=int,
+                            default=D.NVCLIP_CONCURRENCY,
                             help="NV-CLIP requests in flight per embedding worker")
         parser.add_argument("--nvclip_max_requests_per_minute",
                             "--nvclip-max-requests-per-minute", type=float, default=None,
@@ -100,10 +104,12 @@ class DicomvecFlags:
         parser.add_argument("--nvclip_cost_per_1k_images", "--nvclip-cost-per-1k-images",
                             type=float, default=0.0,
                             help="Price per 1,000 images, for the summary's cost estimate")
-        parser.add_argument("--nvclip_timeout", "--nvclip-timeout", type=float, default=60.0,
+        parser.add_argument("--nvclip_timeout", "--nvclip-timeout", type=float,
+                            default=D.NVCLIP_TIMEOUT_S,
                             help="seconds to wait for an NV-CLIP answer before retrying")
         parser.add_argument("--nvclip_max_attempts", "--nvclip-max-attempts", type=int,
-                            default=5, help="attempts per NV-CLIP request (1 = never retry)")
+                            default=D.NVCLIP_MAX_ATTEMPTS,
+                            help="attempts per NV-CLIP request (1 = never retry)")
 
     def preprocess_version(self) -> str:
         """What made the model input, stored per row (≤ 20 chars): code version, normalization,
@@ -115,6 +121,11 @@ class DicomvecFlags:
     def read_ahead(self):
         """(objects, bytes) of the object-storage read-ahead window."""
         return max(1, int(self.prefetch_objects)), max(1, int(self.prefetch_mb * 1024 * 1024))
+
+    def sink_config(self):
+        """Where vectors go (``SinkConfig``), for the driver and the workers."""
+        from dicomvec.io.stores.base import SinkConfig
+        return SinkConfig(self.sink, self.sink_schema, self.sink_table, self.reports_table)
 
     def provider_config(self):
         """The provider's name and settings (no secrets) for workers to build it from."""

@@ -18,20 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Optional
 
-from dicomvec.errors import UserError
+from dicomvec.errors import NoInputFilesError, PreflightError, first_line  # noqa: F401
+from dicomvec.io.local_paths import folder_problem, writable_dir
 
 log = logging.getLogger(__name__)
-
-
-class PreflightError(UserError):
-    """Something the job needs is missing or unusable; nothing has been created."""
-
-
-class NoInputFilesError(PreflightError):
-    """The input pattern matched nothing: an error, never an empty success."""
 
 
 def _is_local(path: str) -> bool:
@@ -57,7 +49,7 @@ def resolve_input(pattern: Optional[str], what: str = "a DICOM file pattern such
             matched = FileSystems.match([used], limits=[1])[0].metadata_list
         except Exception as exc:  # bad scheme, unreachable bucket, no permission
             raise NoInputFilesError(f"cannot list --input {used!r}: "
-                                    f"{type(exc).__name__}: {_first_line(exc)}") from None
+                                    f"{type(exc).__name__}: {first_line(exc)}") from None
         if not matched:
             raise NoInputFilesError(f"no files match --input {used!r}")
     return used
@@ -86,85 +78,6 @@ def remote_folder_pattern(pattern: Optional[str]) -> Optional[str]:
     return pattern + "/**"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _writable_dir(directory: str) -> bool:
-    """``directory`` is a folder this process can create files in."""
-    if not os.path.isdir(directory):
-        return False
-    try:  # os.access says yes to root even where writing fails (read-only mounts, /proc)
-        fd, probe = tempfile.mkstemp(prefix=".dicomvec-probe-", dir=directory)
-    except OSError:
-        return False
-    os.close(fd)
-    os.unlink(probe)
-    return True
-
-
-def folder_problem(folder: str) -> Optional[str]:
-    """Why ``folder`` cannot be written or made (its nearest existing ancestor is a file or
-    not writable), or None. Makes nothing: missing folders are made by the job itself."""
-    existing = folder or "."
-    while not os.path.exists(existing):
-        parent = os.path.dirname(existing.rstrip(os.sep)) or "."
-        if parent == existing:
-            break
-        existing = parent
-    if not os.path.isdir(existing):
-        return f"{existing!r} is a file, not a folder"
-    if not _writable_dir(existing):
-        return f"folder {existing!r} is not writable"
-    return None
-
-
-def check_sqlite_path(path: str, must_exist: bool = False) -> None:
-    """The SQLite file can be written, or created (its folder too); ``must_exist``: it is
-    there."""
-    if os.path.isdir(path):
-        raise PreflightError(f"sink {path!r} is a directory, not an SQLite file")
-    if os.path.exists(path):
-        try:
-            with open(path, "r+b"):  # opened for writing, nothing written
-                pass
-        except OSError as exc:
-            raise PreflightError(f"sink file {path!r} is not writable: {exc.strerror}") from None
-        folder = os.path.dirname(os.path.abspath(path))
-        if not _writable_dir(folder):  # SQLite writes its journal (-wal, -shm) beside the file
-            raise PreflightError(f"sink file {path!r} cannot be used: its folder {folder!r} is "
-                                 "not writable, and SQLite writes its journal files beside the "
-                                 "database (make the folder writable, or move the file)")
-        return
-    if must_exist:
-        raise PreflightError(f"no database at {path!r} (fill it with `dicomvec run` first, or "
-                             "pass --sink)")
-    problem = folder_problem(os.path.dirname(path))
-    if problem:
-        raise PreflightError(f"cannot create the sink {path!r}: {problem}")
-
-
-def check_sink(url: str, must_exist: bool = False) -> None:
-    """``url`` is a store dicomvec can write (SQLite path checks; servers: a login)."""
-    from dicomvec.io.stores.dialects import dialect_for_url, redact_url, url_scheme
-    dialect = dialect_for_url(url, schema="VectorSearch")  # bad scheme/URL: ValueError
-    if url_scheme(url) == "sqlite":
-        check_sqlite_path(dialect.path, must_exist)
-        return
-    try:
-        conn = dialect.connect()
-    except ValueError:
-        raise  # a bad URL or password setting: already one plain line
-    except Exception as exc:
-        raise PreflightError(f"cannot log in to {redact_url(url)}: {type(exc).__name__}: "
-                             f"{_first_line(exc)}") from None
-    try:
-        conn.close()
-    except Exception:  # closing after a successful login must not fail the check
-        pass
-
-
 def check_dead_letter_folder(path: str) -> None:
     """The dead-letter folder can be written: it is a writable folder, or can be made (its
     nearest existing ancestor is a writable folder; the job makes it, not this check)."""
@@ -173,7 +86,7 @@ def check_dead_letter_folder(path: str) -> None:
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise PreflightError(f"--dead-letter {path!r} is a file, not a folder")
-        if not _writable_dir(path):
+        if not writable_dir(path):
             raise PreflightError(f"--dead-letter folder {path!r} is not writable")
         return
     problem = folder_problem(os.path.dirname(os.path.normpath(path)))
@@ -191,10 +104,7 @@ def require_dead_letter_folder(path: str) -> None:
 def check_provider(config) -> None:
     """The provider can be built and has its credentials (no request is sent)."""
     from dicomvec.io.providers import create_provider
-    provider = create_provider(config)  # unknown name: ValueError
-    preflight = getattr(provider, "preflight", None)
-    if preflight is not None:
-        preflight()
+    create_provider(config).preflight()  # unknown name: ValueError
 
 
 def check_runner(options) -> None:
@@ -251,7 +161,8 @@ def check_job(options, input_pattern: bool = True, sink_must_exist: bool = False
     check_job_endpoint(options)
     if dead_letters:
         check_dead_letter_folder(options.dead_letter)
-    check_sink(options.sink, must_exist=sink_must_exist)
+    # the sink: its dialect's check (SQLite: the file; servers: a login); a bad URL: ValueError
+    options.sink_config().images().dialect.check_reachable(sink_must_exist)
     from dicomvec.pipeline.job_monitor import flink_cluster_problem
     problem = flink_cluster_problem(options)
     if problem:

@@ -3,7 +3,8 @@
 Graph: fileio.MatchFiles + ReadMatches → ParseReportFile → KeepFirstPerStudy (keyed state) →
 BatchForEmbedding (GroupIntoBatches, spread keys) → EmbedReportBatch (texts, same provider as
 the images) → WriteReports (upsert on StudyID through the shared sink core); every ``failed``
-output → Flatten → WriteDeadLetters.
+output → Flatten → WriteDeadLetters. Embed and write are the images job's transforms; the job
+runs through the same runner (``run.run_job``) and its counts are checked the same way.
 
 In: a command line with the same flags as ``dicomvec run`` (``--input 'files/**/s*.txt'``,
 ``--sink``, ``--provider``, ``--dead-letter``, ``--batch-size``, Beam flags). Out: a
@@ -13,36 +14,30 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.options.pipeline_options import PipelineOptions
 
+from dicomvec import counters as C
 from dicomvec.io.dead_letter import WriteDeadLetters, generation_dir
+from dicomvec.io.object_storage import check_s3_paths, match_input
 from dicomvec.io.providers import create_provider
-from dicomvec.io.stores import VectorStore
-from dicomvec.io.stores.dialects import redact_url
-from dicomvec.io.stores.tables import REPORTS
+from dicomvec.pipeline.accounting import check_accounting
+from dicomvec.pipeline.graph import stage
 from dicomvec.pipeline.local_engine import configure_local_engine
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline import preflight
-from dicomvec.pipeline.run import default_run_id, provider_stats, read_counters
+from dicomvec.pipeline.run import JobSummary, default_run_id, job_options, run_job
 from dicomvec.reports.parsing import CONTEXT_TOKENS, TOKEN_BUDGET, Report
-from dicomvec.reports.transforms import (EmbedReportBatch, KeepFirstPerStudy, ParseReportFile,
-                                        WriteReports)
-from dicomvec.transforms.embed import BatchForEmbedding, batching_shards
-from dicomvec.transforms.stage import FAILED
+from dicomvec.io.stores.tables import REPORTS
+from dicomvec.reports.transforms import (KeepFirstPerStudy, ParseReportFile, ReportInputs,
+                                        report_failure)
+from dicomvec.transforms.embed import BatchForEmbedding, EmbedBatch, batching_shards
+from dicomvec.transforms.write import WriteToStore
 
 log = logging.getLogger(__name__)
-
-
-def _stage(pcoll, label, dofn, failures):
-    outputs = pcoll | label >> beam.ParDo(dofn).with_outputs(FAILED, main="ok")
-    failures.append(outputs[FAILED])
-    return outputs.ok
 
 
 def build_reports(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str):
@@ -52,45 +47,31 @@ def build_reports(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str
              | "MatchReports" >> fileio.MatchFiles(
                  options.input, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
              | "ReadReports" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
-    parsed = _stage(files, "ParseReports", ParseReportFile(), failures)
+    parsed = stage(files, "ParseReports", ParseReportFile(), failures)
     keyed = parsed | "KeyByStudyID" >> beam.Map(
         lambda report: (report.study_id, report)).with_output_types(Tuple[str, Report])
-    reports = _stage(keyed, "KeepFirstPerStudy", KeepFirstPerStudy(), failures)
+    reports = stage(keyed, "KeepFirstPerStudy", KeepFirstPerStudy(), failures)
     batches = reports | "BatchReports" >> BatchForEmbedding(
         options.batch_size, shards=batching_shards(pipeline.options))
-    rows = _stage(batches, "EmbedReports", EmbedReportBatch(options.provider_config()), failures)
-    stored = _stage(rows, "WriteReports",
-                    WriteReports(options.sink, options.sink_schema, options.reports_table),
-                    failures)
+    rows = stage(batches, "EmbedReports", EmbedBatch(
+        options.provider_config(), inputs=ReportInputs(), names=C.REPORTS), failures)
+    stored = stage(rows, "WriteReports", WriteToStore(
+        options.sink_config(), to_row=lambda row: row, failure=report_failure, spec=REPORTS,
+        names=C.REPORTS), failures)
     (failures
      | "AllReportFailures" >> beam.Flatten()
      | "ReportDeadLetters" >> WriteDeadLetters(options.dead_letter, run_id))
     return stored
 
 
-@dataclasses.dataclass
-class ReportsSummary:
-    run_id: str
-    matched: int
+@dataclasses.dataclass(kw_only=True)
+class ReportsSummary(JobSummary):
     duplicate_studies: int
-    stored: int
     embedded: int
     text_only: int
-    dead_lettered: Dict[str, int]
-    wall_time_s: float
     rows_in_table: int
     vectors_in_table: int
     table: str
-    sink: str
-    dead_letter_dir: str
-    provider: str
-    embedding_model: str
-    semantic: bool
-    provider_stats: Dict[str, int] = dataclasses.field(default_factory=dict)
-
-    @property
-    def dead_lettered_total(self) -> int:
-        return sum(self.dead_lettered.values())
 
     def render(self) -> str:
         lines = [
@@ -100,8 +81,7 @@ class ReportsSummary:
             f"study's report; dead-lettered)",
             f"  reports stored       {self.stored}  ({self.embedded} with a text vector, "
             f"{self.text_only} text only)",
-            f"  dead-lettered        {self.dead_lettered_total}" + "".join(
-                f"\n    {stage:<18} {n}" for stage, n in self.dead_lettered.items() if n),
+            self.dead_letter_line(),
             f"  wall time            {self.wall_time_s:.1f} s",
             f"  provider             {self.provider} ({self.embedding_model})",
             f"  embedded text        IMPRESSION, else FINDINGS, else the report's tail; at most "
@@ -110,23 +90,19 @@ class ReportsSummary:
         if not self.semantic:
             lines.append("                       NOTE: this provider has no text tower: reports "
                          "were stored as text only (no vectors); use nvclip for text search")
-        for name, value in sorted(self.provider_stats.items()):
-            lines.append(f"  provider {name + ' ':<12}{value}")
-        lines += [
-            f"  rows in table        {self.rows_in_table}  ({self.table}; {self.vectors_in_table}"
-            f" with a {self.provider} vector; {self.sink})",
-            f"  dead letters         {self.dead_letter_dir}",
-        ]
-        return "\n".join(lines)
+        return "\n".join(lines + self.provider_lines() + [self.tail(
+            f"  rows in table        {self.rows_in_table}  ({self.table}; "
+            f"{self.vectors_in_table} with a {self.provider} vector; {self.sink})")])
 
 
 def run_reports(argv: List[str]) -> ReportsSummary:
-    options = PipelineOptions(argv)
-    dv = options.view_as(DicomvecOptions)
+    options, dv = job_options(argv)
     if not dv.input:
         raise preflight.NoInputFilesError("--input is required: a report file pattern such as "
                                           "'/data/mimic-cxr/files/**/s*.txt'")
     dv.input = preflight.check_job(dv)
+    check_s3_paths([dv.dead_letter], options)
+    matched = len(match_input(dv.input, options))
     configure_local_engine(options)
     run_id = dv.run_id or f"reports-{default_run_id()}"
     provider = create_provider(dv.provider_config())
@@ -134,44 +110,34 @@ def run_reports(argv: List[str]) -> ReportsSummary:
         log.warning("provider %r has no text tower: reports are stored as text only (no "
                     "vectors); use a semantic provider such as nvclip for text search",
                     provider.name)
-    with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.reports_table,
-                     spec=REPORTS) as store:
+    sink = dv.sink_config()
+    with sink.reports() as store:
         store.init_schema(provider.dimension)  # refuses a table that is not ours (exit 2)
 
-    started = time.monotonic()
-    pipeline = beam.Pipeline(options=options)
-    build_reports(pipeline, dv, run_id)
-    result = pipeline.run()
-    result.wait_until_finish()
-    wall = time.monotonic() - started
-
-    counters = read_counters(result)
-    with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.reports_table,
-                     spec=REPORTS) as store:
+    job = run_job(options, run_id, lambda pipeline: build_reports(pipeline, dv, run_id),
+                  names=C.REPORTS)
+    counters = job.counters
+    with sink.reports() as store:
         rows = store.count()
         with_vectors = store.count(provider.name)
+    dead_letter_dir = generation_dir(dv.dead_letter, run_id)
     return ReportsSummary(
         run_id=run_id,
-        matched=counters.get("reports_matched", 0),
-        duplicate_studies=counters.get("reports_duplicate_study", 0),
-        stored=counters.get("reports_write_ok", 0),
-        embedded=counters.get("reports_embed_ok", 0),
-        text_only=counters.get("reports_text_only", 0),
-        dead_lettered={
-            "read": counters.get("reports_read_failed", 0),
-            "decode": counters.get("reports_parse_failed", 0)
-            + counters.get("reports_duplicate_study", 0),
-            "embed": counters.get("reports_embed_failed", 0),
-            "write": counters.get("reports_write_failed", 0),
-        },
-        wall_time_s=wall,
+        matched=counters.get(C.REPORTS.matched, 0),
+        duplicate_studies=counters.get(C.REPORTS_DUPLICATE_STUDY, 0),
+        stored=counters.get(C.REPORTS.stored, 0),
+        embedded=counters.get(C.REPORTS.ok("embed"), 0),
+        text_only=counters.get(C.REPORTS_TEXT_ONLY, 0),
+        dead_lettered=C.REPORTS.dead_lettered(counters),
+        wall_time_s=job.wall_time_s,
         rows_in_table=rows,
         vectors_in_table=with_vectors,
         table=dv.reports_table,
-        sink=redact_url(dv.sink),
-        dead_letter_dir=generation_dir(dv.dead_letter, run_id),
+        sink=sink.redacted,
+        dead_letter_dir=dead_letter_dir,
         provider=provider.name,
         embedding_model=provider.model,
         semantic=provider.semantic,
-        provider_stats=provider_stats(counters),
+        provider_stats=C.REPORTS.provider_stats(counters),
+        accounting=check_accounting(matched, counters, dead_letter_dir, names=C.REPORTS),
     )

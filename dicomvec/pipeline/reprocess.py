@@ -62,6 +62,10 @@ class ReprocessReport:
     still_failing: Dict[Tuple[str, str], int]
     run: RunSummary
 
+    @property
+    def exit_status(self) -> int:
+        return self.run.exit_status
+
     def render(self) -> str:
         header = self.run.render().replace("dicomvec run ", "dicomvec reprocess ", 1)
         lines = [header, "", f"reprocessed {self.selected} files: {self.fixed} fixed, "

@@ -1,64 +1,58 @@
-"""Driver for ``dicomvec run``: parse options, check the input and the sink, run the graph,
-read the Beam counters back and print the end-of-run summary.
+"""The job runner (``run_job``: one for ``dicomvec run``, ``reports`` and ``reprocess``) and the
+driver of ``dicomvec run``: parse options, check the input and the sink, run the graph, read
+the Beam counters back and print the end-of-run summary.
 
 In: a command line (dicomvec flags plus any Beam flag). Out: a ``RunSummary`` (also printed).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as _dt
 import logging
 import time
 import uuid
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   StandardOptions)
 
+from dicomvec import counters as C
 from dicomvec.io.dead_letter import generation_dir
 from dicomvec.io.listing import paths_the_listing_skips
 from dicomvec.io.object_storage import check_s3_paths, match_input, worker_environment
 from dicomvec.io.providers import create_provider
-from dicomvec.io.stores import VectorStore
-from dicomvec.io.stores.dialects import redact_url
+from dicomvec.io.stores import SinkConfig
 from dicomvec.pipeline.accounting import (EXIT_ACCOUNTING_MISMATCH, Accounting,
                                           check_accounting)
-from dicomvec.pipeline.job_monitor import JobMonitor, in_flight  # noqa: F401  (re-exported)
-from dicomvec.pipeline.job_monitor import beam_counters as read_counters
+from dicomvec.pipeline.job_monitor import JobMonitor
 from dicomvec.pipeline.local_engine import configure_local_engine
 from dicomvec.pipeline.graph import build_ingest
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline import preflight
 from dicomvec.pipeline.preflight import NoInputFilesError  # noqa: F401 (re-exported)
-from dicomvec.record import STAGES
-from dicomvec.transforms.identify import NOT_DICOM_IGNORED
 
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(kw_only=True)
+class JobSummary:
+    """What every job's summary says: files matched, rows stored, dead letters by stage, wall
+    time, provider, where the rows and dead letters are, and whether the counts add up."""
 
-
-@dataclasses.dataclass
-class RunSummary:
     run_id: str
     matched: int
-    duplicate_files: int
-    skipped_existing: int
     stored: int
     dead_lettered: Dict[str, int]
     wall_time_s: float
-    rows_in_store: int
     sink: str
     dead_letter_dir: str
     provider: str
     embedding_model: str
     semantic: bool
-    provider_stats: Dict[str, int]
-    cost_line: str = ""
-    #: files a folder input skipped as plainly not DICOM; None: the input was not a folder
-    not_dicom_ignored: Optional[int] = None
+    provider_stats: Dict[str, int] = dataclasses.field(default_factory=dict)
     accounting: Optional[Accounting] = None  # do the counts add up? (pipeline/accounting.py)
 
     @property
@@ -68,9 +62,33 @@ class RunSummary:
     @property
     def exit_status(self) -> int:
         """0, or 3 when not every matched path is accounted for (see pipeline/accounting.py)."""
-        if self.accounting is not None and not self.accounting.holds:
-            return EXIT_ACCOUNTING_MISMATCH
-        return 0
+        holds = self.accounting is None or self.accounting.holds
+        return 0 if holds else EXIT_ACCOUNTING_MISMATCH
+
+    def dead_letter_line(self) -> str:
+        return f"  dead-lettered        {self.dead_lettered_total}" + "".join(
+            f"\n    {stage:<18} {n}" for stage, n in self.dead_lettered.items() if n)
+
+    def provider_lines(self) -> List[str]:
+        return [f"  provider {name + ' ':<12}{value}"
+                for name, value in sorted(self.provider_stats.items())]
+
+    def tail(self, rows_line: str) -> str:
+        """``rows_line``, the dead-letter folder and the accounting line."""
+        lines = [rows_line, f"  dead letters         {self.dead_letter_dir}"]
+        if self.accounting is not None:
+            lines.append(self.accounting.render())
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(kw_only=True)
+class RunSummary(JobSummary):
+    duplicate_files: int
+    skipped_existing: int
+    rows_in_store: int
+    cost_line: str = ""
+    #: files a folder input skipped as plainly not DICOM; None: the input was not a folder
+    not_dicom_ignored: Optional[int] = None
 
     @property
     def images_per_s(self) -> float:
@@ -90,33 +108,16 @@ class RunSummary:
             lines.append(f"  not DICOM, ignored   {self.not_dicom_ignored}  (files in the "
                          f"--input folder that are plainly not DICOM: .txt, .csv, .gz, …)")
         lines += [
-            f"  dead-lettered        {self.dead_lettered_total}" + "".join(
-                f"\n    {stage:<18} {n}" for stage, n in self.dead_lettered.items() if n),
+            self.dead_letter_line(),
             f"  wall time            {self.wall_time_s:.1f} s  ({self.images_per_s:.2f} images/s)",
             f"  provider             {self.provider} ({self.embedding_model})",
         ]
         if not self.semantic:
             lines.append("                       NOTE: non-semantic descriptor, not CLIP: "
                          "image-to-image and dry runs only")
-        if self.cost_line:
-            lines.append(f"  {self.cost_line}")
-        else:
-            for name, value in sorted(self.provider_stats.items()):
-                lines.append(f"  provider {name + ' ':<12}{value}")
-        lines += [
-            f"  rows in store        "
-            f"{self.rows_in_store if self.rows_in_store >= 0 else 'unknown (unreachable)'}"
-            f"  ({self.sink})",
-            f"  dead letters         {self.dead_letter_dir}",
-        ]
-        if self.accounting is not None:
-            lines.append(self.accounting.render())
-        return "\n".join(lines)
-
-
-def provider_stats(counters: Dict[str, int]) -> Dict[str, int]:
-    """The provider's own counters (requests, retries, ...) from the ``provider_*`` counters."""
-    return {k[len("provider_"):]: v for k, v in counters.items() if k.startswith("provider_")}
+        lines += [f"  {self.cost_line}"] if self.cost_line else self.provider_lines()
+        rows = self.rows_in_store if self.rows_in_store >= 0 else "unknown (unreachable)"
+        return "\n".join(lines + [self.tail(f"  rows in store        {rows}  ({self.sink})")])
 
 
 def list_input(pattern: Optional[str],
@@ -134,20 +135,14 @@ def list_input(pattern: Optional[str],
     return listed, skipped
 
 
-def check_input(pattern: Optional[str]) -> int:
-    """Number of files ``pattern`` matches; raises NoInputFilesError for none."""
-    return sum(map(len, list_input(pattern)))
-
-
-def rows_in_store(dv: DicomvecOptions, provider_name: str) -> int:
+def rows_in_store(sink: SinkConfig, provider_name: str) -> int:
     """Rows now stored for the provider; -1 when the sink cannot be reached any more (the
     summary must still be printed: the dead letters say what was not written)."""
     try:
-        with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table,
-                         max_attempts=2) as store:
+        with sink.images(max_attempts=2) as store:
             return store.count(provider_name)
     except Exception as exc:  # noqa: BLE001 - a summary, not a reason to lose the run's report
-        log.error("cannot count the rows in %s after the run: %s: %s", redact_url(dv.sink),
+        log.error("cannot count the rows in %s after the run: %s: %s", sink.redacted,
                   type(exc).__name__, str(exc).strip()[:200])
         return -1
 
@@ -156,11 +151,42 @@ def default_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+def job_options(argv: List[str]) -> Tuple[PipelineOptions, DicomvecOptions]:
+    """The job's options, with Beam's filesystems set up (s3:// needs Beam's S3 options before
+    the graph exists)."""
+    options = PipelineOptions(argv)
+    FileSystems.set_options(options)
+    return options, options.view_as(DicomvecOptions)
+
+
+#: how a job ended: its counters, wall time and the signal that stopped a stream ("" if none)
+JobRun = collections.namedtuple("JobRun", "counters wall_time_s stopped_by")
+
+
+def run_job(options: PipelineOptions, run_id: str, build: Callable[[beam.Pipeline], object],
+            streaming: bool = False, names: C.JobCounters = C.IMAGES) -> JobRun:
+    """Build (``build(pipeline)``), submit and watch one job until it ends: on the local
+    engine with the worker environment (S3 options for local worker processes), on Flink with
+    live counters and a real cancel on SIGINT/SIGTERM (``JobMonitor``). ``options``: already
+    through ``configure_local_engine``."""
+    dv = options.view_as(DicomvecOptions)
+    # a name unique to this run: on Flink the monitor finds, watches and cancels the job by it
+    job = options.view_as(GoogleCloudOptions)
+    job.job_name = job.job_name or f"dicomvec-{run_id}-{uuid.uuid4().hex[:8]}".lower()
+    started = time.monotonic()
+    submitted_ms = int(time.time() * 1000)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline)
+    with worker_environment(options):  # S3 options for local worker processes
+        result = pipeline.run()
+        monitor = JobMonitor(result, options, job.job_name, submitted_ms, names=names)
+        counters = monitor.watch(streaming, dv.stop_after_idle, dv.dead_letter_frequency)
+    return JobRun(counters, time.monotonic() - started, monitor.stopped_by)
+
+
 def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary:
     """Run the job over ``--input`` (or over exactly ``paths``, for reprocessing)."""
-    options = PipelineOptions(argv)
-    dv = options.view_as(DicomvecOptions)
-    FileSystems.set_options(options)  # s3:// needs Beam's S3 options before the graph exists
+    options, dv = job_options(argv)
     streaming = options.view_as(StandardOptions).streaming and paths is None
     # matches are counted by list_input below (it also finds what Beam's listing skips)
     given = dv.input
@@ -196,43 +222,32 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     if not provider.semantic:
         log.warning("provider %r is a NON-SEMANTIC descriptor (%s), not CLIP: use it for dry "
                     "runs and image-to-image lookups only", provider.name, provider.model)
-    with VectorStore(dv.sink, schema=dv.sink_schema, table=dv.sink_table) as store:
+    sink = dv.sink_config()
+    with sink.images() as store:
         store.init_schema(provider.dimension)
 
-    # a name unique to this run: on Flink the monitor finds, watches and cancels the job by it
-    job = options.view_as(GoogleCloudOptions)
-    job.job_name = job.job_name or f"dicomvec-{run_id}-{uuid.uuid4().hex[:8]}".lower()
-    started = time.monotonic()
-    submitted_ms = int(time.time() * 1000)
-    pipeline = beam.Pipeline(options=options)
-    build_ingest(pipeline, dv, run_id, paths=paths, streaming=streaming, unreadable=unreadable,
-                 ignore_non_dicom=folder_input)
-    with worker_environment(options):  # S3 options for local worker processes
-        result = pipeline.run()
-        monitor = JobMonitor(result, options, job.job_name, submitted_ms)
-        counters = monitor.watch(streaming, dv.stop_after_idle, dv.dead_letter_frequency)
-    wall = time.monotonic() - started
-
-    rows = rows_in_store(dv, provider.name)
+    job = run_job(options, run_id, lambda pipeline: build_ingest(
+        pipeline, dv, run_id, paths=paths, streaming=streaming, unreadable=unreadable,
+        ignore_non_dicom=folder_input), streaming)
+    counters = job.counters
     summary = RunSummary(
         run_id=run_id,
-        matched=counters.get("matched", 0),
-        duplicate_files=counters.get("duplicate_files", 0),
-        skipped_existing=counters.get("skipped_existing", 0),
-        stored=counters.get("write_ok", 0),
-        dead_lettered={stage: counters.get(f"{stage}_failed", 0) for stage in STAGES},
-        wall_time_s=wall,
-        rows_in_store=rows,
-        sink=redact_url(dv.sink),
+        matched=counters.get(C.MATCHED, 0),
+        duplicate_files=counters.get(C.DUPLICATE_FILES, 0),
+        skipped_existing=counters.get(C.ALREADY_STORED, 0),
+        stored=counters.get(C.STORED, 0),
+        dead_lettered=C.IMAGES.dead_lettered(counters),
+        wall_time_s=job.wall_time_s,
+        rows_in_store=rows_in_store(sink, provider.name),
+        sink=sink.redacted,
         dead_letter_dir=generation_dir(dv.dead_letter, run_id),
         provider=provider.name,
         embedding_model=provider.model,
         semantic=provider.semantic,
-        provider_stats=provider_stats(counters),
-        not_dicom_ignored=counters.get(NOT_DICOM_IGNORED, 0) if folder_input else None,
+        provider_stats=C.IMAGES.provider_stats(counters),
+        not_dicom_ignored=counters.get(C.NOT_DICOM_IGNORED, 0) if folder_input else None,
     )
-    if hasattr(provider, "cost_line"):
-        summary.cost_line = provider.cost_line(summary.provider_stats)
+    summary.cost_line = provider.cost_line(summary.provider_stats)
     summary.accounting = check_accounting(expected, counters, summary.dead_letter_dir,
-                                          stopped_by=monitor.stopped_by)
+                                          stopped_by=job.stopped_by)
     return summary

@@ -12,7 +12,9 @@ import logging
 import os
 import sys
 
-from dicomvec.cli import LOG_FORMAT, LOG_LEVELS_ENV
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: "<dicomvec level>,<library level>" for the worker processes; the CLI sets it
+LOG_LEVELS_ENV = "DICOMVEC_LOG_LEVELS"
 
 
 class _LevelByOrigin(logging.Filter):

@@ -29,9 +29,11 @@ import dataclasses
 import re
 from typing import Dict, List, Optional, Tuple
 
+from dicomvec.defaults import CLIP_CONTEXT_TOKENS
+
 #: CLIP's context is 77 tokens including <start> and <end>. ``estimate_tokens`` over-counts
 #: (about one token per 4 letters; real BPE needs one per common word), which is the margin.
-CONTEXT_TOKENS = 77
+CONTEXT_TOKENS = CLIP_CONTEXT_TOKENS
 TOKEN_BUDGET = CONTEXT_TOKENS - 2
 
 _MIMIC_REPORT_PATH = re.compile(r"(?:^|/)p(?P<subject>\d+)/s(?P<study>\d+)\.txt$", re.IGNORECASE)

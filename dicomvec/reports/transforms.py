@@ -4,12 +4,13 @@
   ``read``; no MIMIC identity in the path or no text → Failure stage ``decode``.
 - ``KeepFirstPerStudy``: one report per StudyID; another file with the same StudyID → Failure
   stage ``decode``.
-- ``EmbedReportBatch``: list[Report] → list[ReportRow] with text vectors (one provider call per
-  batch); a text the provider refuses → Failure stage ``embed``. A provider without a text tower
-  (``thumbnail``) gives text-only rows (Vector NULL), so ``--with-reports`` and the images
-  table's foreign key still work; such rows are counted as ``reports_text_only``.
-- ``WriteReports``: list[ReportRow] → number stored; rows the database refuses → Failure stage
-  ``write``.
+- ``ReportInputs``: what the images' ``EmbedBatch`` embeds here: list[Report] →
+  list[ReportRow] with text vectors (one provider call per batch); a text the provider refuses →
+  Failure stage ``embed``. A provider without a text tower (``thumbnail``) gives text-only rows
+  (Vector NULL), so ``--with-reports`` and the images table's foreign key still work; such rows
+  are counted as ``reports_text_only``.
+- ``report_failure``: the dead letter of a row the images' ``WriteToStore`` could not write
+  into the reports table (stage ``write``).
 
 Dead-letter rows use the report's StudyID in the ``image_id`` column.
 """
@@ -23,12 +24,13 @@ import apache_beam as beam
 from apache_beam.coders import StrUtf8Coder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from dicomvec.io.providers import FatalProviderError, ProviderConfig, TextNotSupportedError
-from dicomvec.io.stores import VectorStore
-from dicomvec.io.stores.tables import REPORTS, ReportRow
+from dicomvec import counters as C
+from dicomvec.io.providers import TextNotSupportedError
+from dicomvec.io.providers.base import finished_future
+from dicomvec.io.stores.tables import ReportRow
 from dicomvec.record import Failure
 from dicomvec.reports.parsing import Report, ReportParseError, parse_report, parse_report_path
-from dicomvec.transforms.provider_dofn import ProviderDoFn
+from dicomvec.transforms.embed import ImageInputs
 from dicomvec.transforms.stage import FAILED, counter
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,10 @@ class ParseReportFile(beam.DoFn):
 
     def __init__(self):
         super().__init__()
-        self.matched = counter("reports_matched")
-        self.parsed = counter("reports_parsed")
-        self.read_failed = counter("reports_read_failed")
-        self.parse_failed = counter("reports_parse_failed")
+        self.matched = counter(C.REPORTS.matched)
+        self.parsed = counter(C.REPORTS_PARSED)
+        self.read_failed = counter(C.REPORTS.failed("read"))
+        self.parse_failed = counter(C.REPORTS_PARSE_FAILED)
 
     def process(self, readable_file):
         path = readable_file.metadata.path
@@ -86,7 +88,7 @@ class KeepFirstPerStudy(beam.DoFn):
 
     def __init__(self):
         super().__init__()
-        self.duplicates = counter("reports_duplicate_study")
+        self.duplicates = counter(C.REPORTS_DUPLICATE_STUDY)
 
     def process(self, element, first_path=beam.DoFn.StateParam(FIRST_PATH)):
         study_id, report = element
@@ -109,74 +111,35 @@ def text_only_row(report: Report) -> ReportRow:
                      Vector=None, EmbeddingModel=None, Provider=None)
 
 
-class EmbedReportBatch(ProviderDoFn):
-    """In: list[Report]. Out: list[ReportRow] (one per batch), ``Failure`` per refused text."""
+class ReportInputs(ImageInputs):
+    """What ``EmbedBatch`` embeds for the reports job: ``Report`` → its embedded text; out a
+    ``ReportRow`` with the text's vector. A provider without a text tower gives the whole batch
+    as text-only rows (counted as ``reports_text_only``)."""
 
-    def __init__(self, provider_config: ProviderConfig):
-        super().__init__(provider_config)
-        self.embedded = counter("reports_embed_ok")
-        self.text_only = counter("reports_text_only")
-        self.failed = counter("reports_embed_failed")
+    def __init__(self):
+        self.text_only = counter(C.REPORTS_TEXT_ONLY)
 
-    def process(self, batch: List[Report]):
-        try:
-            results = self.provider.embed_texts([report.embedded_text for report in batch])
-        except TextNotSupportedError:
-            self.text_only.inc(len(batch))
-            yield [text_only_row(report) for report in batch]
-            return
-        except FatalProviderError:
-            raise
-        except Exception as exc:  # a provider bug must not lose the batch
-            log.exception("provider %s raised for a batch of %d reports", self.provider.name,
-                          len(batch))
-            for report in batch:
-                self.failed.inc()
-                yield beam.pvalue.TaggedOutput(FAILED, _failure(report.path, "embed", exc,
-                                                                retryable=True))
-            return
-        rows = []
-        for report, result in zip(batch, results):
-            if result.ok:
-                rows.append(dataclasses.replace(
-                    text_only_row(report), Vector=result.vector,
-                    EmbeddingModel=self.provider.model, Provider=self.provider.name))
-            else:
-                self.failed.inc()
-                yield beam.pvalue.TaggedOutput(
-                    FAILED, Failure.from_result(report.path, report.study_id, "embed", result))
-        self.embedded.inc(len(rows))
-        self.report_stats()
-        if rows:
-            yield rows
+    def identity(self, report: Report):
+        return report.path, report.study_id
+
+    def submit(self, provider, batch: List[Report]):
+        texts = [report.embedded_text for report in batch]
+        return finished_future(lambda: provider.embed_texts(texts))
+
+    def embedded(self, provider, report: Report, vector) -> ReportRow:
+        return dataclasses.replace(text_only_row(report), Vector=vector,
+                                   EmbeddingModel=provider.model, Provider=provider.name)
+
+    def unsupported(self, batch: List[Report], exc: BaseException) -> Optional[list]:
+        if not isinstance(exc, TextNotSupportedError):
+            return None
+        self.text_only.inc(len(batch))
+        return [text_only_row(report) for report in batch]
 
 
-class WriteReports(beam.DoFn):
-    """In: list[ReportRow]. Out: rows stored (int); ``Failure`` per row the database refused."""
+def report_failure(row: ReportRow, stage: str, exc: BaseException,
+                   retryable: bool = False) -> Failure:
+    """The dead letter of a row the database refused."""
+    return _failure(row.ReportPath, stage, exc, retryable=retryable)
 
-    def __init__(self, sink_url: str, schema: str, table: Optional[str] = None):
-        super().__init__()
-        self.sink_url = sink_url
-        self.schema = schema
-        self.table = table
-        self.store = None
-        self.stored = counter("reports_write_ok")
-        self.failed = counter("reports_write_failed")
 
-    def setup(self):
-        self.store = VectorStore(self.sink_url, schema=self.schema, table=self.table,
-                                 spec=REPORTS).open()
-
-    def teardown(self):
-        if self.store is not None:
-            self.store.close()
-
-    def process(self, batch: List[ReportRow]):
-        by_study = {row.StudyID: row for row in batch}
-        failed = self.store.upsert(list(by_study.values()))
-        for row, exc in failed:
-            self.failed.inc()
-            yield beam.pvalue.TaggedOutput(FAILED, _failure(
-                row.ReportPath, "write", exc, retryable=self.store.dialect.is_transient(exc)))
-        self.stored.inc(len(by_study) - len(failed))
-        yield len(by_study) - len(failed)

@@ -16,6 +16,7 @@ from typing import List, Sequence, Tuple
 
 from PIL import Image, ImageDraw, ImageFont
 
+from dicomvec.defaults import CONTACT_SHEET_COLUMNS, NORMALIZATION
 from dicomvec.search.engine import ImageResult, SearchResult
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ def _split_id(draw: ImageDraw.ImageDraw, image_id: str, font, width: int) -> Lis
     return [image_id[:cut + 1], image_id[cut + 1:]]
 
 
-def render(result: SearchResult, columns: int = 5, normalization: str = "standard",
+def render(result: SearchResult, columns: int = CONTACT_SHEET_COLUMNS,
+           normalization: str = NORMALIZATION,
            thumbnails: Sequence[Image.Image] | None = None) -> Image.Image:
     """The sheet as a PIL image (``thumbnails`` overrides loading, for tests)."""
     items: List[ImageResult] = [r for r in result.results if isinstance(r, ImageResult)]
@@ -109,7 +111,7 @@ def render(result: SearchResult, columns: int = 5, normalization: str = "standar
 
 
 def write_contact_sheet(result: SearchResult, path: str, columns: int = 5,
-                        normalization: str = "standard") -> Tuple[int, int]:
+                        normalization: str = NORMALIZATION) -> Tuple[int, int]:
     """Render and save as PNG; returns the (width, height) written."""
     sheet = render(result, columns, normalization)
     sheet.save(path, format="PNG", optimize=True)

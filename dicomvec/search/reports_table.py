@@ -12,10 +12,10 @@ module never writes and never assumes dicomvec's columns:
 * ``vector_column(store, table, expected)`` → ``VectorColumn``: how the vectors are stored and
   their length, found before any search, so a query of another length is refused up front.
 * ``nearest_reports(store, table, column, query, n)`` → ``[ReportHit]`` best first: in the
-  database where it has vector functions (pgvector ``vector``/``halfvec`` ``<=>``; IRIS
-  ``VECTOR_COSINE``, with ``TO_VECTOR(column, ...)`` for vectors kept as text), else an exact
-  cosine scan in numpy over the rows streamed in chunks (SQLite; PostgreSQL arrays, JSON text,
-  bytea).
+  database where its dialect can search the column (``Dialect.searchable_vector``: pgvector
+  ``vector``/``halfvec`` ``<=>``; IRIS ``VECTOR_COSINE``, with ``TO_VECTOR(column, ...)`` for
+  vectors kept as text), else an exact cosine scan in numpy over the rows streamed in chunks
+  (SQLite; PostgreSQL arrays, JSON text, bytea).
 
 Stored vector forms read: see ``dicomvec.io.stores.vectors.decode_vector``.
 
@@ -33,8 +33,8 @@ import numpy as np
 
 from dicomvec.errors import UserError
 from dicomvec.io.stores.dialects import redact_url, validate_k
-from dicomvec.io.stores.tables import REPORTS, ReportHit
-from dicomvec.io.stores.vectors import decode_vector, vector_text
+from dicomvec.io.stores.tables import REPORTS, ReportHit, VectorColumn
+from dicomvec.io.stores.vectors import decode_vector
 
 #: ViewPosition order among images of one study (same report score): frontal first
 VIEW_ORDER = ("PA", "AP", "LATERAL", "LL")
@@ -123,7 +123,7 @@ def inspect_reports(store) -> ReportsTable:
     def action(conn):
         names = dialect.find_table(conn)
         return names, names and dialect.describe_table(conn, names, dimension=False)
-    names, shape = store._read(action, "reports catalog")
+    names, shape = store.read(action, "reports catalog")
     if not shape:
         raise UserError(f"no reports table {dialect.qualified_table} at "
                         f"{redact_url(store.url)} (give its name with --reports-table / "
@@ -159,17 +159,6 @@ def lookup_reports(store, table: ReportsTable, studies: Iterable[str]) -> Dict[s
 
 
 # -- vectors ----------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class VectorColumn:
-    """How a reports table keeps its vectors: ``kind`` decides where the search runs."""
-
-    name: str  # SQL-rendered column
-    kind: str  # pgvector | halfvec | iris-vector | iris-text | scan
-    dimension: int
-    storage: str  # for messages and docs, e.g. "pgvector vector(3072)"
-    iris_type: str = "DOUBLE"
-
-
 def _sample(store, table: ReportsTable, column: str, expression: str = "{}"):
     """``expression`` of one stored vector of ``column`` (None: the table has none)."""
     sql = store.dialect.sample_vectors_sql(expression.format(column), column, table.qualified, 1)
@@ -183,28 +172,18 @@ def vector_column(store, table: ReportsTable, expected: Optional[int] = None) ->
         raise UserError(f"the reports table {table.qualified} has no Vector column to search")
     column = table.column("Vector")
     declared = table.declared_type("Vector")
-    dialect = store.dialect.name
-    if dialect == "postgresql" and declared in ("vector", "halfvec"):
-        dimension = _sample(store, table, column, "vector_dims({})")
-        if dimension is None:
-            raise UserError(f"the reports table {table.qualified} has no vectors")
-        dimension = int(dimension)
-        return VectorColumn(column, "pgvector" if declared == "vector" else "halfvec",
-                            dimension, f"pgvector {declared}({dimension})")
-    value = _sample(store, table, column)
+    length_sql = store.dialect.stored_length_sql(declared)
+    value = _sample(store, table, column, length_sql or "{}")
     if value is None:
         raise UserError(f"the reports table {table.qualified} has no vectors")
     try:
-        dimension = int(decode_vector(value, expected).shape[0])
+        dimension = int(value) if length_sql else int(decode_vector(value, expected).shape[0])
     except (ValueError, TypeError) as exc:
         raise UserError(f"cannot read the vectors of {table.qualified}.{column} "
                         f"({declared or type(value).__name__}): {exc}") from None
-    if dialect == "iris":
-        # INFORMATION_SCHEMA may call a VECTOR column VARCHAR, so the type is not trusted:
-        # ``nearest_reports`` tries it as a VECTOR and falls back to TO_VECTOR(column)
-        iris_type = "FLOAT" if "float" in declared else "DOUBLE"
-        return VectorColumn(column, "iris-vector", dimension,
-                            f"IRIS {declared or 'VECTOR'} of {dimension} values", iris_type)
+    native = store.dialect.searchable_vector(column, declared, dimension)
+    if native is not None:
+        return native
     if isinstance(value, (bytes, bytearray, memoryview)):
         width = 8 if expected and len(bytes(value)) == 8 * expected else 4
         storage = f"{declared or 'BLOB'} of {dimension} float{width * 8} values"
@@ -216,28 +195,6 @@ def vector_column(store, table: ReportsTable, expected: Optional[int] = None) ->
     return VectorColumn(column, "scan", dimension, storage)
 
 
-def nearest_reports_sql(table: ReportsTable, column: VectorColumn, query: np.ndarray,
-                        n: int) -> Optional[Tuple[str, list]]:
-    """The database-side search (ReportHit fields + score, best first, at most ``n``) for
-    vector-typed columns; None when the vectors must be scanned in numpy."""
-    select = table.select_list()
-    where = f" WHERE {column.name} IS NOT NULL"
-    if column.kind in ("pgvector", "halfvec"):
-        cast = "vector" if column.kind == "pgvector" else "halfvec"
-        literal = "[" + vector_text(query) + "]"
-        return (f"SELECT {select}, 1 - ({column.name} <=> %s::{cast}) AS score FROM "
-                f"{table.qualified}{where} ORDER BY {column.name} <=> %s::{cast} "
-                f"LIMIT {validate_k(n)}", [literal, literal])
-    if column.kind in ("iris-vector", "iris-text"):
-        bound = f"TO_VECTOR(?, {column.iris_type}, {column.dimension})"
-        stored = column.name if column.kind == "iris-vector" else \
-            f"TO_VECTOR({column.name}, {column.iris_type}, {column.dimension})"
-        return (f"SELECT TOP {validate_k(n)} {select}, VECTOR_COSINE({stored}, {bound}) AS "
-                f"score FROM {table.qualified}{where} ORDER BY score DESC",
-                [vector_text(query)])
-    return None
-
-
 def nearest_reports(store, table: ReportsTable, column: VectorColumn, query: np.ndarray,
                     n: int) -> Tuple[List[ReportHit], int]:
     """The ``n`` reports most cosine-similar to ``query``, best first, and how many stored
@@ -247,17 +204,19 @@ def nearest_reports(store, table: ReportsTable, column: VectorColumn, query: np.
     if query.shape[0] != column.dimension:
         raise UserError(f"the query vector has {query.shape[0]} dimensions, "
                         f"{table.qualified}.{column.name} holds {column.dimension}")
-    statement = nearest_reports_sql(table, column, query, n)
-    if statement is None:
+    if column.kind == "scan":
         return _scan(store, table, column, query, n)
+    dialect = store.dialect
+    select = table.select_list()
     try:
-        rows = store.query(*statement, "nearest reports")
+        rows = store.query(*dialect.foreign_nearest_sql(select, table.qualified, column, query,
+                                                        n), "nearest reports")
     except Exception as exc:
-        if column.kind != "iris-vector" or store.dialect.is_transient(exc):
+        fallback = dialect.foreign_search_fallback(column)
+        if fallback is None or store.is_transient(exc):
             raise
-        # vectors kept as text of numbers: convert them in the query
-        text = dataclasses.replace(column, kind="iris-text")
-        rows = store.query(*nearest_reports_sql(table, text, query, n), "nearest reports")
+        rows = store.query(*dialect.foreign_nearest_sql(select, table.qualified, fallback,
+                                                        query, n), "nearest reports")
     return [table.hit(row[:-1], float(row[-1])) for row in rows], 0
 
 
@@ -269,8 +228,7 @@ def _scan(store, table: ReportsTable, column: VectorColumn, query: np.ndarray,
            f"WHERE {column.name} IS NOT NULL")
 
     def action(conn):
-        named = store.dialect.name == "postgresql"  # server-side cursor: rows stream
-        cur = conn.cursor(name="dicomvec_reports_scan") if named else conn.cursor()
+        cur = store.dialect.streaming_cursor(conn, "dicomvec_reports_scan")
         cur.execute(sql)
         best: List[Tuple[float, Tuple[int, ...], int, tuple]] = []
         skipped = seen = 0
@@ -298,7 +256,7 @@ def _scan(store, table: ReportsTable, column: VectorColumn, query: np.ndarray,
                     heapq.heapreplace(best, item)
         cur.close()
         return best, skipped
-    best, skipped = store._read(action, "reports scan")
+    best, skipped = store.read(action, "reports scan")
     ordered = sorted(best, reverse=True)
     return [table.hit(row, score) for score, _, _, row in ordered], skipped
 

@@ -16,7 +16,6 @@ Nothing here writes: every statement is a SELECT.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -27,6 +26,7 @@ from dicomvec.io.stores.dialects import redact_url, validate_identifier
 from dicomvec.io.stores.tables import REPORTS, ReportHit
 from dicomvec.search.reports_table import (canonical_id, inspect_reports, lookup_reports,
                                            nearest_reports, vector_column, view_rank)
+from dicomvec.search.results import ImageResult, ReportResult, SearchResult
 
 #: reports fetched per image wanted at first; grown ×4 while studies lack images
 MAX_REPORTS = 20_000
@@ -36,13 +36,13 @@ def open_reports(options, table: Optional[str] = None, schema: Optional[str] = N
                  ) -> VectorStore:
     """A (read) store on the reports table ``schema.table`` (defaults: the sink schema and
     ``MIMICCXRReports``)."""
-    name = table or getattr(options, "reports_table", None) or REPORTS.table
+    name = table or options.reports_table
     spec = REPORTS if name == REPORTS.table else \
         dataclasses.replace(REPORTS, table=validate_identifier(name))
-    store = VectorStore(options.sink, schema=schema or options.sink_schema, spec=spec)
-    path = getattr(store.dialect, "path", None)  # SQLite: reading must not create the file
-    if path is not None and not os.path.exists(path):
-        raise UserError(f"no SQLite database at {path} (check --sink)")
+    store = options.sink_config().reports(table=name, schema=schema, spec=spec)
+    missing = store.dialect.missing_database()  # reading must not create the database
+    if missing:
+        raise UserError(missing)
     return store
 
 
@@ -56,8 +56,7 @@ def images_of_studies(options, studies: Sequence[str], view: Optional[str]) -> L
     """dicomvec's image rows of ``studies`` (all providers, one row per ImageID)."""
     studies = list(dict.fromkeys(canonical_id("StudyID", s) for s in studies if s))
     found: Dict[str, Hit] = {}
-    with VectorStore(options.sink, schema=options.sink_schema,
-                     table=options.sink_table) as store:
+    with options.sink_config().images() as store:
         dialect = store.dialect
         for start in range(0, len(studies), 500):
             chunk = studies[start:start + 500]
@@ -99,7 +98,6 @@ def rank_images(reports: Sequence[ReportHit], images: Sequence[Hit]
 def search_via_reports(request, options, settings):
     """``--via-reports``: see the module docstring. ``settings``: ``OpenAISettings``."""
     from dicomvec.io.providers.openai_client import OpenAITextEmbedder, api_key
-    from dicomvec.search.engine import ReportResult, SearchResult
 
     api_key(settings.model)  # a missing key is said before any database is opened
     with open_reports(options, request.reports_table, request.reports_schema) as store:
@@ -137,7 +135,6 @@ def search_via_reports(request, options, settings):
 
 
 def _images_for(request, options, store, table, column, query: np.ndarray):
-    from dicomvec.search.engine import ImageResult
     wanted = request.k
     while True:
         reports, skipped = nearest_reports(store, table, column, query, wanted)
@@ -155,7 +152,6 @@ def _images_for(request, options, store, table, column, query: np.ndarray):
 def reports_via_images(request, hits: Sequence[Hit], options):
     """Reports of the studies of ``hits`` (image hits, best first), each scored by its best
     image; at most ``request.k``."""
-    from dicomvec.search.engine import ReportResult
     best: Dict[str, float] = {}
     for hit in hits:
         best.setdefault(canonical_id("StudyID", hit.StudyID), float(hit.score))

@@ -26,6 +26,7 @@ import apache_beam as beam
 from apache_beam.coders import StrUtf8Coder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
+from dicomvec import counters as C
 from dicomvec.record import Failure, ImageRecord
 from dicomvec.transforms.stage import counter
 
@@ -80,7 +81,7 @@ class KeepFirstPerImageID(beam.DoFn):
 
     def __init__(self):
         super().__init__()
-        self.duplicates = counter("duplicate_files")
+        self.duplicates = counter(C.DUPLICATE_FILES)
 
     def process(self, element, first_path=beam.DoFn.StateParam(FIRST_PATH)):
         image_id, record = element

@@ -6,7 +6,7 @@ step) and everything fused after it (embed, write) run on ``shards`` parallel wo
 would put every batch on one Flink subtask. ``batching_shards`` takes ``shards`` from the
 runner's parallelism. ``EmbedBatch``: list[ImageRecord] → list[ImageRecord] with vectors (main output,
 one element per batch, for the batched write) and a ``Failure`` per image that failed (tag
-``failed``, stage ``embed``). One bad image never fails its neighbours; a provider that cannot
+``failed``, stage ``embed``); the reports job embeds texts with it (``inputs``). One bad image never fails its neighbours; a provider that cannot
 work at all (bad key, no credits) raises ``FatalProviderError`` and stops the job.
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any, List, Optional, Tuple
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
+from dicomvec import counters as C
+from dicomvec.defaults import NVCLIP_CONCURRENCY
 from dicomvec.io.providers import EncodedImage, FatalProviderError, ProviderConfig
 from dicomvec.record import Failure, ImageRecord
 from dicomvec.transforms.provider_dofn import ProviderDoFn
@@ -70,43 +72,59 @@ class BatchForEmbedding(beam.PTransform):
                 | "DropKey" >> beam.Map(lambda keyed: list(keyed[1])))
 
 
+class ImageInputs:
+    """What ``EmbedBatch`` embeds for the images job: ``ImageRecord`` → its encoded image; out
+    the record with its vector. ``identity``: (path, ID) of an item's dead letter."""
+
+    def identity(self, record: ImageRecord):
+        return record.path, record.image_id
+
+    def submit(self, provider, batch: List[ImageRecord]) -> cf.Future:
+        return provider.submit_images([EncodedImage(r.encoded, r.mime) for r in batch])
+
+    def embedded(self, provider, record: ImageRecord, vector):
+        return record.evolve(vector=vector, encoded=None, provider=provider.name,
+                             embedding_model=provider.model)
+
+    def refused(self, item, result) -> Failure:
+        return Failure.from_result(*self.identity(item), "embed", result)
+
+    def failed(self, item, exc: BaseException) -> Failure:
+        path, image_id = self.identity(item)
+        return Failure.from_exception(ImageRecord(path, image_id), "embed", exc, retryable=True)
+
+    def unsupported(self, batch: list, exc: BaseException) -> Optional[list]:
+        """The batch's outputs when ``exc`` says the provider cannot embed such inputs."""
+        return None
+
+
 class EmbedBatch(ProviderDoFn):
-    """Embeds each batch. With a provider that has ``submit_images`` (nvclip), up to
+    """Embeds each batch (``inputs``: what an item is and what it becomes; default the images
+    job's ``ImageInputs``). With a provider whose ``submit_images`` returns at once (nvclip), up to
     ``max_pending`` batches (default: the provider's ``concurrency``) are in flight at once, so
     API latency overlaps; results are emitted as they complete, the rest in ``finish_bundle``
     (a bundle never ends with a batch pending, so streaming windows and checkpoints hold)."""
 
-    def __init__(self, provider_config: ProviderConfig, max_pending: Optional[int] = None):
+    def __init__(self, provider_config: ProviderConfig, max_pending: Optional[int] = None,
+                 inputs=None, names: C.JobCounters = C.IMAGES):
         super().__init__(provider_config)
         # default: as many batches as the provider has requests in flight (--nvclip-concurrency)
         self.max_pending = max(1, int(max_pending or provider_config.settings.get(
-            "concurrency") or 4))
-        self.embedded = counter("embed_ok")
-        self.failed = counter("embed_failed")
-        self.batches = counter("embed_batches")
+            "concurrency") or NVCLIP_CONCURRENCY))
+        self.inputs = inputs or ImageInputs()
+        self.embedded = counter(names.ok("embed"))
+        self.failed = counter(names.failed("embed"))
+        self.batches = counter(names.prefix + C.EMBED_BATCHES)
         self._pending = collections.deque()
 
     def start_bundle(self):
         self._pending = collections.deque()
 
-    def _submit(self, images: List[EncodedImage]) -> cf.Future:
-        submit = getattr(self.provider, "submit_images", None)
-        if submit is not None:
-            return submit(images)
-        future: cf.Future = cf.Future()
-        try:
-            future.set_result(self.provider.embed_images(images))
-        except FatalProviderError:
-            raise
-        except Exception as exc:  # reported per image in _outputs
-            future.set_exception(exc)
-        return future
-
-    def process(self, batch: List[ImageRecord], window=beam.DoFn.WindowParam,
+    def process(self, batch: list, window=beam.DoFn.WindowParam,
                 timestamp=beam.DoFn.TimestampParam):
         self.batches.inc()
-        images = [EncodedImage(record.encoded, record.mime) for record in batch]
-        self._pending.append((batch, self._submit(images), window, timestamp))
+        self._pending.append((batch, self.inputs.submit(self.provider, batch), window,
+                              timestamp))
         while self._pending and (len(self._pending) > self.max_pending
                                  or self._pending[0][1].done()):
             done_batch, future, _, _ = self._pending.popleft()
@@ -122,32 +140,30 @@ class EmbedBatch(ProviderDoFn):
                 else:
                     yield WindowedValue(out, timestamp, [window])
 
-    def _outputs(self, batch: List[ImageRecord], future: cf.Future):
+    def _outputs(self, batch: list, future: cf.Future):
         try:
             results = future.result()
         except FatalProviderError:
             raise
         except Exception as exc:  # a provider bug must not lose the batch
-            log.error("provider %s raised for a batch of %d: %s", self.provider.name,
-                      len(batch), exc)
-            results = None
-            failure_exc = exc
-        embedded = []
-        for index, record in enumerate(batch):
-            if results is None:
+            whole = self.inputs.unsupported(batch, exc)
+            if whole is None:
+                log.error("provider %s raised for a batch of %d: %s", self.provider.name,
+                          len(batch), exc)
+            for item in batch if whole is None else ():
                 self.failed.inc()
-                yield beam.pvalue.TaggedOutput(
-                    FAILED, Failure.from_exception(record, "embed", failure_exc, retryable=True))
-                continue
-            result = results[index]
+                yield beam.pvalue.TaggedOutput(FAILED, self.inputs.failed(item, exc))
+            self.report_stats()
+            if whole:
+                yield whole
+            return
+        embedded = []
+        for item, result in zip(batch, results):
             if result.ok:
-                embedded.append(record.evolve(vector=result.vector, encoded=None,
-                                              provider=self.provider.name,
-                                              embedding_model=self.provider.model))
+                embedded.append(self.inputs.embedded(self.provider, item, result.vector))
             else:
                 self.failed.inc()
-                yield beam.pvalue.TaggedOutput(
-                    FAILED, Failure.from_result(record.path, record.image_id, "embed", result))
+                yield beam.pvalue.TaggedOutput(FAILED, self.inputs.refused(item, result))
         self.embedded.inc(len(embedded))
         self.report_stats()
         if embedded:

@@ -18,6 +18,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.windowed_value import WindowedValue
 
+from dicomvec import counters as C
 from dicomvec import imaging
 from dicomvec.io.files import identify
 from dicomvec.io.listing import (UnreadablePathError, check_readable, is_non_dicom_kind,
@@ -38,8 +39,15 @@ class MatchPath(beam.DoFn):
 
     def __init__(self):
         super().__init__()
-        self.matched = counter("matched")
-        self.read_failed = counter("read_failed")
+        self.matched = counter(C.MATCHED)
+        self.read_failed = counter(C.IMAGES.failed("read"))
+
+    def unreadable(self, path: str, exc: BaseException):
+        """The ``read`` dead letter of a matched ``path`` (counted as matched)."""
+        self.matched.inc()
+        self.read_failed.inc()
+        yield beam.pvalue.TaggedOutput(
+            FAILED, Failure.from_exception(ImageRecord(path=path), "read", exc))
 
     def process(self, path: str):
         try:
@@ -48,34 +56,19 @@ class MatchPath(beam.DoFn):
                 reason = unreadable_reason(path) or "file not found"
                 raise FileNotFoundError(f"{reason}: {path}")
         except Exception as exc:
-            self.matched.inc()
-            self.read_failed.inc()
-            yield beam.pvalue.TaggedOutput(
-                FAILED, Failure.from_exception(ImageRecord(path=path), "read", exc))
+            yield from self.unreadable(path, exc)
             return
         yield from found
 
 
-class ReportUnreadable(beam.DoFn):
+class ReportUnreadable(MatchPath):
     """In: a matched path Beam's listing could not list (a dangling symbolic link, a directory).
     Out: a Failure at stage ``read`` with the reason; counted as matched."""
 
-    def __init__(self):
-        super().__init__()
-        self.matched = counter("matched")
-        self.read_failed = counter("read_failed")
-
     def process(self, path: str):
-        self.matched.inc()
-        self.read_failed.inc()
         reason = unreadable_reason(path) or "matched by the pattern but not listed as a file"
         log.warning("cannot read %s: %s", path, reason)
-        yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(
-            ImageRecord(path=path), "read", UnreadablePathError(f"{path}: {reason}")))
-
-
-#: counter of files a folder input skipped as plainly not DICOM (see ``IdentifyDicom``)
-NOT_DICOM_IGNORED = "not_dicom_ignored"
+        yield from self.unreadable(path, UnreadablePathError(f"{path}: {reason}"))
 
 
 def _plainly_not_dicom(stream) -> bool:
@@ -103,10 +96,12 @@ class IdentifyDicom(beam.DoFn):
         self.storage_settings = storage_settings
         self.read_ahead = tuple(read_ahead)
         self.ignore_non_dicom = ignore_non_dicom
-        self.matched = counter("matched")
-        self.read_failed = counter("read_failed")
-        self.header_failed = counter("decode_failed")
-        self.ignored = counter(NOT_DICOM_IGNORED)
+        self.matched = counter(C.MATCHED)
+        # scoped: Identify and Decode run fused in one operator on Flink, and one name there
+        # would be one metric (see stage.counter)
+        self.read_failed = counter(C.IMAGES.failed("read"), scope="identify")
+        self.header_failed = counter(C.IMAGES.failed("decode"), scope="identify")
+        self.ignored = counter(C.NOT_DICOM_IGNORED)
 
     def setup(self):
         objects, _ = self.read_ahead

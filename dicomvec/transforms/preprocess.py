@@ -16,6 +16,7 @@ import logging
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
+from dicomvec import counters as C
 from dicomvec import imaging
 from dicomvec.io.heap import limit_heap_growth
 from dicomvec.io.object_storage import ObjectReader
@@ -51,8 +52,8 @@ class DecodePixels(RecordStage):
         self.fetcher = None
         self.pool = None
         self.window = None
-        self.duplicates = counter("duplicate_files")
-        self.read_failed = counter("read_failed")
+        self.duplicates = counter(C.DUPLICATE_FILES, scope="decode")
+        self.read_failed = counter(C.IMAGES.failed("read"), scope="decode")
 
     def setup(self):
         objects, _ = self.read_ahead

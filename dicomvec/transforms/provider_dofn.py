@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 
+from dicomvec.counters import PROVIDER_PREFIX
 from dicomvec.io.providers import ProviderConfig, create_provider
 from dicomvec.transforms.stage import counter
 
@@ -33,6 +34,6 @@ class ProviderDoFn(beam.DoFn):
             delta = int(value) - self._reported_stats.get(name, 0)
             if delta:
                 if name not in self._stat_counters:
-                    self._stat_counters[name] = counter(f"provider_{name}")
+                    self._stat_counters[name] = counter(PROVIDER_PREFIX + name)
                 self._stat_counters[name].inc(delta)
                 self._reported_stats[name] = int(value)

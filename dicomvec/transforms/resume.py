@@ -17,7 +17,8 @@ import apache_beam as beam
 
 import logging
 
-from dicomvec.io.stores import VectorStore
+from dicomvec import counters as C
+from dicomvec.io.stores import SinkConfig
 from dicomvec.transforms.dedupe import report_unused_copies
 from dicomvec.transforms.stage import counter
 
@@ -25,21 +26,19 @@ log = logging.getLogger(__name__)
 
 
 class _DropStored(beam.DoFn):
-    def __init__(self, sink_url, schema, table, provider, preprocess_version,
-                 valid_dimension=None):
+    def __init__(self, sink: SinkConfig, provider, preprocess_version, valid_dimension=None):
         super().__init__()
         self.valid_dimension = valid_dimension
-        self.args = (sink_url, schema, table)
+        self.sink = sink
         self.provider = provider
         self.preprocess_version = preprocess_version
         self.store = None
-        self.skipped = counter("skipped_existing")
-        self.duplicates = counter("duplicate_files")
-        self.lookup_failed = counter("resume_lookup_failed")
+        self.skipped = counter(C.ALREADY_STORED)
+        self.duplicates = counter(C.DUPLICATE_FILES, scope="resume")
+        self.lookup_failed = counter(C.RESUME_LOOKUP_FAILED)
 
     def setup(self):
-        sink_url, schema, table = self.args
-        self.store = VectorStore(sink_url, schema=schema, table=table)  # connects on first use
+        self.store = self.sink.images()  # connects on first use
 
     def teardown(self):
         if self.store is not None:
@@ -50,7 +49,7 @@ class _DropStored(beam.DoFn):
             stored = self.store.existing_ids([r.image_id for r in records], self.provider,
                                              self.preprocess_version, self.valid_dimension)
         except Exception as exc:
-            if not self.store.dialect.is_transient(exc):
+            if not self.store.is_transient(exc):
                 raise
             self.lookup_failed.inc(len(records))
             log.warning("resume: cannot reach the store (%s); %d images go on as not stored",
@@ -65,11 +64,10 @@ class _DropStored(beam.DoFn):
 
 
 class SkipStored(beam.PTransform):
-    def __init__(self, sink_url, schema, table, provider, preprocess_version,
+    def __init__(self, sink: SinkConfig, provider, preprocess_version,
                  max_batch_size: int = 500, valid_dimension=None):
         super().__init__()
-        self.dofn = _DropStored(sink_url, schema, table, provider, preprocess_version,
-                                valid_dimension)
+        self.dofn = _DropStored(sink, provider, preprocess_version, valid_dimension)
         self.max_batch_size = max_batch_size
 
     def expand(self, records):

@@ -8,15 +8,19 @@ import logging
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from dicomvec import counters as C
 from dicomvec.record import Failure, ImageRecord
 
 FAILED = "failed"
-NAMESPACE = "dicomvec"
 log = logging.getLogger(__name__)
 
 
-def counter(name: str):
-    return Metrics.counter(NAMESPACE, name)
+def counter(name: str, scope: str = ""):
+    """The Beam counter ``name`` (a ``dicomvec.counters`` name). ``scope`` tells apart two
+    steps that count under the same name and may run fused in one operator: Flink exports a
+    user counter per operator by its name alone, so two steps would share (overwrite) one
+    metric there. Readers add scoped counters up under their name (``counters.base_name``)."""
+    return Metrics.counter(C.NAMESPACE, C.scoped(name, scope))
 
 
 class RecordStage(beam.DoFn):
@@ -29,8 +33,8 @@ class RecordStage(beam.DoFn):
 
     def __init__(self):
         super().__init__()
-        self.ok = counter(f"{self.stage}_ok")
-        self.failed = counter(f"{self.stage}_failed")
+        self.ok = counter(C.IMAGES.ok(self.stage))
+        self.failed = counter(C.IMAGES.failed(self.stage))
 
     def process_record(self, record: ImageRecord) -> ImageRecord:
         raise NotImplementedError

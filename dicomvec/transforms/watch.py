@@ -29,6 +29,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
+from dicomvec import counters as C
 from dicomvec.transforms.stage import counter
 
 
@@ -49,9 +50,9 @@ class EmitWhenSettled(beam.DoFn):
     def __init__(self, settle_seconds: float):
         super().__init__()
         self.settle_seconds = settle_seconds
-        self.waiting = counter("files_still_arriving")
-        self.arriving = counter("arriving")  # versions waiting to settle (for idle detection)
-        self.arrived = counter("arrived")
+        self.waiting = counter(C.FILES_STILL_ARRIVING)
+        self.arriving = counter(C.ARRIVING)  # versions waiting to settle (idle detection)
+        self.arrived = counter(C.ARRIVED)
 
     def process(self, element, last_seen=beam.DoFn.StateParam(LAST_SEEN),
                 emitted=beam.DoFn.StateParam(EMITTED),

@@ -1,19 +1,24 @@
-"""Write: a batch of embedded records → one upsert into the vector store.
+"""Write: a batch of embedded items → one upsert into the vector store (images or reports).
 
-In: list[ImageRecord] with vectors. Out: the number of rows stored (main output) and a
-``Failure`` at stage ``write`` for each row the database refused (tag ``failed``). One
-connection per DoFn instance (``setup``/``teardown``); transient errors reconnect and retry inside
-the store; permanent row errors are isolated by bisection so good rows are still written.
+In: a list of items (``ImageRecord`` with a vector; ``ReportRow``). Out: the number of rows
+stored (main output) and a ``Failure`` at stage ``write`` for each row the database refused
+(tag ``failed``). ``to_row`` turns an item into its table row, ``failure`` an item and an
+exception into a dead letter. One connection per DoFn instance (``setup``/``teardown``);
+transient errors reconnect and retry inside the store; permanent row errors are isolated by
+bisection so good rows are still written.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import List
+from typing import Callable, List, Optional
 
 import apache_beam as beam
 
-from dicomvec.io.stores import ImageRow, VectorStore
+from dicomvec import counters as C
+from dicomvec.defaults import PROGRESS_EVERY
+from dicomvec.io.stores import ImageRow, SinkConfig
+from dicomvec.io.stores.tables import IMAGES, TableSpec
 from dicomvec.record import Failure, ImageRecord
 from dicomvec.transforms.stage import FAILED, counter
 
@@ -29,26 +34,28 @@ def to_row(record: ImageRecord, preprocess_version: str) -> ImageRow:
 
 
 class WriteToStore(beam.DoFn):
-    def __init__(self, sink_url: str, schema: str, table: str, preprocess_version: str,
-                 dimension: int, progress_every: int = 500):
+    def __init__(self, sink: SinkConfig, to_row: Callable,
+                 failure: Callable = Failure.from_exception,
+                 spec: TableSpec = IMAGES, names: C.JobCounters = C.IMAGES,
+                 dimension: Optional[int] = None, progress_every: int = PROGRESS_EVERY):
         super().__init__()
+        self.sink = sink
+        self.to_row = to_row
+        self.failure = failure
+        self.spec = spec
         self.dimension = dimension
-        self.preprocess_version = preprocess_version
-        self.sink_url = sink_url
-        self.schema = schema
-        self.table = table
         self.progress_every = max(1, progress_every)
         self.store = None
-        self.stored = counter("write_ok")
-        self.failed = counter("write_failed")
+        self.stored = counter(names.stored)
+        self.failed = counter(names.failed("write"))
+        self.noun = names.prefix.rstrip("_") or "images"
 
     def setup(self):
-        self.store = VectorStore(self.sink_url, schema=self.schema, table=self.table,
-                                 dimension=self.dimension)
+        self.store = self.sink.store(self.spec, dimension=self.dimension)
         try:
             self.store.open()
         except Exception as exc:
-            if not self.store.dialect.is_transient(exc):
+            if not self.store.is_transient(exc):
                 raise  # wrong credentials, bad URL: the job cannot write at all
             # unreachable right now: each batch retries, then becomes retryable dead letters
             log.warning("write: the store is unreachable at start-up (%s); will retry per "
@@ -61,17 +68,18 @@ class WriteToStore(beam.DoFn):
         if self.store is not None:
             self.store.close()
 
-    def process(self, batch: List[ImageRecord]):
-        by_id = {}
-        for record in batch:
-            by_id[record.image_id] = record
-        failed = self.store.upsert([to_row(record, self.preprocess_version)
-                                   for record in by_id.values()])
+    def process(self, batch: List):
+        by_key = {}
+        for item in batch:
+            row = self.to_row(item)
+            by_key[self.spec.row_label(row)] = (item, row)
+        failed = self.store.upsert([row for _, row in by_key.values()])
         for row, exc in failed:
             self.failed.inc()
-            yield beam.pvalue.TaggedOutput(FAILED, Failure.from_exception(
-                by_id[row.ImageID], "write", exc, retryable=self.store.dialect.is_transient(exc)))
-        stored = len(by_id) - len(failed)
+            item = by_key[self.spec.row_label(row)][0]
+            yield beam.pvalue.TaggedOutput(FAILED, self.failure(
+                item, "write", exc, retryable=self.store.is_transient(exc)))
+        stored = len(by_key) - len(failed)
         self.stored.inc(stored)
         self._progress(stored)
         yield stored
@@ -80,6 +88,6 @@ class WriteToStore(beam.DoFn):
         self._written += stored
         if self._written >= self._next_report:
             elapsed = max(time.monotonic() - self._started, 1e-9)
-            log.info("progress: this worker stored %d images (%.1f images/s)", self._written,
-                     self._written / elapsed)
+            log.info("progress: this worker stored %d %s (%.1f %s/s)", self._written,
+                     self.noun, self._written / elapsed, self.noun)
             self._next_report += self.progress_every

@@ -26,6 +26,7 @@ from dicomvec.io.stores import VectorStore
 from tests.conftest import REAL_CXR
 from tests.flink.conftest import runner_flags, subtasks_with_records, summary_numbers
 from tests.flink.mimic_sample import make_sample
+from tests.local_run import thumbnail_flags
 
 pytestmark = [pytest.mark.slow, pytest.mark.flink]
 
@@ -73,9 +74,9 @@ def test_trivial_pipelines_run_on_the_cluster(idle_cluster, job_server_jar, tmp_
 
 
 def _run_args(sample, out: Path, run_id: str) -> List[str]:
-    return ["run", "--input", sample.pattern, "--sink", f"sqlite:///{out}/dicomvec.db",
-            "--dead-letter", str(out / "dead_letter"), "--provider", "thumbnail",
-            "--batch-size", "4", "--run-id", run_id]
+    return ["run", *thumbnail_flags(out, run_id, input=sample.pattern,
+                                    sink=f"sqlite:///{out}/dicomvec.db",
+                                    dead_letter=out / "dead_letter", batch_size=4)]
 
 
 def _assert_outcome(sample, out: Path, run_id: str):

@@ -8,6 +8,7 @@ credits): the job stops with that plain message.
 from __future__ import annotations
 
 import abc
+import concurrent.futures as cf
 import dataclasses
 from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
@@ -117,6 +118,10 @@ class EmbeddingProvider(abc.ABC):
     def embed_images(self, images: Sequence[EncodedImage]) -> List[EmbeddingResult]:
         """One result per image, in input order."""
 
+    def submit_images(self, images: Sequence[EncodedImage]) -> cf.Future:
+        """``embed_images`` as a Future (a provider that overlaps requests returns at once)."""
+        return finished_future(lambda: self.embed_images(images))
+
     def embed_texts(self, texts: Sequence[str]) -> List[EmbeddingResult]:
         """One result per text, in input order."""
         raise TextNotSupportedError(
@@ -126,3 +131,19 @@ class EmbeddingProvider(abc.ABC):
     def stats(self) -> Dict[str, float]:
         """Counters for the end-of-run summary (requests, retries, ...)."""
         return {}
+
+    def cost_line(self, stats: Dict[str, float]) -> str:
+        """The summary's line on what the run cost, from summed ``stats`` ('': none)."""
+        return ""
+
+
+def finished_future(call) -> cf.Future:
+    """A finished Future holding ``call()``'s result or its exception (fatal errors raise)."""
+    future: cf.Future = cf.Future()
+    try:
+        future.set_result(call())
+    except FatalProviderError:
+        raise
+    except Exception as exc:  # reported per input by the caller
+        future.set_exception(exc)
+    return future

@@ -8,52 +8,17 @@ A request refused for its content (400/413/422) is bisected until the bad inputs
 good neighbours get their vectors, bad ones a non-retryable failure carrying NVIDIA's problem
 title/detail. 401/402/403/404 raise ``FatalProviderError`` (the job stops).
 
-Settings (``ProviderConfig.settings`` keys; ``None`` means "use the default"):
-
-================================  ==============================  ===============================
-key (pipeline flag)               default                         meaning
-================================  ==============================  ===============================
-``url`` (--nvclip-url)            https://integrate.api.nvidia.   base URL ending in ``/v1``;
-                                  com/v1                          self-hosted: http://host:8000/v1
-``model`` (--nvclip-model)        nvidia/nvclip                   self-hosted NIM: nvidia/nvclip-
-                                                                  vit-h-14 (per its schema)
-``concurrency``                   4                               requests in flight per provider
-(--nvclip-concurrency)                                            instance (threads + pooled
-                                                                  connections)
-``max_requests_per_minute``       40 for the hosted URL,          request starts per minute per
-(--nvclip-max-requests-per-       unlimited (0) otherwise         worker process (see below)
-minute)
-``timeout_s`` (--nvclip-timeout)  120                             read timeout per request, s
-``max_attempts``                  5                               attempts per request
-(--nvclip-max-attempts)                                           (1 = no retry)
-``connect_timeout_s``             10                              TCP/TLS connect timeout, s
-``backoff_base_s``                1.0                             first backoff; doubles per try,
-                                                                  plus up to this much jitter
-``backoff_max_s``                 60                              backoff cap, s
-``max_retry_after_s``             300                             cap on a server's Retry-After
-``dimension``                     1024                            expected vector length
-``request_size``                  64                              inputs per request (1..64)
-``max_base64_chars``              180000                          inline image limit (base64
-                                                                  chars, exclusive)
-``max_text_tokens``               77                              CLIP context incl. start/end
-``cost_per_1k_images``            0 (unknown)                     USD per 1,000 images, for the
-(--nvclip-cost-per-1k-images)                                     summary's cost estimate
-``max_rejected_batches``          3                               stop the job after this many
-                                                                  consecutive multi-input requests
-                                                                  whose every input was refused
-                                                                  (wrong model etc.); 0 = never
-================================  ==============================  ===============================
+Settings: ``NVClipSettings`` (``ProviderConfig.settings`` keys, their defaults from
+``dicomvec.defaults``; what each means and which ``--nvclip-*`` flag sets it: docs/nvclip.md).
 
 The API key comes only from the environment variable ``NVIDIA_API_KEY``, read in ``setup()``
 (on the worker). It is required for the hosted URL (``*.api.nvidia.com``) and optional for a
 self-hosted NIM. It is sent only in the ``Authorization`` header and never appears in logs,
 exception messages, stats or results.
 
-Rate limit arithmetic: the limit is per worker *process* (all provider instances in one Python
-process share one limiter per URL and rate). A cluster sends at most
-``max_requests_per_minute × worker processes`` requests per minute, e.g. a hosted key allowed
-40 requests/min shared by 4 Beam SDK worker processes needs ``--nvclip-max-requests-per-minute
-10``. Each request carries up to 64 images, so 40 requests/min ≈ 2,560 images/min.
+Rate limit: per worker *process* (all provider instances in one Python process share one
+limiter per URL and rate); a cluster sends at most ``max_requests_per_minute × worker
+processes`` requests per minute (docs/nvclip.md).
 
 Throughput: one ``embed_images`` call with N images sends ceil(N / request_size) requests in
 parallel (up to ``concurrency``). To keep several requests in flight with batches of 64, either
@@ -79,15 +44,17 @@ import threading
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
+from dicomvec import defaults
 from dicomvec.io.providers.base import (EmbeddingProvider, EmbeddingResult, EncodedImage,
                                         FatalProviderError, ProviderConfig)
-from dicomvec.io.providers.nvclip_client import (ClientSettings, Counters, NVClipClient,
-                                                 Redactor, RejectedRequest, RetriesExhausted)
+from dicomvec.io.providers.openai_compatible import (Counters, EmbeddingsClient,
+                                                     Redactor, RejectedRequest,
+                                                     RetriesExhausted)
 from dicomvec.io.providers.rate_limit import shared_rate_limiter
 
 logger = logging.getLogger(__name__)
 
-HOSTED_URL = "https://integrate.api.nvidia.com/v1"
+HOSTED_URL = defaults.NVCLIP_URL
 API_KEY_ENV = "NVIDIA_API_KEY"
 HOSTED_DEFAULT_RPM = 40.0
 MAX_INPUTS_PER_REQUEST = 64
@@ -97,24 +64,39 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
+class NVClipClient(EmbeddingsClient):
+    """The NIM endpoint of NV-CLIP: fatal statuses name NVIDIA_API_KEY and the --nvclip-* flags."""
+
+    service = "NV-CLIP"
+
+    def fatal(self, status: int, detail: str) -> Optional[FatalProviderError]:
+        if status == 401:
+            return FatalProviderError("NV-CLIP rejected the API key (401): check NVIDIA_API_KEY")
+        if status == 404:
+            return FatalProviderError(f"NV-CLIP endpoint or model not found (404) at "
+                                      f"{self.embeddings_url}: check --nvclip-url and "
+                                      f"--nvclip-model ({self.settings.model!r})")
+        return super().fatal(status, detail)
+
+
 @dataclasses.dataclass(frozen=True)
 class NVClipSettings:
     """Typed view of ``ProviderConfig.settings`` (see the module docstring for each key)."""
 
     url: str = HOSTED_URL
-    model: str = "nvidia/nvclip"
-    concurrency: int = 4
+    model: str = defaults.NVCLIP_MODEL
+    concurrency: int = defaults.NVCLIP_CONCURRENCY
     max_requests_per_minute: Optional[float] = None
-    timeout_s: float = 120.0
-    max_attempts: int = 5
+    timeout_s: float = defaults.NVCLIP_TIMEOUT_S
+    max_attempts: int = defaults.NVCLIP_MAX_ATTEMPTS
     connect_timeout_s: float = 10.0
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     max_retry_after_s: float = 300.0
-    dimension: int = 1024
+    dimension: int = defaults.DIMENSION
     request_size: int = MAX_INPUTS_PER_REQUEST
-    max_base64_chars: int = 180_000
-    max_text_tokens: int = 77
+    max_base64_chars: int = defaults.MAX_BASE64_CHARS
+    max_text_tokens: int = defaults.CLIP_CONTEXT_TOKENS
     cost_per_1k_images: float = 0.0
     max_rejected_batches: int = 3
 
@@ -214,7 +196,8 @@ def approx_clip_tokens(text: str) -> List[Tuple[int, int]]:
     return out
 
 
-def truncate_for_clip(text: str, max_tokens: int = 77) -> Tuple[str, bool]:
+def truncate_for_clip(text: str, max_tokens: int = defaults.CLIP_CONTEXT_TOKENS
+                      ) -> Tuple[str, bool]:
     """(text cut to fit ``max_tokens`` including CLIP's start/end markers, whether it was cut)."""
     budget = max_tokens - 2
     pieces = approx_clip_tokens(text)
@@ -301,15 +284,10 @@ class NVClipProvider(EmbeddingProvider):
             return
         api_key = self._api_key()
         s = self.settings
-        client_settings = ClientSettings(
-            endpoint=s.url, model=s.model, dimension=s.dimension,
-            connect_timeout_s=s.connect_timeout_s, timeout_s=s.timeout_s,
-            max_attempts=s.max_attempts, backoff_base_s=s.backoff_base_s,
-            backoff_max_s=s.backoff_max_s, max_retry_after_s=s.max_retry_after_s,
-            pool_size=s.concurrency)
         limiter = shared_rate_limiter(s.url, s.requests_per_minute)
         self._redact = Redactor(api_key)
-        self._client = NVClipClient(client_settings, api_key, limiter, self._counters)
+        self._client = NVClipClient(s, api_key, limiter, self._counters, s.dimension,
+                                    s.concurrency)
         self._pool = cf.ThreadPoolExecutor(max_workers=s.concurrency,
                                            thread_name_prefix="nvclip")
 

@@ -22,15 +22,16 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from dicomvec import defaults
 from dicomvec.errors import UserError
 from dicomvec.io.providers.base import FatalProviderError
-from dicomvec.io.providers.nvclip_client import (ClientSettings, Counters, EmbeddingsClient,
-                                                 RejectedRequest, RetriesExhausted)
+from dicomvec.io.providers.openai_compatible import (Counters, EmbeddingsClient,
+                                                     RejectedRequest, RetriesExhausted)
 from dicomvec.io.providers.rate_limit import RateLimiter
 
 API_KEY_ENV = "OPENAI_API_KEY"
-DEFAULT_URL = "https://api.openai.com/v1"
-DEFAULT_MODEL = "text-embedding-3-large"
+DEFAULT_URL = defaults.TEXT_URL
+DEFAULT_MODEL = defaults.TEXT_MODEL
 #: native output length of OpenAI's embedding models (``dimensions`` may shorten text-embedding-3)
 NATIVE_DIMENSIONS = {"text-embedding-3-large": 3072, "text-embedding-3-small": 1536,
                      "text-embedding-ada-002": 1536}
@@ -47,9 +48,9 @@ class OpenAISettings:
     model: str = DEFAULT_MODEL
     dimensions: Optional[int] = None
     encoding_format: str = "float"
-    timeout_s: float = 60.0
+    timeout_s: float = defaults.TEXT_TIMEOUT_S
     connect_timeout_s: float = 10.0
-    max_attempts: int = 5
+    max_attempts: int = defaults.TEXT_MAX_ATTEMPTS
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0
     max_retry_after_s: float = 120.0
@@ -87,18 +88,11 @@ class OpenAIClient(EmbeddingsClient):
 
     service = "OpenAI embeddings"
 
-    def __init__(self, settings: ClientSettings, api_key: Optional[str], limiter: RateLimiter,
-                 counters: Counters, dimensions: Optional[int] = None,
-                 encoding_format: str = "float"):
-        super().__init__(settings, api_key, limiter, counters)
-        self.dimensions = dimensions
-        self.encoding_format = encoding_format
-
     def request_body(self, inputs: Sequence[str]) -> Dict[str, Any]:
         body: Dict[str, Any] = {"input": list(inputs), "model": self.settings.model,
-                                "encoding_format": self.encoding_format}
-        if self.dimensions:
-            body["dimensions"] = int(self.dimensions)
+                                "encoding_format": self.settings.encoding_format}
+        if self.settings.dimensions:
+            body["dimensions"] = int(self.settings.dimensions)
         return body
 
     def decode_embedding(self, value: Any) -> Any:
@@ -140,15 +134,8 @@ class OpenAITextEmbedder:
 
     def __enter__(self) -> "OpenAITextEmbedder":
         key = api_key(self.settings.model)
-        s = self.settings
-        self._client = OpenAIClient(
-            ClientSettings(endpoint=s.url, model=s.model, dimension=self.dimension,
-                           connect_timeout_s=s.connect_timeout_s, timeout_s=s.timeout_s,
-                           max_attempts=s.max_attempts, backoff_base_s=s.backoff_base_s,
-                           backoff_max_s=s.backoff_max_s, max_retry_after_s=s.max_retry_after_s,
-                           pool_size=1),
-            key, RateLimiter(0), self.counters, dimensions=s.dimensions,
-            encoding_format=s.encoding_format)
+        self._client = OpenAIClient(self.settings, key, RateLimiter(0), self.counters,
+                                    self.dimension)
         return self
 
     def __exit__(self, *exc) -> None:

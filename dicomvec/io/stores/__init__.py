@@ -2,6 +2,6 @@
 
 ``sqlite:///out/dicomvec.db`` (embedded default), ``postgresql://...``, ``iris://...``.
 """
-from dicomvec.io.stores.base import Hit, ImageRow, VectorStore, open_store
+from dicomvec.io.stores.base import Hit, ImageRow, SinkConfig, VectorStore
 
-__all__ = ["Hit", "ImageRow", "VectorStore", "open_store"]
+__all__ = ["Hit", "ImageRow", "SinkConfig", "VectorStore"]

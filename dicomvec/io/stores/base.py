@@ -11,24 +11,23 @@ Provider) for images, StudyID for reports).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import time
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
+from dicomvec import defaults
 from dicomvec.io.stores import schema_check
 from dicomvec.io.stores.dialects import (Dialect, StoredVectorError, dialect_for_url,
                                          redact_url)
-from dicomvec.io.stores.tables import IMAGES, Hit, ImageRow, TableShape, TableSpec
+from dicomvec.io.stores.tables import IMAGES, REPORTS, Hit, ImageRow, TableShape, TableSpec
 
-__all__ = ["COLUMNS", "DEFAULT_SCHEMA", "DEFAULT_TABLE", "Hit", "ImageRow", "VectorStore",
-           "open_store", "vector_problem"]
+__all__ = ["COLUMNS", "Hit", "ImageRow", "SinkConfig", "VectorStore", "vector_problem"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCHEMA = "VectorSearch"
-DEFAULT_TABLE = IMAGES.table
 COLUMNS = IMAGES.column_names
 
 
@@ -42,7 +41,7 @@ class VectorStore:
     #: ImageIDs per ``existing_ids`` query
     id_chunk = 500
 
-    def __init__(self, url: str, schema: str = DEFAULT_SCHEMA, table: Optional[str] = None,
+    def __init__(self, url: str, schema: str = defaults.SCHEMA, table: Optional[str] = None,
                  max_attempts: int = 4, retry_delay_s: float = 0.5,
                  dimension: Optional[int] = None, spec: Optional[TableSpec] = None):
         """``dimension``: the table's vector length, when known (IRIS needs it as a literal in
@@ -100,13 +99,17 @@ class VectorStore:
         self.close()
         self.reconnects += 1
 
-    def _with_retry(self, action, what: str):
+    def is_transient(self, exc: BaseException) -> bool:
+        """True when the error may pass (reconnect and retry): a retryable dead letter."""
+        return self.dialect.is_transient(exc)
+
+    def with_retry(self, action, what: str):
         """Run ``action(conn)``; on a transient error reconnect and run it again (bounded)."""
         for attempt in range(1, self.max_attempts + 1):
             try:
                 return action(self.conn)
             except Exception as exc:
-                self._rollback_quietly()
+                self.rollback()
                 if not self.dialect.is_transient(exc) or attempt == self.max_attempts:
                     raise
                 log.warning("%s on %s: transient database error (%s: %s), reconnecting "
@@ -115,7 +118,8 @@ class VectorStore:
                 time.sleep(self.retry_delay_s * attempt)
                 self._reconnect()
 
-    def _rollback_quietly(self) -> None:
+    def rollback(self) -> None:
+        """End the current transaction, if any; a failure here is logged, never raised."""
         try:
             if self._conn is not None:
                 self._conn.rollback()
@@ -151,11 +155,11 @@ class VectorStore:
             except Exception as exc:
                 if not self.dialect.is_duplicate_table(exc):
                     raise
-                self._rollback_quietly()  # created meanwhile by another process
+                self.rollback()  # created meanwhile by another process
             self.dialect.prepare(conn)
             self._shape_checked = True
             return add_fk
-        added = self._with_retry(action, "init_schema")
+        added = self.with_retry(action, "init_schema")
         if with_report_fk and not added:
             log.warning("no foreign key on StudyID: %s does not exist yet (create the reports "
                         "table first, then re-create the images table to add it)",
@@ -165,7 +169,7 @@ class VectorStore:
 
     def shape(self) -> Optional[TableShape]:
         """The existing table's columns, key and vector length (None: no such table)."""
-        return self._read(self.dialect.describe_table, "describe")
+        return self.read(self.dialect.describe_table, "describe")
 
     def check_writable(self, dimension: Optional[int] = None) -> None:
         """Raise when the existing table is not shaped like ours (once per store)."""
@@ -173,12 +177,22 @@ class VectorStore:
             schema_check.check_table_writable(self, dimension)
             self._shape_checked = True
 
+    def migrate(self, statements: Sequence[str]) -> None:
+        """Run the DDL ``statements`` (one transaction), then check the table is ours now."""
+        def apply(conn):
+            cur = conn.cursor()
+            for statement in statements:
+                cur.execute(statement)
+            conn.commit()
+        self.with_retry(apply, "migrate")
+        self._shape_checked = False
+        self.check_writable(None)
+
     def _reports_table_exists(self, conn) -> bool:
         """True when the foreign key's target exists and is keyed on the FK column alone (a
         reports table of another tool, with no unique StudyID, gets no foreign key)."""
-        from dicomvec.io.stores.tables import REPORTS
         column, table = self.spec.foreign_key
-        target = dialect_for_url(self.url, schema=self.dialect.schema or DEFAULT_SCHEMA,
+        target = dialect_for_url(self.url, schema=self.dialect.schema or defaults.SCHEMA,
                                  table=table, spec=REPORTS)
         shape = target.describe_table(conn)
         if shape is None:
@@ -189,13 +203,13 @@ class VectorStore:
             return False
         return True
 
-    def _index_exists(self, conn) -> bool:
+    def index_exists(self, conn) -> bool:
         """True when the dialect can tell the index exists (dialects whose DDL has no
         IF NOT EXISTS); an unanswerable catalog query means "try to create it"."""
-        exists_sql = getattr(self.dialect, "index_exists_sql", None)
-        if exists_sql is None:
+        statement = self.dialect.index_exists_sql()
+        if statement is None:
             return False
-        sql, params = exists_sql()
+        sql, params = statement
         try:
             cur = conn.cursor()
             cur.execute(sql, params)
@@ -204,7 +218,7 @@ class VectorStore:
             if self.dialect.is_transient(exc):
                 raise
             log.debug("index catalog query failed; creating the index", exc_info=True)
-            self._rollback_quietly()
+            self.rollback()
             return False
 
     def create_index(self) -> None:
@@ -219,7 +233,7 @@ class VectorStore:
 
         def action(conn):
             self.dialect.check_index_support(conn)
-            if self._index_exists(conn):
+            if self.index_exists(conn):
                 log.info("vector index already exists on %s", self.dialect.qualified_table)
                 return
             cur = conn.cursor()
@@ -229,14 +243,17 @@ class VectorStore:
                 conn.commit()
             except Exception as exc:
                 if self.dialect.is_duplicate_index(exc):
-                    self._rollback_quietly()
+                    self.rollback()
                     log.info("vector index already exists on %s", self.dialect.qualified_table)
                     return
-                if self.dialect.is_transient(exc) or not hasattr(self.dialect, "index_error"):
+                if self.dialect.is_transient(exc):
                     raise
-                self._rollback_quietly()
-                raise self.dialect.index_error(exc, conn) from exc
-        self._with_retry(action, "create_index")
+                self.rollback()
+                error = self.dialect.index_error(exc, conn)
+                if error is None:
+                    raise
+                raise error from exc
+        self.with_retry(action, "create_index")
 
     # -- writes ----------------------------------------------------------------------------
     def upsert(self, rows: Sequence[ImageRow]) -> List[Tuple[ImageRow, Exception]]:
@@ -274,7 +291,7 @@ class VectorStore:
         if not rows:
             return []
         try:
-            self._with_retry(lambda conn: self._write(conn, rows, dimension), "upsert")
+            self.with_retry(lambda conn: self._write(conn, rows, dimension), "upsert")
             return []
         except Exception as exc:
             if self.dialect.is_transient(exc):
@@ -294,7 +311,7 @@ class VectorStore:
                 self._catalog_checked = True
             except Exception:
                 log.debug("could not read the vector dimension from the catalog", exc_info=True)
-                self._rollback_quietly()
+                self.rollback()
         if self.dimension is not None:
             return self.dimension
         lengths = collections.Counter(int(np.size(row.Vector)) for row in rows
@@ -324,7 +341,7 @@ class VectorStore:
                 cur = conn.cursor()
                 cur.execute(sql, params)
                 return [r[0] for r in cur.fetchall()]
-            found.update(self._read(action, "existing_ids"))
+            found.update(self.read(action, "existing_ids"))
         return found
 
     def count(self, provider: Optional[str] = None) -> int:
@@ -351,7 +368,7 @@ class VectorStore:
                         "(truncated or written by another tool?)")
                 found[image_id] = vector
             return found
-        return self._read(action, "vectors")
+        return self.read(action, "vectors")
 
     def provider_counts(self) -> Dict[Optional[str], int]:
         """Rows per Provider."""
@@ -363,30 +380,30 @@ class VectorStore:
         sql, params = self.dialect.invalid_vectors_sql(dimension)
         return [tuple(r) for r in self.query(sql, params, "invalid_rows")]
 
-    def nearest(self, vector: np.ndarray, k: int = 10, provider: Optional[str] = None,
-                view_position: Optional[str] = None) -> List[Hit]:
+    def nearest(self, vector: np.ndarray, k: int = defaults.SEARCH_K,
+                provider: Optional[str] = None, view_position: Optional[str] = None) -> List[Hit]:
         """The ``k`` rows most cosine-similar to ``vector``, best first."""
-        return self._read(
+        return self.read(
             lambda conn: self.dialect.nearest(conn, np.asarray(vector, dtype=np.float32), k,
                                               provider, view_position),
             "nearest")
 
     def query(self, sql: str, params: Optional[Sequence] = None, what: str = "query") -> list:
-        """Every row of one read-only statement (``_read``: retried, transaction ended)."""
+        """Every row of one read-only statement (``read``: retried, transaction ended)."""
         def action(conn):
             cur = conn.cursor()
             cur.execute(sql) if params is None else cur.execute(sql, list(params))
             return cur.fetchall()
-        return self._read(action, what)
+        return self.read(action, what)
 
-    def _read(self, action, what: str):
-        """``_with_retry`` for a query, ending its transaction afterwards so an idle worker
+    def read(self, action, what: str):
+        """``with_retry`` for a query, ending its transaction afterwards so an idle worker
         holds no snapshot or read lock (which would block DDL, VACUUM, WAL checkpoints)."""
         def read(conn):
             result = action(conn)
             conn.rollback()
             return result
-        return self._with_retry(read, what)
+        return self.with_retry(read, what)
 
 
 def vector_problem(vector, dimension: int) -> Optional[str]:
@@ -406,5 +423,31 @@ def vector_problem(vector, dimension: int) -> Optional[str]:
     return None
 
 
-def open_store(url: str, **kwargs) -> VectorStore:
-    return VectorStore(url, **kwargs).open()
+@dataclasses.dataclass(frozen=True)
+class SinkConfig:
+    """Where vectors go, as one value (like ``ProviderConfig``): the database URL, the schema
+    and the tables' names. Travels to the workers; each opens its own ``VectorStore``."""
+
+    url: str = defaults.SINK_URL
+    schema: str = defaults.SCHEMA
+    table: str = defaults.IMAGES_TABLE
+    reports_table: str = defaults.REPORTS_TABLE
+
+    @property
+    def redacted(self) -> str:
+        """The URL with any password replaced, for messages."""
+        return redact_url(self.url)
+
+    def images(self, **kwargs) -> VectorStore:
+        """A store on the images table (connects on first use)."""
+        return VectorStore(self.url, schema=self.schema, table=self.table, **kwargs)
+
+    def reports(self, table: Optional[str] = None, schema: Optional[str] = None,
+                spec: TableSpec = REPORTS, **kwargs) -> VectorStore:
+        """A store on the reports table (``table``/``schema``: another one than configured)."""
+        return VectorStore(self.url, schema=schema or self.schema,
+                           table=table or self.reports_table, spec=spec, **kwargs)
+
+    def store(self, spec: TableSpec = IMAGES, **kwargs) -> VectorStore:
+        """A store on the table of ``spec`` (``IMAGES`` or ``REPORTS``)."""
+        return self.reports(**kwargs) if spec == REPORTS else self.images(**kwargs)

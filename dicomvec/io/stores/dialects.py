@@ -23,8 +23,9 @@ from urllib.parse import parse_qsl, urlencode, urlparse
 
 import numpy as np
 
+from dicomvec.errors import PreflightError, first_line
 from dicomvec.io.stores.tables import (IMAGES, REPORTS_TABLE, TEXT, VECTOR, ColumnInfo,
-                                       TableShape, TableSpec, declared_length)
+                                       TableShape, TableSpec, VectorColumn, declared_length)
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -75,6 +76,10 @@ class Dialect(abc.ABC):
     index_catalog_complete = True
     #: columns the database adds by itself, ignored when comparing shapes
     system_columns: Tuple[str, ...] = ()
+    #: whether DDL is transactional (a rolled-back CREATE TABLE leaves nothing behind)
+    transactional_ddl = False
+    #: the approximate nearest-neighbour index's name (None: no such index here)
+    index_name: Optional[str] = None
 
     def __init__(self, url: str, schema: str, table: Optional[str] = None,
                  spec: TableSpec = IMAGES):
@@ -108,6 +113,29 @@ class Dialect(abc.ABC):
     def is_transient(self, exc: BaseException) -> bool:
         """True when reconnecting and retrying the same statement may succeed."""
         return False
+
+    def location(self) -> str:
+        """Where ``connect`` logs in, for ``check-db``'s connect line."""
+        return redact_url(self.url)
+
+    def check_reachable(self, must_exist: bool = False) -> None:
+        """``PreflightError`` when dicomvec cannot write here (servers: the login fails);
+        creates nothing. ``must_exist``: the database must be there already."""
+        try:
+            conn = self.connect()
+        except ValueError:
+            raise  # a bad URL or password setting: already one plain line
+        except Exception as exc:
+            raise PreflightError(f"cannot log in to {redact_url(self.url)}: "
+                                 f"{type(exc).__name__}: {first_line(exc)}") from None
+        try:
+            conn.close()
+        except Exception:  # closing after a successful login must not fail the check
+            pass
+
+    def missing_database(self) -> Optional[str]:
+        """Why reading would create the database here (None: it would not)."""
+        return None
 
     # -- schema ----------------------------------------------------------------------------
     def schema_statements(self) -> List[str]:
@@ -322,8 +350,20 @@ class Dialect(abc.ABC):
         """DDL for the approximate nearest-neighbour index (empty: none for this database)."""
         return []
 
+    def index_exists_sql(self) -> Optional[Tuple[str, list]]:
+        """A catalog query finding the index (None: the DDL has IF NOT EXISTS, just run it)."""
+        return None
+
     def check_index_support(self, conn) -> None:
         """Raise a clear error when this server cannot build the vector index."""
+
+    def index_error(self, exc: BaseException, conn) -> Optional[Exception]:
+        """A clearer error for a failed index build (None: the database's own is clear)."""
+        return None
+
+    def forced_index_plan(self, conn, sql: str, params: list) -> Optional[str]:
+        """The plan of ``sql`` when told to use an index where it can (None: cannot tell)."""
+        return None
 
     # -- writes ----------------------------------------------------------------------------
     def vector_param(self, dimension: int) -> str:
@@ -389,13 +429,6 @@ class Dialect(abc.ABC):
                 f"WHERE Provider = {self.marker} AND ImageID IN "
                 f"({self.placeholders(len(image_ids))})", [provider, *image_ids])
 
-    def lookup_sql(self, keys: Sequence[str]) -> Tuple[str, list]:
-        """Hit columns of the rows whose (single-column) key is in ``keys``."""
-        if len(self.spec.key) != 1:
-            raise ValueError("lookup needs a single-column key")
-        return (f"SELECT {', '.join(self.spec.hit_columns)} FROM {self.qualified_table} "
-                f"WHERE {self.spec.key[0]} IN ({self.placeholders(len(keys))})", list(keys))
-
     def filters_sql(self, provider: Optional[str],
                     view_position: Optional[str] = None) -> Tuple[str, list]:
         """``WHERE ...`` for a search ('' when none) and its parameters: rows with a vector,
@@ -424,6 +457,29 @@ class Dialect(abc.ABC):
         cur = conn.cursor()
         cur.execute(sql, params)
         return [self.spec.hit_type(*row[:-1], score=float(row[-1])) for row in cur.fetchall()]
+
+    # -- another tool's vectors (a reports table read as it is) -------------------------------
+    def stored_length_sql(self, declared: str) -> Optional[str]:
+        """SQL (``{}``: the column) for a stored vector's length (None: decode a value)."""
+        return None
+
+    def searchable_vector(self, column: str, declared: str,
+                          dimension: int) -> Optional[VectorColumn]:
+        """The column as this database searches it natively, or None: scan it in numpy."""
+        return None
+
+    def foreign_nearest_sql(self, select: str, table: str, column: VectorColumn,
+                            query: np.ndarray, n: int) -> Tuple[str, list]:
+        """``select`` + cosine score, best first, at most ``n`` (``searchable_vector``)."""
+        raise NotImplementedError(f"no vector search SQL for {self.name}")
+
+    def foreign_search_fallback(self, column: VectorColumn) -> Optional[VectorColumn]:
+        """Another way to search ``column`` when its native search failed (None: none)."""
+        return None
+
+    def streaming_cursor(self, conn, name: str):
+        """A cursor whose rows arrive as they are fetched (for a scan of a whole table)."""
+        return conn.cursor()
 
     # -- values ----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -488,11 +544,3 @@ def redact_url(url: str) -> str:
             changed = True
     return parsed.geturl() if changed else url
 
-
-def __getattr__(name: str):
-    """Backwards-compatible ``from dicomvec.io.stores.dialects import SQLiteDialect``."""
-    for target in _DIALECTS.values():
-        module_name, class_name = target.split(":")
-        if class_name == name:
-            return getattr(importlib.import_module(module_name), class_name)
-    raise AttributeError(name)

@@ -1,14 +1,9 @@
 """``check-db``: what a user should know about a sink before loading 377K rows into it.
 
-In: a sink URL, schema, images/reports table names and the vector length we would write.
-Out: a list of ``Check`` (one line each: ✓ passed, ✗ failed, – not applicable / for
-information), in this order: connect (login), server version, VECTOR type and HNSW index at
-that version, schema (IRIS: namespace), the images table's columns, key and vector length,
-whether this user may create tables and indexes (a throw-away table is created and dropped, or
-rolled back), rows by Provider, rows with a zero or wrong-length vector, the reports table, the
-vector index and, when it exists, the query plan of one nearest-neighbour query (does it use
-the index?). Each check runs on its own; a failed one does not hide the others, except that
-nothing runs without a connection.
+In: a ``SinkConfig`` and the vector length we would write. Out: a list of ``Check`` (one line
+each: ✓ passed, ✗ failed, – not applicable / for information) in the order
+``commands/check_db.py`` lists them. Each check runs on its own; a failed one does not hide the
+others, except that nothing runs without a connection.
 """
 from __future__ import annotations
 
@@ -20,8 +15,7 @@ from typing import List, Optional
 import numpy as np
 
 from dicomvec.io.stores import schema_check
-from dicomvec.io.stores.base import VectorStore
-from dicomvec.io.stores.dialects import redact_url
+from dicomvec.io.stores.base import SinkConfig, VectorStore
 from dicomvec.io.stores.tables import IMAGES, REPORTS
 
 log = logging.getLogger(__name__)
@@ -46,13 +40,12 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
-def run_checks(url: str, schema: str, table: str, reports_table: str,
-               dimension: int) -> List[Check]:
+def run_checks(sink: SinkConfig, dimension: int) -> List[Check]:
     """Every check, in order (see the module docstring)."""
     checks: List[Check] = []
-    store = VectorStore(url, schema=schema, table=table, max_attempts=1)
+    store = sink.images(max_attempts=1)
     try:
-        _run(store, url, schema, reports_table, dimension, checks)
+        _run(store, sink, dimension, checks)
     finally:
         store.close()
     return checks
@@ -63,12 +56,11 @@ def _attempt(checks: List[Check], name: str, store, action) -> None:
     try:
         action()
     except Exception as exc:
-        store._rollback_quietly()
+        store.rollback()
         checks.append(Check(name, False, _one_line(exc)))
 
 
-def _run(store: VectorStore, url: str, schema: str, reports_table: str, dimension: int,
-         checks: List[Check]) -> None:
+def _run(store: VectorStore, sink: SinkConfig, dimension: int, checks: List[Check]) -> None:
     dialect = store.dialect
     expected = dimension
     try:
@@ -76,10 +68,7 @@ def _run(store: VectorStore, url: str, schema: str, reports_table: str, dimensio
     except Exception as exc:
         checks.append(Check("connect", False, _one_line(exc)))
         return
-    where = redact_url(url)
-    if dialect.name == "iris":
-        where += f" (namespace {dialect.namespace} exists and this user may use it)"
-    checks.append(Check("connect", True, where))
+    checks.append(Check("connect", True, dialect.location()))
 
     def server():
         version = str(store.query(dialect.server_version_sql(), None, "server version")[0][0])
@@ -102,7 +91,7 @@ def _run(store: VectorStore, url: str, schema: str, reports_table: str, dimensio
     def images_table():
         shape["images"] = store.shape()
         checks.append(_table_check("images table", IMAGES, dialect, shape["images"], dimension,
-                                   url, missing_ok=False))
+                                   sink.redacted, missing_ok=False))
     _attempt(checks, "images table", store, images_table)
 
     _attempt(checks, "create rights", store, lambda: checks.append(_create_rights(store)))
@@ -131,14 +120,13 @@ def _run(store: VectorStore, url: str, schema: str, reports_table: str, dimensio
         _attempt(checks, "vectors", store, invalid)
 
     def reports():
-        reports_store = VectorStore(url, schema=schema, table=reports_table, spec=REPORTS,
-                                    max_attempts=1)
+        reports_store = sink.reports(max_attempts=1)
         try:
             found = reports_store.shape()
         finally:
             reports_store.close()
         checks.append(_table_check("reports table", REPORTS, reports_store.dialect, found,
-                                   dimension, url, missing_ok=True))
+                                   dimension, sink.redacted, missing_ok=True))
     _attempt(checks, "reports table", store, reports)
 
     if shape["images"] is not None:
@@ -152,7 +140,7 @@ def _table_check(name: str, spec, dialect, shape, dimension: int, url: str,
         if missing_ok:
             return Check(name, None, f"{table} does not exist (`dicomvec reports` creates it)")
         return Check(name, False, f"{table} does not exist: run `dicomvec init-db --sink "
-                                  f"{redact_url(url)}` (or check --schema/--table)")
+                                  f"{url}` (or check --schema/--table)")
     differences = schema_check.compare(spec, shape, dimension,
                                        dialect.enforces_varchar_length)
     if not differences:
@@ -160,7 +148,7 @@ def _table_check(name: str, spec, dialect, shape, dimension: int, url: str,
                                  f"({', '.join(spec.key)}), "
                                  + (f"{shape.dimension}-d vectors" if shape.dimension else
                                     "vector length not declared (no rows yet)"))
-    error = schema_check.mismatch_error(spec, table, redact_url(url), differences,
+    error = schema_check.mismatch_error(spec, table, url, differences,
                                         before_write=False)
     if spec is REPORTS and not isinstance(error, schema_check.NeedsMigrationError):
         # another tool's reports table: dicomvec only reads it; never a failure by itself
@@ -179,11 +167,11 @@ def _create_rights(store: VectorStore) -> Check:
         for statement in create:
             cur.execute(statement)
     except Exception as exc:
-        store._rollback_quietly()
+        store.rollback()
         return Check("create rights", False, f"may not create a table and an index in "
                      f"{dialect.schema or 'this database'}: {_one_line(exc)}")
-    if dialect.name == "postgresql":
-        conn.rollback()  # transactional DDL: nothing stays behind
+    if dialect.transactional_ddl:
+        conn.rollback()  # nothing stays behind
     else:
         for statement in drop:
             cur.execute(statement)
@@ -197,7 +185,7 @@ def _index_checks(store: VectorStore) -> List[Check]:
     if not dialect.create_index_statements():
         return [Check("vector index", None, f"none on {dialect.name}: search is an exact scan")]
     conn = store.conn
-    listed = store._index_exists(conn)
+    listed = store.index_exists(conn)
     conn.rollback()
     dimension = store.shape().dimension
     if not listed and (dialect.index_catalog_complete or not dimension):
@@ -211,7 +199,7 @@ def _index_checks(store: VectorStore) -> List[Check]:
     try:
         plan = dialect.explain(conn, sql, params)
     except Exception as exc:
-        store._rollback_quietly()
+        store.rollback()
         if listed:
             raise
         return [Check("vector index", None, f"{dialect.index_name} is not listed in "
@@ -232,16 +220,12 @@ def _index_checks(store: VectorStore) -> List[Check]:
     if _uses(plan, dialect.index_name):
         return checks + [Check("query plan", True, f"the nearest-neighbour query uses "
                                f"{dialect.index_name}")]
-    if dialect.name == "postgresql":
-        # a small table is cheaper to scan: ask whether the index CAN serve the query
-        cur = conn.cursor()
-        cur.execute("SET LOCAL enable_seqscan = off")
-        forced = dialect.explain(conn, sql, params)
-        conn.rollback()
-        if _uses(forced, dialect.index_name):
-            return checks + [Check("query plan", True, f"{dialect.index_name} serves the "
-                                   "nearest-neighbour query (the planner scans this table "
-                                   "while it is small)")]
+    # a small table is cheaper to scan: ask whether the index CAN serve the query
+    forced = dialect.forced_index_plan(conn, sql, params)
+    if forced is not None and _uses(forced, dialect.index_name):
+        return checks + [Check("query plan", True, f"{dialect.index_name} serves the "
+                               "nearest-neighbour query (the planner scans this table while "
+                               "it is small)")]
     first = " ".join(plan.split())[:200]
     return checks + [Check("query plan", False, f"the nearest-neighbour query does not use "
                            f"{dialect.index_name}: {first}")]

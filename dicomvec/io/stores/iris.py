@@ -30,7 +30,7 @@ import numpy as np
 
 from dicomvec.io.stores.dialects import (Dialect, SinkAuthenticationError, redact_url,
                                          validate_k)
-from dicomvec.io.stores.tables import ColumnInfo
+from dicomvec.io.stores.tables import ColumnInfo, VectorColumn
 from dicomvec.io.stores.vectors import decode_vector as decode_stored_vector, vector_text
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,10 @@ class IrisDialect(Dialect):
                 f"{PASSWORD_FILE_ENV}, and that the user may use namespace {self.namespace}")
         return None
 
+    def location(self) -> str:
+        return (f"{redact_url(self.url)} (namespace {self.namespace} exists and this user may "
+                "use it)")
+
     def is_transient(self, exc: BaseException) -> bool:
         if isinstance(exc, SinkAuthenticationError) or self.login_error(exc) is not None:
             return False
@@ -278,6 +282,28 @@ class IrisDialect(Dialect):
 
     def upsert_syntax(self, insert: str, updated: Sequence[str]) -> str:
         return f"INSERT OR UPDATE {insert}"
+
+    # -- another tool's vectors: searched with VECTOR_COSINE ----------------------------------
+    def searchable_vector(self, column, declared, dimension) -> Optional[VectorColumn]:
+        # INFORMATION_SCHEMA may call a VECTOR column VARCHAR, so the type is not trusted:
+        # tried as a VECTOR, with TO_VECTOR(column) as the fallback
+        return VectorColumn(column, "iris-vector", dimension,
+                            f"IRIS {declared or 'VECTOR'} of {dimension} values",
+                            "FLOAT" if "float" in declared else "DOUBLE")
+
+    def foreign_nearest_sql(self, select, table, column, query, n) -> Tuple[str, list]:
+        bound = f"TO_VECTOR(?, {column.element_type}, {column.dimension})"
+        stored = column.name if column.kind == "iris-vector" else \
+            f"TO_VECTOR({column.name}, {column.element_type}, {column.dimension})"
+        return (f"SELECT TOP {validate_k(n)} {select}, VECTOR_COSINE({stored}, {bound}) AS "
+                f"score FROM {table} WHERE {column.name} IS NOT NULL ORDER BY score DESC",
+                [vector_text(query)])
+
+    def foreign_search_fallback(self, column: VectorColumn) -> Optional[VectorColumn]:
+        """Vectors kept as text of numbers: convert them in the query."""
+        if column.kind != "iris-vector":
+            return None
+        return dataclasses.replace(column, kind="iris-text")
 
     def nearest_sql(self, vector, k, provider, view_position=None) -> Tuple[str, list]:
         where, params = self.filters_sql(provider, view_position)

@@ -19,8 +19,8 @@ import numpy as np
 
 from dicomvec.io.stores.dialects import (Dialect, SinkAuthenticationError, redact_url,
                                          validate_k)
-from dicomvec.io.stores.tables import ColumnInfo
-from dicomvec.io.stores.vectors import decode_vector as decode_stored_vector
+from dicomvec.io.stores.tables import ColumnInfo, VectorColumn
+from dicomvec.io.stores.vectors import decode_vector as decode_stored_vector, vector_text
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ _PLAIN_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 class PostgresDialect(Dialect):
     name = "postgresql"
     marker = "%s"
+    transactional_ddl = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -180,6 +181,33 @@ class PostgresDialect(Dialect):
     def create_index_statements(self) -> List[str]:
         return [f"CREATE INDEX IF NOT EXISTS {self.index_name} ON {self.qualified_table} "
                 f"USING hnsw ({self.spec.vector} vector_cosine_ops)"]
+
+    def forced_index_plan(self, conn, sql: str, params: list) -> Optional[str]:
+        cur = conn.cursor()
+        cur.execute("SET LOCAL enable_seqscan = off")
+        plan = self.explain(conn, sql, params)
+        conn.rollback()
+        return plan
+
+    # -- another tool's vectors: pgvector ``vector`` / ``halfvec`` columns are searched here --
+    def stored_length_sql(self, declared: str) -> Optional[str]:
+        return "vector_dims({})" if declared in ("vector", "halfvec") else None
+
+    def searchable_vector(self, column, declared, dimension) -> Optional[VectorColumn]:
+        if declared not in ("vector", "halfvec"):
+            return None
+        return VectorColumn(column, "pgvector" if declared == "vector" else "halfvec",
+                            dimension, f"pgvector {declared}({dimension})")
+
+    def foreign_nearest_sql(self, select, table, column, query, n) -> Tuple[str, list]:
+        cast = "vector" if column.kind == "pgvector" else "halfvec"
+        literal = "[" + vector_text(query) + "]"
+        return (f"SELECT {select}, 1 - ({column.name} <=> %s::{cast}) AS score FROM "
+                f"{table} WHERE {column.name} IS NOT NULL ORDER BY {column.name} <=> "
+                f"%s::{cast} LIMIT {validate_k(n)}", [literal, literal])
+
+    def streaming_cursor(self, conn, name: str):
+        return conn.cursor(name=name)  # server-side: rows stream
 
     # -- statements ------------------------------------------------------------------------
     def vector_param(self, dimension: int) -> str:

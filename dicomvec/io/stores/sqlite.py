@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from dicomvec.errors import PreflightError
+from dicomvec.io.local_paths import folder_problem, writable_dir
 from dicomvec.io.stores.dialects import Dialect, validate_k
 from dicomvec.io.stores.tables import ColumnInfo, declared_length
 
@@ -44,6 +46,37 @@ class SQLiteDialect(Dialect):
 
     def is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower()
+
+    def check_reachable(self, must_exist: bool = False) -> None:
+        """The file can be written, or created (its folder too); ``must_exist``: it is
+        there."""
+        path = self.path
+        if os.path.isdir(path):
+            raise PreflightError(f"sink {path!r} is a directory, not an SQLite file")
+        if os.path.exists(path):
+            try:
+                with open(path, "r+b"):  # opened for writing, nothing written
+                    pass
+            except OSError as exc:
+                raise PreflightError(f"sink file {path!r} is not writable: "
+                                     f"{exc.strerror}") from None
+            folder = os.path.dirname(os.path.abspath(path))
+            if not writable_dir(folder):  # SQLite writes its journal (-wal, -shm) beside it
+                raise PreflightError(f"sink file {path!r} cannot be used: its folder {folder!r} "
+                                     "is not writable, and SQLite writes its journal files "
+                                     "beside the database (make the folder writable, or move "
+                                     "the file)")
+            return
+        if must_exist:
+            raise PreflightError(f"no database at {path!r} (fill it with `dicomvec run` first, "
+                                 "or pass --sink)")
+        problem = folder_problem(os.path.dirname(path))
+        if problem:
+            raise PreflightError(f"cannot create the sink {path!r}: {problem}")
+
+    def missing_database(self) -> Optional[str]:
+        return None if os.path.exists(self.path) else \
+            f"no SQLite database at {self.path} (check --sink)"
 
     # -- the shape of an existing table -----------------------------------------------------
     def find_table_sql(self) -> None:

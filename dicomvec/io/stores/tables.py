@@ -39,6 +39,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+# REPORTS_TABLE: the table the images table's optional foreign key points at (same schema)
+from dicomvec.defaults import IMAGES_TABLE, REPORTS_TABLE
+
 #: portable column types; ``TEXT`` and ``VECTOR`` are rendered per database by the dialect
 ID = "VARCHAR(64)"  # DICOM UIDs and MIMIC IDs (a UID can be 64 characters)
 NAME = "VARCHAR(100)"
@@ -46,10 +49,6 @@ PATH = "VARCHAR(500)"
 TEXT = "TEXT"
 VECTOR = "VECTOR"
 TIMESTAMP = "TIMESTAMP DEFAULT CURRENT_TIMESTAMP"
-
-IMAGES_TABLE = "MIMICCXRImages"
-#: the reports table the images table's optional foreign key points at (same schema)
-REPORTS_TABLE = "MIMICCXRReports"
 
 
 def _now() -> str:
@@ -195,17 +194,6 @@ REPORTS = TableSpec(
 )
 
 
-def lookup(store, keys: Sequence[str]) -> dict:
-    """Rows of a ``store`` with a single-column key, by key (``{key: hit}``); unknown keys are
-    absent."""
-    keys = list(dict.fromkeys(k for k in keys if k))
-    found = {}
-    for start in range(0, len(keys), 500):
-        for row in store.query(*store.dialect.lookup_sql(keys[start:start + 500]), "lookup"):
-            found[row[0]] = store.spec.hit_type(*row)
-    return found
-
-
 # -- what an existing table looks like (read from the database's catalog) ----------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +222,18 @@ class TableShape:
 
     def column(self, name: str) -> Optional[ColumnInfo]:
         return next((c for c in self.columns if c.name.lower() == name.lower()), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorColumn:
+    """How another tool's table keeps its vectors: ``kind`` (chosen by the dialect) decides
+    where the search runs: ``scan`` in numpy, else in the database."""
+
+    name: str  # SQL-rendered column
+    kind: str  # scan, or the dialect's: pgvector | halfvec | iris-vector | iris-text
+    dimension: int
+    storage: str  # for messages and docs, e.g. "pgvector vector(3072)"
+    element_type: str = "DOUBLE"
 
 
 def declared_length(sql_type: str) -> Optional[int]:

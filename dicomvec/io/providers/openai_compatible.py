@@ -1,9 +1,10 @@
-"""HTTP client for ``POST {url}/embeddings``: one request (≤ 64 input strings) with retries.
+"""The OpenAI-compatible embeddings transport: ``POST {url}/embeddings``, one request (≤ 64
+input strings) with retries.
 
 ``EmbeddingsClient`` speaks the embeddings request/response shape NVIDIA's NIM shares with
 OpenAI's API (``{"input": [...], "model": ..., "encoding_format": ...}`` in; ``{"data":
-[{"index": i, "embedding": [...]}], "usage": {...}}`` out); ``NVClipClient`` is it with NV-CLIP's
-messages, and ``dicomvec.io.providers.openai_client.OpenAIClient`` with OpenAI's.
+[{"index": i, "embedding": [...]}], "usage": {...}}`` out); ``nvclip.NVClipClient`` is it with
+NV-CLIP's messages, and ``openai_client.OpenAIClient`` with OpenAI's.
 
 In: a list of input strings (image data URLs or texts). Out: one ``EmbeddingResult`` per input,
 matched by the response's ``index``, each vector checked (dimension, finite, non-zero) and
@@ -23,7 +24,6 @@ exceptions are never re-raised or chained (their ``.request`` carries the header
 """
 from __future__ import annotations
 
-import dataclasses
 import email.utils
 import logging
 import re
@@ -155,43 +155,33 @@ def problem_detail(response: requests.Response) -> Tuple[str, str]:
     return title, str(detail or body.get("message") or body.get("error") or "")
 
 
-@dataclasses.dataclass(frozen=True)
-class ClientSettings:
-    endpoint: str  # base URL ending in /v1
-    model: str
-    dimension: int
-    connect_timeout_s: float
-    timeout_s: float
-    max_attempts: int
-    backoff_base_s: float
-    backoff_max_s: float
-    max_retry_after_s: float
-    pool_size: int
-
-
 class EmbeddingsClient:
     """Pooled, thread-safe client for one embeddings endpoint. ``close()`` when done.
 
     Subclasses name the service for messages (``service``) and say what a fatal status means
     for their users (``fatal``); ``request_body`` and ``decode_embedding`` adapt the shape.
+    ``settings``: the provider's (``url`` ending in /v1, ``model``, ``connect_timeout_s``,
+    ``timeout_s``, ``max_attempts``, ``backoff_base_s``, ``backoff_max_s``,
+    ``max_retry_after_s``); ``dimension``: the vector length wanted; ``pool_size``: connections.
     """
 
     #: the service's name in messages and logs
     service = "embeddings API"
 
-    def __init__(self, settings: ClientSettings, api_key: Optional[str], limiter: RateLimiter,
-                 counters: Counters):
+    def __init__(self, settings, api_key: Optional[str], limiter: RateLimiter,
+                 counters: Counters, dimension: int, pool_size: int = 1):
         self.settings = settings
+        self.dimension = dimension
         self.limiter = limiter
         self.counters = counters
         self.redact = Redactor(api_key)
-        self.embeddings_url = settings.endpoint.rstrip("/") + "/embeddings"
+        self.embeddings_url = settings.url.rstrip("/") + "/embeddings"
         self._headers = {"Accept": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self.session = requests.Session()
         self.session.trust_env = True
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(1, settings.pool_size),
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(1, pool_size),
                               max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -206,7 +196,7 @@ class EmbeddingsClient:
     # -- probes -----------------------------------------------------------------------------
     def get_status(self, path: str) -> Tuple[Optional[int], str]:
         """GET ``{endpoint}/{path}`` → (status or None, plain text reason). Never raises."""
-        url = self.settings.endpoint.rstrip("/") + "/" + path.lstrip("/")
+        url = self.settings.url.rstrip("/") + "/" + path.lstrip("/")
         try:
             response = self.session.get(url, headers=self._headers,
                                         timeout=(self.settings.connect_timeout_s,
@@ -355,25 +345,10 @@ class EmbeddingsClient:
         for index in range(count):
             try:
                 out.append(unit_vector(self.decode_embedding(by_index[index]),
-                                       self.settings.dimension))
+                                       self.dimension))
             except (ValueError, TypeError) as exc:
                 out.append(f"{self.service} returned an unusable vector: {exc}")
         return out
-
-
-class NVClipClient(EmbeddingsClient):
-    """The NIM endpoint of NV-CLIP: fatal statuses name NVIDIA_API_KEY and the --nvclip-* flags."""
-
-    service = "NV-CLIP"
-
-    def fatal(self, status: int, detail: str) -> Optional[FatalProviderError]:
-        if status == 401:
-            return FatalProviderError("NV-CLIP rejected the API key (401): check NVIDIA_API_KEY")
-        if status == 404:
-            return FatalProviderError(f"NV-CLIP endpoint or model not found (404) at "
-                                      f"{self.embeddings_url}: check --nvclip-url and "
-                                      f"--nvclip-model ({self.settings.model!r})")
-        return super().fatal(status, detail)
 
 
 def _root_cause(exc: BaseException) -> str:
