@@ -275,13 +275,18 @@ def test_writable_sqlite_file_in_a_folder_that_is_not(sample, work):
 
 
 def test_search_store_error_hints_at_run_only_for_a_missing_table():
-    from dicomvec.search.engine import _store_error
-    readonly = _store_error(sqlite3.OperationalError("attempt to write a readonly database"),
-                            "MIMICCXRImages", "sqlite:///x.db")
-    assert "first?" not in str(readonly)
-    missing = _store_error(sqlite3.OperationalError("no such table: MIMICCXRImages"),
-                           "MIMICCXRImages", "sqlite:///x.db")
-    assert "run `dicomvec run` first?" in str(missing)
+    from dicomvec.errors import UserError
+    from dicomvec.search.engine import _store_errors
+
+    def said(exc):
+        with pytest.raises(UserError) as caught:
+            with _store_errors("MIMICCXRImages", "sqlite:///x.db"):
+                raise exc
+        return str(caught.value)
+
+    assert "first?" not in said(sqlite3.OperationalError("attempt to write a readonly database"))
+    assert "run `dicomvec run` first?" in said(
+        sqlite3.OperationalError("no such table: MIMICCXRImages"))
 
 
 def _free_port() -> int:
