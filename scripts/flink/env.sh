@@ -43,7 +43,7 @@ FLINK_JOB_SERVER_JAR_GIVEN="${FLINK_JOB_SERVER_JAR:+1}"   # set by the user: set
 : "${BEAM_JOB_PORT:=8099}"
 : "${FLINK_TM_SLOTS:=2}"
 : "${FLINK_JM_MEMORY:=1024m}"      # jobmanager.memory.process.size
-: "${FLINK_TM_MEMORY:=4096m}"      # taskmanager.memory.process.size (2560m ran out of heap once in a streaming test on a loaded machine)
+: "${FLINK_TM_MEMORY:=2560m}"      # taskmanager.memory.process.size: heap 896 MiB; a streaming job lives in ~50 MB + <=~190 MB per-file state at 377K files (BENCHMARKS.md, "Streaming soak")
 : "${FLINK_RESTART_ATTEMPTS:=10}"
 : "${FLINK_RESTART_DELAY:=3 s}"
 
