@@ -448,8 +448,15 @@ def decode_pixels(ds: pydicom.Dataset, target_size: int) -> DecodedPixels:
 
     Raises ``PixelDecodeError`` for missing, truncated or undecodable pixel data; what the
     decoders' C libraries print (OpenJPEG) is part of its reason, or logged when the decode
-    succeeds anyway, never written straight to stderr.
+    succeeds anyway, never written straight to stderr. Only compressed pixel data goes through
+    the C decoders: native pixel data (MIMIC-CXR's) is decoded without the capture and its lock.
     """
+    try:
+        compressed = _transfer_syntax(ds).is_compressed
+    except Exception:  # pylint: disable=broad-except  # _decode_pixels says what is wrong
+        compressed = True
+    if not compressed:
+        return _decode_pixels(ds, target_size)
     with _native_stderr() as printed:
         try:
             decoded = _decode_pixels(ds, target_size)
