@@ -65,7 +65,7 @@ def fill_archive(root: Path, sink: str, count: int = COUNT) -> List[Stored]:
         stored.append(Stored(f.dicom_id, f.subject_id, f.study_id, f.view_position, f.path,
                              impression_of(f.study_id) if f.study_id in reported else None))
     gone = str(root / "sample" / "files" / "p10" / "p10000000" / "s50000000" / "gone.dcm")
-    rows.append(make_row(len(files), provider="thumbnail", vector=rows[0].Vector,
+    rows.append(make_row(len(files), provider="thumbnail", view="", vector=rows[0].Vector,
                          ImageID=MISSING_ID, ImagePath=gone, DicomFile="gone.dcm",
                          EmbeddingModel=provider.model))
     with config.reports() as reports:
