@@ -1,4 +1,4 @@
-"""``dicomvec serve``: the search page, on the engine of ``dicomvec search``.
+"""``dicomvec serve``: the search page in a browser, on the engine of `dicomvec search`.
 
 Examples::
 
