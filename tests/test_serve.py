@@ -244,3 +244,59 @@ def test_render_cache_is_bounded():
     renderer.render_path = lambda path, size: None
     data, ok = renderer.png(Info(9), 32)
     assert not ok and data[:4] == b"\x89PNG"
+
+
+# -- a semantic provider (the NV-CLIP contract server): text queries and image → report ------
+@pytest.fixture(scope="module")
+def nvclip_archive(tmp_path_factory):
+    from dicomvec.search.queries import image_record
+    from dicomvec.synthetic import generate
+    from tests import nvclip_server as contract
+    from tests.store_rows import make_report_row, make_row
+    from dicomvec.io.stores import SinkConfig
+    root = tmp_path_factory.mktemp("serve-nvclip")
+    files = [f for f in generate(root / "sample", 5, size=(256, 212), syntaxes=("native",),
+                                 seed=3) if not f.broken]
+    sink = f"sqlite:///{root}/dicomvec.db"
+    rows, reports = [], {}
+    for index, f in enumerate(files):
+        record = image_record(f.path, 224, "standard", "png")
+        vector = contract.expected_vector(contract.image_input_string(record.encoded,
+                                                                      record.mime))
+        rows.append(make_row(index, provider="nvclip", view=f.view_position, vector=vector,
+                             SubjectID=f.subject_id, StudyID=f.study_id, ImageID=f.dicom_id,
+                             ImagePath=f.path))
+        text = f"report text of study {f.study_id}"
+        reports[f.study_id] = make_report_row(f.study_id, contract.expected_vector(text),
+                                              text=text, SubjectID=f.subject_id)
+    config = SinkConfig(url=sink)
+    with config.reports() as store:
+        store.init_schema(1024)
+        assert store.upsert(list(reports.values())) == []
+    with config.images() as store:
+        store.init_schema(1024)
+        assert store.upsert(rows) == []
+    with contract.NVClipContractServer() as server:
+        yield sink, files, server.url
+
+
+def test_semantic_provider_text_and_image_to_report(nvclip_archive):
+    sink, files, url = nvclip_archive
+    options = DicomvecOptions(["--sink", sink, "--provider", "nvclip", "--nvclip-url", url])
+    app = create_app(ServeSettings(options=options, allowed_hosts=("127.0.0.1:8765",)))
+    client = app.test_client()
+    home = _get(client, "/").get_data(as_text=True)
+    assert "disabled" not in home.split('id="text"')[1].split(">")[0]
+    assert "text search needs" not in home and "non-semantic" not in home
+    text = "right lower lobe consolidation"
+    expected = run_search(SearchRequest(text=text, k=4), options)
+    page = _get(client, "/search?text=right+lower+lobe+consolidation&k=4")
+    assert page.status_code == 200
+    assert _ids(page.get_data(as_text=True)) == [r.hit.ImageID for r in expected.results]
+    expected = run_search(SearchRequest(image=files[0].path, target="reports", k=3), options)
+    page = _get(client, f"/search?like={files[0].dicom_id}&target=reports&k=3")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert re.findall(r'data-study-id="([^"]+)"', html) == \
+        [r.hit.StudyID for r in expected.results]
+    assert f"impression {expected.results[0].hit.StudyID}" in html
