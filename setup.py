@@ -13,7 +13,8 @@ setup(
     version=VERSION,
     description="Apache Beam pipeline: chest X-ray DICOM archive -> vectors for cross-modal search",
     packages=find_packages(include=["dicomvec", "dicomvec.*"]),
-    package_data={"dicomvec.reports.samples": ["*.txt"]},
+    package_data={"dicomvec.reports.samples": ["*.txt"],
+                  "dicomvec.serve": ["templates/*.html", "static/*.css"]},
     python_requires=">=3.10",
     install_requires=[
         "apache-beam==2.77.0",
@@ -28,6 +29,8 @@ setup(
         "pyarrow>=14",
         "requests>=2.31",
         "tenacity>=8.2",
+        # `dicomvec serve` (imported only by that command)
+        "flask>=3.0",
     ],
     extras_require={
         "iris": ["intersystems-irispython>=5.2"],
@@ -41,7 +44,10 @@ setup(
                  # S3 tests: Beam's S3 filesystem against moto's standalone S3 server
                  "apache-beam[aws]==2.77.0", "moto[server]>=5.1",
                  # GCS tests: Beam's GCS filesystem against fake-gcs-server (scripts/bucket)
-                 "apache-beam[gcp]==2.77.0"],
+                 "apache-beam[gcp]==2.77.0",
+                 # `dicomvec serve` in a real browser: the system's chromium + chromedriver
+                 # (scripts/chromium/install.sh), driven by Selenium
+                 "selenium>=4.20"],
     },
     entry_points={"console_scripts": ["dicomvec=dicomvec.cli:main"]},
 )

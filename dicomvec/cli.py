@@ -30,6 +30,7 @@ COMMANDS = (
     "dicomvec.commands.check_nvclip",
     "dicomvec.commands.reports",
     "dicomvec.commands.search",
+    "dicomvec.commands.serve",
 )
 
 from dicomvec.pipeline.worker_main import LOG_FORMAT, LOG_LEVELS_ENV

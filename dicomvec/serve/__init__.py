@@ -1,0 +1,1 @@
+"""`dicomvec serve`: the search page over dicomvec.search (Flask, server-rendered)."""
