@@ -4,7 +4,7 @@ IRIS 2025.1+: ``CREATE INDEX ... AS HNSW(Distance='Cosine')`` (older servers get
 message; search still works as an exact scan). PostgreSQL: pgvector ``USING hnsw
 (Vector vector_cosine_ops)``. SQLite: the IVF index files beside the database, one per provider
 (``io/stores/sqlite_index.py``; a search also builds and syncs them by itself on tables of
-20,000 rows or more). Idempotent.
+2,000 rows or more). Idempotent.
 Exit status 0 on success, 1 when the database refuses, 2 for a bad URL or option.
 """
 from __future__ import annotations

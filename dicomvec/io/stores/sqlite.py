@@ -119,7 +119,7 @@ class SQLiteDialect(Dialect):
     def vector_features(self, conn, version_text: str):
         return [("VECTOR type", True, "float32 BLOB with a CHECK on its length; cosine in "
                  "numpy"), ("HNSW index", None, "none on SQLite: an IVF index kept in files "
-                 "beside the database (tables of 20,000+ rows; exact scan below)")]
+                 "beside the database (tables of 2,000+ rows; exact scan below)")]
 
     def server_version_sql(self) -> str:
         return "SELECT 'SQLite ' || sqlite_version()"
@@ -131,7 +131,7 @@ class SQLiteDialect(Dialect):
 
     def explain(self, conn, sql: str, params: list) -> str:
         return ("IVF index beside the database (int8 codes, exact re-score) for tables of "
-                "20,000+ rows; exact scan in numpy below")
+                "2,000+ rows; exact scan in numpy below")
 
     def vector_type(self, dimension: int) -> str:
         return f"BLOB CHECK (length({self.spec.vector}) = {4 * int(dimension)})"

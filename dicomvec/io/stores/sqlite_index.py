@@ -40,7 +40,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 #: below this many rows (max rowid, an upper bound) the exact scan is fast enough: no index
-MIN_ROWS = 20_000
+MIN_ROWS = 2_000
 #: share of the indexed rows a query's probed lists cover at least, and the least rows
 PROBE_FRACTION = 0.04
 PROBE_MIN_ROWS = 4_000
