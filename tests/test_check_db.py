@@ -101,7 +101,7 @@ def test_sqlite_good_missing_wrong_dimension_and_zero_vectors(tmp_path, capsys):
     with VectorStore(url) as store:
         store.upsert([make_row(i) for i in range(5)])
     code, out = check(capsys, "--sink", url)
-    assert code == 0 and "– HNSW index       none on SQLite" in out
+    assert code == 0 and "– HNSW index       none on SQLite: an IVF index" in out
     assert main(["check-iris", "--sink", url]) == 0  # the alias
     capsys.readouterr()
     code, out = check(capsys, "--sink", url, "--dimension", "768")

@@ -2,7 +2,9 @@
 
 IRIS 2025.1+: ``CREATE INDEX ... AS HNSW(Distance='Cosine')`` (older servers get a clear
 message; search still works as an exact scan). PostgreSQL: pgvector ``USING hnsw
-(Vector vector_cosine_ops)``. SQLite: no index (search is an exact numpy scan). Idempotent.
+(Vector vector_cosine_ops)``. SQLite: the IVF index files beside the database, one per provider
+(``io/stores/sqlite_index.py``; a search also builds and syncs them by itself on tables of
+2,000 rows or more). Idempotent.
 Exit status 0 on success, 1 when the database refuses, 2 for a bad URL or option.
 """
 from __future__ import annotations
@@ -26,12 +28,14 @@ def _create(args) -> int:
     started = time.monotonic()
     with sink_from(args).images() as store:  # database errors (old IRIS, ...): one line
         statements = store.dialect.create_index_statements()
-        store.create_index()
+        side = store.create_index()
         rows = store.count()
-    if not statements:
+    for line in side:
+        print(f"vector index {line}")
+    if not statements and not side:
         print(f"{redact_url(args.sink)}: no vector index for this database "
               "(search is an exact scan)")
-    else:
+    elif statements:
         print(f"vector index ready on {store.dialect.qualified_table} ({rows} rows) in "
               f"{time.monotonic() - started:.1f}s")
     return 0

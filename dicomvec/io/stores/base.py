@@ -221,13 +221,19 @@ class VectorStore:
             self.rollback()
             return False
 
-    def create_index(self) -> None:
-        """Build the approximate nearest-neighbour index (after a bulk load); idempotent."""
+    def create_index(self) -> List[str]:
+        """Build the approximate nearest-neighbour index (after a bulk load); idempotent.
+        Returns what a side index (files beside an embedded database) did, one line per
+        provider (empty for a database's own index)."""
         statements = self.dialect.create_index_statements()
         if not statements:
-            log.info("%s has no vector index to build: search is an exact scan",
-                     self.dialect.name)
-            return
+            self.check_writable()
+            built = [self.read(lambda conn, p=p: self.dialect.build_vector_index(conn, p),
+                               "create_index") for p in self.provider_counts() if p]
+            if not any(built):
+                log.info("%s has no vector index to build: search is an exact scan",
+                         self.dialect.name)
+            return [line for line in built if line]
 
         self.check_writable()  # no index on a table that is not ours
 
@@ -254,6 +260,7 @@ class VectorStore:
                     raise
                 raise error from exc
         self.with_retry(action, "create_index")
+        return []
 
     # -- writes ----------------------------------------------------------------------------
     def upsert(self, rows: Sequence[ImageRow]) -> List[Tuple[ImageRow, Exception]]:

@@ -361,6 +361,12 @@ class Dialect(abc.ABC):
         """A clearer error for a failed index build (None: the database's own is clear)."""
         return None
 
+    def build_vector_index(self, conn, provider: Optional[str]) -> Optional[str]:
+        """Build or refresh a vector index the database keeps outside its own catalog (files
+        beside an embedded database) for ``provider``'s rows; what was done, or None: this
+        database has no such index (its index, if any, is ``create_index_statements``)."""
+        return None
+
     def forced_index_plan(self, conn, sql: str, params: list) -> Optional[str]:
         """The plan of ``sql`` when told to use an index where it can (None: cannot tell)."""
         return None
