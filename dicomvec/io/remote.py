@@ -20,6 +20,7 @@ missing objects, refused credentials, access denied.
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Dict, Optional
 
@@ -202,9 +203,25 @@ def _s3_client(settings: Dict[str, object], connections: int):
         config=Config(max_pool_connections=connections + 2))
 
 
+#: the variable google-cloud-storage reads a GCS JSON-API server's URL from
+EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
+
+
+def use_gcs_emulator(settings: Optional[Dict[str, object]]) -> Optional[str]:
+    """Set ``STORAGE_EMULATOR_HOST`` in this process from ``settings["gcs_emulator_host"]``
+    (the job's ``--gcs_emulator_host``) unless the process has it already (its own value wins,
+    as for the S3 variables). Every GCS client built afterwards in this process — ours and Beam's
+    filesystem's — talks to that server. Returns the host in effect."""
+    host = (settings or {}).get("gcs_emulator_host")
+    if host and not os.environ.get(EMULATOR_VARIABLE):
+        os.environ[EMULATOR_VARIABLE] = str(host)
+    return os.environ.get(EMULATOR_VARIABLE)
+
+
 def _gcs_client(settings: Dict[str, object], connections: int):
     """Beam's own GCS client (``gcsio.create_storage_client``) for these options, with an HTTP
     connection pool of ``connections``."""
+    use_gcs_emulator(settings)
     try:
         from apache_beam.io.gcp import gcsio
         from apache_beam.options.pipeline_options import PipelineOptions

@@ -19,7 +19,9 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 
 from dicomvec.io.dead_letter import generation_dir
 from dicomvec.io.listing import paths_the_listing_skips
-from dicomvec.io.object_storage import check_s3_paths, match_input, worker_environment
+from dicomvec.io.object_storage import (check_s3_paths, match_input, storage_settings,
+                                        worker_environment)
+from dicomvec.io.remote import use_gcs_emulator
 from dicomvec.io.providers import create_provider
 from dicomvec.io.stores import VectorStore
 from dicomvec.io.stores.dialects import redact_url
@@ -153,6 +155,7 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
     options = PipelineOptions(argv)
     dv = options.view_as(DicomvecOptions)
     FileSystems.set_options(options)  # s3:// needs Beam's S3 options before the graph exists
+    use_gcs_emulator(storage_settings(options))  # --gcs_emulator_host: this process
     streaming = options.view_as(StandardOptions).streaming and paths is None
     # matches are counted by list_input below (it also finds what Beam's listing skips)
     used = preflight.check_job(dv, input_pattern=paths is None, require_match=False)
