@@ -207,10 +207,13 @@ def main(argv=None) -> int:
                 full = run_one(Path(tmp), config, patterns["all"], flags, env, "all")
                 assert full["stored"] == args.count and small["stored"] == args.small, \
                     (config, full, small)
-                marginal = (args.count - args.small) / max(1e-6, full["wall_s"] - small["wall_s"])
+                # no marginal rate when the short run took as long as the full one (the shared
+                # machine's load changed between them): that sample is left out of the median
+                marginal = ((args.count - args.small) / (full["wall_s"] - small["wall_s"])
+                            if full["wall_s"] - small["wall_s"] > 0.2 else None)
                 sample = {"round": round_, "wall_s": full["wall_s"],
                           "wall_small_s": small["wall_s"],
-                          "images_per_s_marginal": round(marginal, 2),
+                          "images_per_s_marginal": round(marginal, 2) if marginal else None,
                           "images_per_s_raw": round(args.count / full["wall_s"], 2),
                           "worker_peak_rss_mb": max(full["worker_peak_rss_mb"],
                                                     small["worker_peak_rss_mb"]),
@@ -222,7 +225,8 @@ def main(argv=None) -> int:
     summary = {}
     for config, runs in samples.items():
         rates = [r["images_per_s_marginal"] for r in runs]
-        summary[config] = {"images_per_s_median": round(statistics.median(rates), 2),
+        valid = [r for r in rates if r] or [0.0]
+        summary[config] = {"images_per_s_median": round(statistics.median(valid), 2),
                            "images_per_s_all": rates,
                            "images_per_s_raw_median": round(statistics.median(
                                [r["images_per_s_raw"] for r in runs]), 2),

@@ -206,7 +206,7 @@ class ObjectFetcher:
 
 
 #: pieces a whole-object body is read in (see ``_read_body``)
-_PIECE = 1 << 20
+_PIECE = 256 << 10
 #: whole objects of at least 2 × PART_BYTES are read in up to MAX_PARTS ranged GETs at once
 #: (``ObjectFetcher.whole``): a MIMIC object (~15 MB) in 4 ranges of ~3.9 MB. A connection
 #: carries ~85-90 MB/s (S3's guidance), so a ranged read brings one object in ~1/4 of the time
@@ -235,11 +235,15 @@ class _ViewWriter:
         return len(data)
 
 
+#: pieces a ranged part is read in: small, as up to ``part_threads`` parts arrive at once
+_PART_PIECE = 64 << 10
+
+
 def _read_into(body, out: memoryview) -> int:
     """Read the response body into ``out``; its byte count (``_Overflow`` past the end)."""
     filled = 0
     while True:
-        piece = body.read(_PIECE)
+        piece = body.read(_PART_PIECE)
         if not piece:
             return filled
         end = filled + len(piece)
@@ -251,7 +255,7 @@ def _read_into(body, out: memoryview) -> int:
 
 
 def _read_body(body, length: Optional[int]):
-    """The response body in one buffer of exactly its length: read in 1 MB pieces into a
+    """The response body in one buffer of exactly its length: read in 256 KB pieces into a
     ``bytearray`` allocated once, instead of ``read()``, which joins the pieces at the end and
     so holds every object twice for a moment (with several fetches in flight, tens of MB)."""
     if not length:
