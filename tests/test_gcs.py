@@ -156,3 +156,56 @@ def test_gcs_mistakes_are_one_line_and_exit_2_before_anything_is_created(
     assert expected in err
     assert "not-a-key" not in err
     assert not (tmp_path / "db.sqlite").exists() and not (tmp_path / "dl").exists()
+
+
+def test_streaming_over_a_gcs_prefix(gcs, tmp_path, streaming_runner):
+    """--streaming (Prism, the local streaming engine) watches a gs:// prefix on the GCS-API
+    server: objects uploaded during the run are stored, a broken one is dead-lettered, and the
+    job stops by itself once idle."""
+    import threading
+    import time
+    from dicomvec.io.stores import VectorStore
+    server, root, files = gcs
+    prefix = f"incoming/{tmp_path.name}"
+    good = [f for f in files if not f.broken]
+    broken = next(f for f in files if f.broken == "not-dicom")
+    server.upload(BUCKET, f"{prefix}/first.dcm", Path(good[0].path).read_bytes())
+
+    def arrive():
+        time.sleep(6)
+        for index, item in enumerate(good[1:3], 1):
+            server.upload(BUCKET, f"{prefix}/later{index}.dcm", Path(item.path).read_bytes())
+        server.upload(BUCKET, f"{prefix}/bad.dcm", Path(broken.path).read_bytes())
+
+    writer = threading.Thread(target=arrive)
+    writer.start()
+    try:
+        summary = run_ingest(_argv(f"gs://{BUCKET}/{prefix}/*.dcm", tmp_path, "stream",
+                                   "--streaming", *streaming_runner, "--watch-interval", "2",
+                                   "--dead-letter-frequency", "2", "--stop-after-idle", "8"))
+    finally:
+        writer.join()
+    with VectorStore(f"sqlite:///{tmp_path}/db.sqlite") as store:
+        stored = {r[0] for r in store.conn.execute("SELECT DicomFile FROM MIMICCXRImages")}
+    assert stored == {"first.dcm", "later1.dcm", "later2.dcm"}
+    assert summary.stored == 3
+    dead = read_dead_letters(str(tmp_path / "dl"))
+    assert [(r["stage"], r["path"]) for r in dead] == [
+        ("decode", f"gs://{BUCKET}/{prefix}/bad.dcm")]
+
+
+def test_whole_object_in_parallel_ranges_on_gcs(gcs):
+    import os
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from dicomvec.io.object_storage import storage_settings
+    from dicomvec.io.remote import PART_BYTES, ObjectFetcher
+    from tests.test_read_ahead import _ranged_read_cases
+    server, root, files = gcs
+    data = os.urandom(3 * PART_BYTES + 777)
+    server.upload(BUCKET, "ranged/object.bin", data)
+    fetcher = ObjectFetcher(storage_settings(PipelineOptions([])), connections=2,
+                            part_threads=4)
+    try:
+        _ranged_read_cases(fetcher, f"gs://{BUCKET}/ranged/object.bin", data)
+    finally:
+        fetcher.close()

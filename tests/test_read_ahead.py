@@ -145,3 +145,36 @@ def test_run_through_a_slow_network_gives_the_same_rows(s3_env, tmp_path):
         assert summary.dead_lettered_total == SYNTH_BROKEN
         assert summary.accounting.holds
     assert _vectors(tmp_path, "d")[0].keys() == _vectors(tmp_path, "s")[0].keys()
+
+
+def _ranged_read_cases(fetcher, path, data):
+    """``whole`` in parallel ranges: the same bytes; a listed size that is stale (the object
+    shrank or grew since the listing) falls back to one whole GET, same bytes; a missing object
+    is a non-retryable read error."""
+    from dicomvec.io.remote import MAX_PARTS, PART_BYTES, ObjectReadError
+    assert len(data) >= 2 * PART_BYTES
+    assert bytes(fetcher.whole(path, len(data))) == data
+    assert bytes(fetcher.whole(path, len(data) - 3 * PART_BYTES // 2)) == data  # grew
+    assert bytes(fetcher.whole(path, len(data) + 12345)) == data                # shrank
+    assert bytes(fetcher.whole(path)) == data                                   # no size: one GET
+    with pytest.raises(ObjectReadError) as caught:
+        fetcher.whole(path + ".missing", len(data))
+    assert not caught.value.retryable
+    assert MAX_PARTS > 1
+
+
+def test_whole_object_in_parallel_ranges_on_s3(s3_env):
+    import os
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from dicomvec.io.object_storage import s3_settings
+    from dicomvec.io.remote import PART_BYTES, ObjectFetcher
+    sample = s3_env
+    data = os.urandom(3 * PART_BYTES + 777)
+    key = "ranged/object.bin"
+    sample.client().put_object(Bucket=sample.bucket, Key=key, Body=data)
+    fetcher = ObjectFetcher(s3_settings(PipelineOptions(sample.flags())), connections=2,
+                            part_threads=4)
+    try:
+        _ranged_read_cases(fetcher, f"s3://{sample.bucket}/{key}", data)
+    finally:
+        fetcher.close()

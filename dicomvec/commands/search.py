@@ -105,6 +105,9 @@ def pipeline_options(extra):
     known, _ = strict_parser("dicomvec search", dicomvec_only=True).parse_known_args(rest)
     options = DicomvecOptions(flags=[], **vars(known), **vars(s3_flags))
     FileSystems.set_options(options)
+    from dicomvec.io.object_storage import storage_settings
+    from dicomvec.io.remote import use_gcs_emulator
+    use_gcs_emulator(storage_settings(options))  # --gcs_emulator_host: this process
     return options
 
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 
 log = logging.getLogger(__name__)
 
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
-MMAP_THRESHOLD = 1 << 20
+#: ``DICOMVEC_MMAP_THRESHOLD`` (bytes) overrides the threshold; 0 leaves malloc alone
+MMAP_THRESHOLD = int(os.environ.get("DICOMVEC_MMAP_THRESHOLD", 1 << 20))
 ARENA_MAX = 2
 _done = False
 _lock = threading.Lock()
@@ -31,8 +33,8 @@ def limit_heap_growth() -> bool:
     """Apply the settings (once per process); True when glibc accepted them."""
     global _done
     with _lock:
-        if _done:
-            return True
+        if _done or MMAP_THRESHOLD <= 0:
+            return _done
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
             mallopt = libc.mallopt

@@ -31,13 +31,14 @@ import os
 import re
 from typing import Dict, Iterator, List, Optional
 
+import apache_beam as beam
 from apache_beam.io import filesystemio
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from dicomvec.imaging.reading import HEAD_BYTES
-from dicomvec.io.remote import (GCS_OPTION_NAMES, ObjectFetcher, RangeDownloader, is_gcs,
-                                is_remote)
+from dicomvec.io.remote import (EMULATOR_VARIABLE, GCS_OPTION_NAMES, ObjectFetcher,
+                                RangeDownloader, is_gcs, is_remote, use_gcs_emulator)
 
 #: Beam's ``S3Options`` flags, passed on as a plain dict (Beam's boto3 client accepts one)
 S3_OPTION_NAMES = ("s3_access_key_id", "s3_secret_access_key", "s3_session_token",
@@ -76,8 +77,28 @@ def storage_settings(options) -> Dict[str, object]:
     and the GCP options of Beam's GCS client (``--project``, ...), as one dict."""
     from apache_beam.options.pipeline_options import GoogleCloudOptions
     gcp = options.view_as(GoogleCloudOptions)
+    from dicomvec.pipeline.options import DicomvecOptions
+    emulator = (options.view_as(DicomvecOptions).gcs_emulator_host
+                or os.environ.get(EMULATOR_VARIABLE) or None)
     return {**s3_settings(options),
-            **{name: getattr(gcp, name, None) for name in GCS_OPTION_NAMES}}
+            **{name: getattr(gcp, name, None) for name in GCS_OPTION_NAMES},
+            "gcs_emulator_host": emulator}
+
+
+class UseStorageSettings(beam.DoFn):
+    """Passes its elements on; in ``setup`` (before anything of its stage runs in the worker
+    process) it applies the storage settings Beam's own filesystems read from the environment
+    (``--gcs_emulator_host`` → ``STORAGE_EMULATOR_HOST``), so Beam's ``MatchAll`` on a worker
+    lists the same GCS-API server as the driver."""
+
+    def __init__(self, settings: Dict[str, object]):
+        self.settings = settings
+
+    def setup(self):
+        use_gcs_emulator(self.settings)
+
+    def process(self, element):
+        yield element
 
 
 def beam_s3_client(settings: Dict[str, object]):

@@ -33,7 +33,7 @@ from typing import Any, Callable, Deque, Iterator, List, Tuple
 #: defaults of ``--prefetch_objects`` / ``--prefetch_mb`` (per DoFn instance, i.e. per worker
 #: for each reading stage): see docs/object-storage.md for how they were chosen
 DEFAULT_PREFETCH_OBJECTS = 16
-DEFAULT_PREFETCH_MB = 48
+DEFAULT_PREFETCH_MB = 32
 
 #: ``[item, data, error]``
 Outcome = List[Any]

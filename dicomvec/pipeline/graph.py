@@ -16,7 +16,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
 from dicomvec.io.dead_letter import WriteDeadLetters
-from dicomvec.io.object_storage import storage_settings
+from dicomvec.io.object_storage import UseStorageSettings, storage_settings
 from dicomvec.io.providers import create_provider
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.transforms.dedupe import KeepFirstWorkingCopy, OnePerImageID
@@ -47,9 +47,14 @@ def match_input(pipeline: beam.Pipeline, options: DicomvecOptions, paths, failur
         return pipeline | "WatchInput" >> WatchForCompleteFiles(
             options.input, interval, options.settle_seconds or interval / 2)
     if paths is None:
-        matched = pipeline | "MatchFiles" >> fileio.MatchFiles(
-            # the driver has already refused an input that matches nothing
-            options.input, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+        # fileio.MatchFiles (Create + MatchAll), with the storage settings Beam's filesystems
+        # read from the environment applied first in the worker that lists (gs:// emulator)
+        matched = (pipeline
+                   | "MatchFiles" >> beam.Create([options.input])
+                   | "StorageSettings" >> beam.ParDo(UseStorageSettings(storage_settings(options)))
+                   # the driver has already refused an input that matches nothing
+                   | "MatchAll" >> fileio.MatchAll(
+                       empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW))
     else:
         listed = pipeline | "ListedPaths" >> beam.Create(sorted(paths))
         matched = stage(listed, "MatchPaths", MatchPath(), failures)

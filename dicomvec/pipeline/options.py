@@ -67,9 +67,15 @@ class DicomvecFlags:
                                  "reads overlap the CPU work); 1 = one at a time")
         parser.add_argument("--prefetch_mb", "--prefetch-mb", type=float, default=float(DEFAULT_PREFETCH_MB),
                             help="object storage input: at most this many MB of whole objects "
-                                 "fetched ahead per worker (default: 3 MIMIC-CXR objects of "
+                                 "fetched ahead per worker (default: 2 MIMIC-CXR objects of "
                                  "~15 MB, sized for <= 300 MB RSS per worker; a worker's memory "
                                  "grows by about this much)")
+        parser.add_argument("--gcs_emulator_host", "--gcs-emulator-host", default=None,
+                            help="gs:// through a GCS JSON-API server at this URL (e.g. "
+                                 "fake-gcs-server), for the driver AND every worker: the "
+                                 "job's options carry it, each process sets "
+                                 "STORAGE_EMULATOR_HOST from it (where unset) before it builds "
+                                 "a GCS client (default: the driver's STORAGE_EMULATOR_HOST)")
         # streaming (with Beam's --streaming)
         parser.add_argument("--watch_interval", "--watch-interval", type=float,
                             default=D.WATCH_INTERVAL_S,

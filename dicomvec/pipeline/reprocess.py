@@ -16,7 +16,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicomvec.io.dead_letter import read_dead_letters
-from dicomvec.io.object_storage import check_s3_paths
+from dicomvec.io.object_storage import check_s3_paths, storage_settings
+from dicomvec.io.remote import use_gcs_emulator
 from dicomvec.pipeline import preflight
 from dicomvec.pipeline.options import DicomvecOptions
 from dicomvec.pipeline.run import RunSummary, default_run_id, run_ingest
@@ -79,6 +80,7 @@ def run_reprocess(argv: List[str], stage: Optional[str] = None,
                   retryable_only: bool = False) -> ReprocessReport:
     options = PipelineOptions(argv).view_as(DicomvecOptions)
     FileSystems.set_options(options)  # dead letters may live on s3://
+    use_gcs_emulator(storage_settings(options))  # --gcs_emulator_host: this process
     check_s3_paths([options.dead_letter], options)
     preflight.require_dead_letter_folder(options.dead_letter)
     previous = read_dead_letters(options.dead_letter)

@@ -22,7 +22,9 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 from dicomvec import counters as C
 from dicomvec.io.dead_letter import generation_dir
 from dicomvec.io.listing import paths_the_listing_skips
-from dicomvec.io.object_storage import check_s3_paths, match_input, worker_environment
+from dicomvec.io.object_storage import (check_s3_paths, match_input, storage_settings,
+                                        worker_environment)
+from dicomvec.io.remote import use_gcs_emulator
 from dicomvec.io.providers import create_provider
 from dicomvec.io.stores import SinkConfig
 from dicomvec.pipeline.accounting import (EXIT_ACCOUNTING_MISMATCH, Accounting,
@@ -156,6 +158,7 @@ def job_options(argv: List[str]) -> Tuple[PipelineOptions, DicomvecOptions]:
     the graph exists)."""
     options = PipelineOptions(argv)
     FileSystems.set_options(options)
+    use_gcs_emulator(storage_settings(options))  # --gcs_emulator_host: this process
     return options, options.view_as(DicomvecOptions)
 
 

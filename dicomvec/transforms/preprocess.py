@@ -27,6 +27,8 @@ from dicomvec.transforms.dedupe import copy_failure, decode_first_copy, report_u
 from dicomvec.transforms.stage import FAILED, RecordStage, counter
 
 log = logging.getLogger(__name__)
+#: ranged reads in flight per DecodePixels instance (two MIMIC objects of four ranges each)
+PART_THREADS = 8
 
 
 class DecodePixels(RecordStage):
@@ -58,7 +60,9 @@ class DecodePixels(RecordStage):
     def setup(self):
         objects, _ = self.read_ahead
         if self.storage_settings is not None:
-            self.fetcher = ObjectFetcher(self.storage_settings, connections=objects)
+            # objects > 1: each MIMIC-size object also in parallel ranges (remote.PART_BYTES)
+            self.fetcher = ObjectFetcher(self.storage_settings, connections=objects,
+                                         part_threads=PART_THREADS if objects > 1 else 0)
         self.pool = thread_pool(objects) if objects > 1 and self.fetcher else None
         if self.fetcher is not None:  # whole objects in memory: give freed ones back at once
             limit_heap_growth()
@@ -70,6 +74,8 @@ class DecodePixels(RecordStage):
     def teardown(self):
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.fetcher is not None:
+            self.fetcher.close()
 
     def process(self, record: ImageRecord, timestamp=beam.DoFn.TimestampParam,
                 window=beam.DoFn.WindowParam):
@@ -78,7 +84,7 @@ class DecodePixels(RecordStage):
             return
         objects, max_bytes = self.read_ahead
         cost = record.size_bytes or max_bytes // objects
-        fetch = functools.partial(self.fetcher.whole, record.path)
+        fetch = functools.partial(self.fetcher.whole, record.path, record.size_bytes)
         for outcome in self.window.push((record, timestamp, window), fetch, cost):
             yield from self._windowed(outcome)
 
