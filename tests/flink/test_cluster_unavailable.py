@@ -41,7 +41,9 @@ def test_no_free_slot_then_a_lost_taskmanager(idle_cluster, job_server_jar, tmp_
                         *runner_flags(cluster, job_server_jar, "PortableRunner", "EXTERNAL")],
                        tmp_path)
     try:
-        jid = _running_job(cluster, "dicomvec-holder-", stream)   # holds both slots
+        jid = _running_job(cluster, "dicomvec-holder-", stream)
+        cluster.wait_for(lambda: cluster.get("/overview")["slots-available"] == 0, 120,
+                         "the stream to hold both slots")
 
         # a second job: no free slot → one line, exit 2, nothing created
         second = tmp_path / "second"
