@@ -309,7 +309,8 @@ class JobMonitor:
     def cancel(self, timeout_s: float = 60.0) -> str:
         """Cancel the job everywhere it runs; returns what happened, for the user."""
         try:
-            self.result.cancel()
+            if self.result is not None:  # None: the submission was interrupted
+                self.result.cancel()
         except Exception as exc:  # pylint: disable=broad-except  # already ended / not supported
             log.debug("result.cancel(): %s", exc)
         if not self.flink_job():
@@ -331,6 +332,18 @@ class JobMonitor:
                       "curl -X PATCH '%s/jobs/%s?mode=cancel'", self.jid, state, timeout_s,
                       self.rest.base, self.jid)
         return f"Flink job {self.jid} {state}"
+
+    def cancel_if_submitted(self, wait_s: float = 3.0) -> str:
+        """After an interrupted submission (the job server already stopped): cancel the Flink
+        job if it reached the cluster (looked for by name for ``wait_s``); what happened."""
+        deadline = time.monotonic() + wait_s
+        while not self.flink_job() and self.rest is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not self.flink_job():
+            return "stopped while the job was submitted" + (
+                "" if self.rest is not None else " (pass --flink_master HOST:PORT so dicomvec "
+                "can check that no job reached Flink)")
+        return self.cancel()
 
     def _check_cluster(self) -> None:
         """Raise ``JobFailed`` (after cancelling) once the cluster has had no TaskManager for

@@ -9,7 +9,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as _dt
+import contextlib
 import logging
+import signal
 import time
 import uuid
 from typing import Callable, Dict, List, Optional, Tuple
@@ -18,6 +20,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   StandardOptions)
+from apache_beam.runners.portability.flink_runner import FlinkRunner
 
 from dicomvec import counters as C
 from dicomvec.io.dead_letter import generation_dir
@@ -29,7 +32,7 @@ from dicomvec.io.providers import create_provider
 from dicomvec.io.stores import SinkConfig
 from dicomvec.pipeline.accounting import (EXIT_ACCOUNTING_MISMATCH, Accounting,
                                           check_accounting)
-from dicomvec.pipeline.job_monitor import JobMonitor
+from dicomvec.pipeline.job_monitor import JobInterrupted, JobMonitor
 from dicomvec.pipeline.local_engine import configure_local_engine
 from dicomvec.pipeline.graph import build_ingest
 from dicomvec.pipeline.options import DicomvecOptions
@@ -166,25 +169,116 @@ def job_options(argv: List[str]) -> Tuple[PipelineOptions, DicomvecOptions]:
 JobRun = collections.namedtuple("JobRun", "counters wall_time_s stopped_by")
 
 
+class FlinkRunnerStoppingItsJobServer(FlinkRunner):
+    """Beam's ``FlinkRunner``, remembering the job server it starts for the job (``java -jar
+    --flink_job_server_jar …``, a child process of the driver, in Beam's ``StopOnExitJobServer``)
+    so that ``run_job`` stops it with Beam's own ``stop()`` when the job ends, whatever way it
+    ends. Beam alone stops it only from its SIGINT handler and at interpreter exit; neither runs
+    when SIGTERM kills the driver before dicomvec's handlers are in place (while the job is being
+    submitted): that JVM was left running with no parent (issue 24)."""
+
+    def __init__(self):
+        super().__init__()
+        self.started_job_servers: list = []
+
+    def default_job_server(self, options):
+        server = super().default_job_server(options)
+        self.started_job_servers.append(server)
+        return server
+
+    def stop_job_servers(self) -> None:
+        while self.started_job_servers:
+            server = self.started_job_servers.pop()
+            try:
+                server.stop()  # Beam's: SIGINT to the JVM, SIGKILL after 5 s; a no-op once done
+            except Exception as exc:  # pylint: disable=broad-except  # report, go on
+                log.warning("could not stop the Beam job server: %s: %s",
+                            type(exc).__name__, exc)
+
+
+def job_runner(options: PipelineOptions):
+    """The runner object for ``--runner``: for ``FlinkRunner``, one that stops the job server it
+    starts (``stop_job_servers``); None for any other (Beam makes it from the options)."""
+    name = options.view_as(StandardOptions).runner
+    if not isinstance(name, str) or not name:
+        return None
+    from apache_beam.runners.runner import create_runner
+    if type(create_runner(name)) is not FlinkRunner:  # pylint: disable=unidiomatic-typecheck
+        return None
+    return FlinkRunnerStoppingItsJobServer()
+
+
+class _InterruptedWhileSubmitting(BaseException):
+    """SIGINT/SIGTERM during ``pipeline.run()``. A BaseException, as KeyboardInterrupt: Beam
+    retries what fails with an Exception (starting the job server), never this."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _on_signals(handler):
+    """``handler`` for SIGINT and SIGTERM inside the block; the previous handlers after it."""
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _interrupt_submission(signum, _frame):
+    raise _InterruptedWhileSubmitting(signum)
+
+
+def _already_stopping(signum, _frame):
+    log.warning("%s: already stopping", signal.Signals(signum).name)
+
+
 def run_job(options: PipelineOptions, run_id: str, build: Callable[[beam.Pipeline], object],
             streaming: bool = False, names: C.JobCounters = C.IMAGES) -> JobRun:
     """Build (``build(pipeline)``), submit and watch one job until it ends: on the local
     engine with the worker environment (S3 options for local worker processes), on Flink with
     live counters and a real cancel on SIGINT/SIGTERM (``JobMonitor``). ``options``: already
-    through ``configure_local_engine``."""
+    through ``configure_local_engine``. A job server the runner started for the job (FlinkRunner
+    with ``--flink_job_server_jar``) is stopped before this returns or raises; SIGINT/SIGTERM
+    while the job is submitted stops it and cancels whatever reached Flink (JobInterrupted)."""
     dv = options.view_as(DicomvecOptions)
     # a name unique to this run: on Flink the monitor finds, watches and cancels the job by it
     job = options.view_as(GoogleCloudOptions)
     job.job_name = job.job_name or f"dicomvec-{run_id}-{uuid.uuid4().hex[:8]}".lower()
     started = time.monotonic()
     submitted_ms = int(time.time() * 1000)
-    pipeline = beam.Pipeline(options=options)
+    runner = job_runner(options)
+    pipeline = beam.Pipeline(runner=runner, options=options)
     build(pipeline)
-    with worker_environment(options):  # S3 options for local worker processes
-        result = pipeline.run()
-        monitor = JobMonitor(result, options, job.job_name, submitted_ms, names=names)
-        counters = monitor.watch(streaming, dv.stop_after_idle, dv.dead_letter_frequency)
+    monitor = None
+    try:
+        with worker_environment(options):  # S3 options for local worker processes
+            try:
+                # until the monitor's own handlers are in place (and after they are gone)
+                with _on_signals(_interrupt_submission):
+                    result = pipeline.run()
+                    monitor = JobMonitor(result, options, job.job_name, submitted_ms,
+                                         names=names)
+                    counters = monitor.watch(streaming, dv.stop_after_idle,
+                                             dv.dead_letter_frequency)
+            except _InterruptedWhileSubmitting as exc:
+                with _on_signals(_already_stopping):
+                    _stop_job_server(runner)  # first: then nothing more reaches Flink
+                    what = (monitor or JobMonitor(None, options, job.job_name, submitted_ms)
+                            ).cancel_if_submitted()
+                raise JobInterrupted(exc.signum, what) from None
+    finally:
+        with _on_signals(_already_stopping):
+            _stop_job_server(runner)
     return JobRun(counters, time.monotonic() - started, monitor.stopped_by)
+
+
+def _stop_job_server(runner) -> None:
+    if isinstance(runner, FlinkRunnerStoppingItsJobServer):
+        runner.stop_job_servers()
 
 
 def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary:
