@@ -8,6 +8,8 @@ VERSION = re.search(r'__version__ = "([^"]+)"',
                     Path(__file__).with_name("dicomvec").joinpath("__init__.py").read_text()
                     ).group(1)
 
+OPENCLIP = ["open_clip_torch>=3.0", "torch>=2.2", "transformers>=4.40", "safetensors>=0.4"]
+
 setup(
     name="dicomvec",
     version=VERSION,
@@ -39,6 +41,10 @@ setup(
         # gs:// inputs and dead letters through Beam's own GCS filesystem (google-cloud-storage)
         "gcp": ["apache-beam[gcp]==2.77.0"],
         "postgres": ["psycopg[binary]>=3.1", "pgvector>=0.5"],
+        # `--provider openclip`: a local image-text model (open_clip / OpenAI-CLIP checkpoints,
+        # BiomedCLIP's PubMedBERT text tower through transformers). PyTorch from PyPI is the
+        # CUDA build (~5.5 GB with its nvidia-* wheels): kept out of the default install.
+        "openclip": OPENCLIP,
         "test": ["pytest>=8", "pytest-timeout>=2.3", "pgserver==0.1.4", "pgvector>=0.5",
                  "psycopg[binary]>=3.1", "intersystems-irispython>=5.2",
                  # S3 tests: Beam's S3 filesystem against moto's standalone S3 server
@@ -47,7 +53,9 @@ setup(
                  "apache-beam[gcp]==2.77.0",
                  # `dicomvec serve` in a real browser: the system's chromium + chromedriver
                  # (scripts/chromium/install.sh), driven by Selenium
-                 "selenium>=4.20"],
+                 "selenium>=4.20",
+                 # the local-model provider's tests build and save tiny models in its formats
+                 *OPENCLIP],
     },
     entry_points={"console_scripts": ["dicomvec=dicomvec.cli:main"]},
 )
