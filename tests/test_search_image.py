@@ -227,3 +227,36 @@ def test_bad_query_image_and_missing_table_are_user_errors(tmp_path, capsys):
                    "--provider", "thumbnail"])
     assert rc == 2
     assert "cannot search MIMICCXRImages" in capsys.readouterr().err
+
+
+_NO_BEAM = """
+import sys
+from dicomvec import cli
+rc = cli.main(sys.argv[1:])
+import dicomvec.serve.app, dicomvec.commands.serve  # the page's import path too
+loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'apache_beam')
+print('BEAM', len(loaded), loaded[:3])
+sys.exit(rc)
+"""
+
+
+def test_a_local_search_does_not_import_beam(archive, tmp_path):
+    """A search of a local image with dicomvec's own flags (SQLite or PostgreSQL, the thumbnail
+    provider) starts without Beam (seconds of imports); a Beam option (S3) still works."""
+    root, sink, files = archive
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    args = ["search", "--image", files[0].path, "--sink", sink, "--provider", "thumbnail",
+            "--image-size", "160", "--k", "2", "--json"]
+    proc = subprocess.run([sys.executable, "-c", _NO_BEAM, *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout[:proc.stdout.rindex("BEAM")])["results"][0]["ImageID"] == \
+        files[0].dicom_id
+    assert "BEAM 0 []" in proc.stdout
+    proc = subprocess.run([sys.executable, "-c", _NO_BEAM, *args, "--s3_region_name",
+                           "eu-west-1"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "BEAM 0" not in proc.stdout  # Beam's S3 option: the Beam route, same answer
+    proc = subprocess.run([sys.executable, "-c", _NO_BEAM, *args, "--sinks", sink],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "did you mean --sink" in proc.stderr
