@@ -157,3 +157,43 @@ def test_create_index_builds_it(tmp_path, vectors):
     lines = store.create_index()
     assert len(lines) == 1 and "300 rows" in lines[0]
     assert (tmp_path / "db.sqlite.vectors" / "MIMICCXRImages.nvclip" / "meta.json").exists()
+
+
+def _codes_match_the_table(store, index):
+    """Every live slot's int8 code is the quantized vector of the row its ``ids`` names."""
+    live = np.flatnonzero(index.ids >= 0)
+    rows = dict(store.conn.execute("SELECT rowid, Vector FROM MIMICCXRImages "
+                                   "WHERE Provider = 'nvclip'").fetchall())
+    store.conn.rollback()
+    table = np.stack([np.frombuffer(rows[int(r)], "<f4") for r in index.ids[live]])
+    codes, _ = sqlite_index._quantize(table)
+    assert np.array_equal(np.asarray(index.codes[live]), codes)
+
+
+def test_codes_are_grouped_by_list_and_a_long_tail_rebuilds(tmp_path, small_index, vectors,
+                                                            caplog):
+    """The build writes each list's codes as one block (the query scores blocks); rows added
+    later go to the tail, are found, and once the tail passes ``TAIL_SHARE`` the index is
+    rebuilt (and says so), grouped again."""
+    store = fill(f"sqlite:///{tmp_path}/db.sqlite", vectors, n=1500)
+    store.nearest(vectors[0], 5, "nvclip")
+    index = sqlite_index.index_for(store.dialect.path, store.dialect.table, "nvclip")
+    assert index.meta["sorted"] == index.meta["slots"] == 1500
+    assert np.all(np.diff(index.lists) >= 0)  # grouped: one block per list
+    _codes_match_the_table(store, index)
+    caplog.set_level("INFO", logger="dicomvec.io.stores.sqlite_index")
+    # 4 × 300 rows: the tail holds 300, 600, 900, then 1200 > max(1000, TAIL_SHARE × 1500)
+    for batch in range(4):
+        start = 1500 + 300 * batch
+        rows = [make_row(i, vector=vectors[i]) for i in range(start, start + 300)]
+        assert store.upsert(rows) == []
+        assert ids(store.nearest(vectors[start + 7], 1, "nvclip")) == [f"img-{start + 7:05d}"]
+        if batch < 3:
+            assert index.last_action.startswith("updated")
+            assert index.meta["slots"] - index.meta["sorted"] == 300 * (batch + 1)
+            _codes_match_the_table(store, index)
+    assert index.last_action.startswith("rebuilt")
+    assert "rebuilt: 1,200 rows appended since the build" in caplog.text
+    assert index.meta["sorted"] == index.meta["slots"] == 2700
+    assert np.all(np.diff(index.lists) >= 0)
+    _codes_match_the_table(store, index)
