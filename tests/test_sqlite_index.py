@@ -197,3 +197,43 @@ def test_codes_are_grouped_by_list_and_a_long_tail_rebuilds(tmp_path, small_inde
     assert index.meta["sorted"] == index.meta["slots"] == 2700
     assert np.all(np.diff(index.lists) >= 0)
     _codes_match_the_table(store, index)
+
+
+def _log_size(store):
+    count = store.conn.execute("SELECT COUNT(*) FROM MIMICCXRImages_VectorChanges").fetchone()[0]
+    store.conn.rollback()
+    return count
+
+
+def test_the_change_log_is_pruned_once_every_index_has_folded_it_in(tmp_path, small_index,
+                                                                     vectors, caplog):
+    """Entries are deleted once every registered index (one per provider here) has folded them
+    in: many rounds of writes leave the log as small as one round; an index unused past the
+    expiry stops holding the log back and, used again, rebuilds (and finds the new rows)."""
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    store = fill(url, vectors, n=1200)
+    fill(url, vectors, n=1200, provider="thumbnail")
+    store.nearest(vectors[0], 5, "nvclip")
+    store.nearest(vectors[0], 5, "thumbnail")
+    assert _log_size(store) == 0
+    sizes = []
+    for round_ in range(8):
+        start = 1200 + 100 * round_
+        rows = [make_row(i, vector=vectors[i]) for i in range(start, start + 100)]
+        assert store.upsert(rows) == []
+        assert ids(store.nearest(vectors[start], 1, "nvclip")) == [f"img-{start:05d}"]
+        sizes.append(_log_size(store))  # thumbnail's index has not folded this round in yet
+        store.nearest(vectors[0], 5, "thumbnail")
+        assert _log_size(store) == 0
+    assert sizes == [100] * 8  # bounded by one round, not 800 rows and growing
+    # the thumbnail index, unused past the expiry, no longer keeps entries for itself
+    assert store.upsert([make_row(5000, provider="thumbnail", vector=vectors[3040])]) == []
+    store.conn.execute("UPDATE MIMICCXRImages_VectorIndexes SET synced = 0 "
+                       "WHERE consumer LIKE '%.thumbnail'")
+    store.conn.commit()
+    assert store.upsert([make_row(5001, vector=vectors[3041])]) == []
+    store.nearest(vectors[3041], 1, "nvclip")
+    assert _log_size(store) == 0
+    caplog.set_level("INFO", logger="dicomvec.io.stores.sqlite_index")
+    assert ids(store.nearest(vectors[3040], 1, "thumbnail")) == ["img-05000"]
+    assert "unused for a long time" in caplog.text

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import threading
 import time
 import uuid
@@ -69,6 +70,10 @@ TRAIN_ITERATIONS = 8
 CHUNK = 8_192
 #: appended (unordered) slots beyond this share of the list-ordered ones: rebuild
 TAIL_SHARE = 0.25
+#: an index not synced for this long no longer holds back the pruning of the change log
+CONSUMER_EXPIRY_S = 30 * 86_400
+#: the consumers table's row that records how far the log has been pruned
+PRUNED = "(pruned up to)"
 FORMAT = 2
 
 _CACHE: Dict[Tuple[str, str, str], "IvfIndex"] = {}
@@ -92,6 +97,7 @@ class ChangeLog:
         self.table = table
         self.log = f"{table}_VectorChanges"
         self.ident = f"{table}_VectorChangesId"
+        self.consumers = f"{table}_VectorIndexes"
         self.triggers = tuple(f"{table}_vector_changes_{op}" for op in ("ins", "upd", "del"))
 
     def token(self, conn) -> Optional[str]:
@@ -115,6 +121,7 @@ class ChangeLog:
                 conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
             conn.execute(f"DROP TABLE IF EXISTS {self.log}")
             conn.execute(f"DROP TABLE IF EXISTS {self.ident}")
+            conn.execute(f"DROP TABLE IF EXISTS {self.consumers}")
             conn.execute(f"CREATE TABLE {self.log} (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                          "rid INTEGER NOT NULL)")
             conn.execute(f"CREATE TABLE {self.ident} (token TEXT NOT NULL)")
@@ -135,7 +142,53 @@ class ChangeLog:
         return token
 
     def head(self, conn) -> int:
+        """The last sequence number handed out (pruning deletes entries, not this counter)."""
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?",
+                           [self.log]).fetchone()
+        if row is not None:
+            return int(row[0])
         return int(conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {self.log}").fetchone()[0])
+
+    def _consumers_table(self, conn) -> None:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {self.consumers} (consumer TEXT PRIMARY KEY, "
+                     "seq INTEGER NOT NULL, synced REAL NOT NULL)")
+
+    def pruned_up_to(self, conn) -> int:
+        """Every entry up to this sequence number may have been deleted (0: none)."""
+        try:
+            row = conn.execute(f"SELECT seq FROM {self.consumers} WHERE consumer = ?",
+                               [PRUNED]).fetchone()
+        except sqlite3.OperationalError:  # no such table yet
+            return 0
+        return int(row[0]) if row else 0
+
+    def register(self, conn, consumer: str, seq: Optional[int] = None) -> int:
+        """Register ``consumer`` as having folded in every change up to ``seq`` (default: the
+        head now, read in the same write transaction), so no later pruning deletes what it
+        has not seen; then forget consumers not seen for ``CONSUMER_EXPIRY_S`` and delete the
+        entries every registered consumer has folded in (recording how far: ``PRUNED``).
+        One transaction; returns the entries deleted."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self.consumers} (consumer TEXT PRIMARY "
+                         "KEY, seq INTEGER NOT NULL, synced REAL NOT NULL)")
+            seq = self.head(conn) if seq is None else seq
+            now = time.time()
+            conn.execute(f"INSERT OR REPLACE INTO {self.consumers} (consumer, seq, synced) "
+                         "VALUES (?, ?, ?)", [consumer, int(seq), now])
+            conn.execute(f"DELETE FROM {self.consumers} WHERE synced < ? AND consumer <> ?",
+                         [now - CONSUMER_EXPIRY_S, PRUNED])
+            upto = conn.execute(f"SELECT MIN(seq) FROM {self.consumers} WHERE consumer <> ?",
+                                [PRUNED]).fetchone()[0]
+            deleted = conn.execute(f"DELETE FROM {self.log} WHERE seq <= ?", [upto]).rowcount
+            if upto > self.pruned_up_to(conn):
+                conn.execute(f"INSERT OR REPLACE INTO {self.consumers} (consumer, seq, synced) "
+                             "VALUES (?, ?, ?)", [PRUNED, upto, now])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return deleted
 
     def changed_since(self, conn, seq: int) -> List[int]:
         return [int(r[0]) for r in conn.execute(
@@ -271,6 +324,10 @@ class IvfIndex:
             if self.meta["token"] != token:
                 return self._build(conn, token, "rebuilt: the index belongs to another "
                                                 "change log (a new database?)")
+            if self.changes.pruned_up_to(conn) > self.meta["seq"]:
+                conn.rollback()
+                return self._build(conn, token, "rebuilt: unused for a long time, its changes "
+                                                "were pruned from the change log")
             conn.execute("BEGIN")  # one snapshot: the log head and the rows it describes
             try:
                 head = self.changes.head(conn)
@@ -290,7 +347,16 @@ class IvfIndex:
             finally:
                 conn.rollback()
             self._apply(changed, rows, head)
+            self._prune(conn, head)
             return self._done(f"updated: {len(changed):,} changed rows")
+
+    def _prune(self, conn, seq: int) -> None:
+        """Record that this index has folded in the log up to ``seq``; entries every index
+        has folded in are deleted (a read-only database keeps its log)."""
+        try:
+            self.changes.register(conn, self.dir, seq)
+        except sqlite3.OperationalError as exc:
+            log.debug("change log of %s not pruned: %s", self.table, exc)
 
     def _done(self, action: str) -> str:
         self.last_action = action
@@ -321,6 +387,9 @@ class IvfIndex:
 
     def _build(self, conn, token: str, why: str) -> str:
         started = time.perf_counter()
+        # registered at the head before the snapshot below: nothing after it can be pruned
+        # before this index has folded it in
+        self._prune(conn, None)
         conn.execute("BEGIN")
         try:
             head = self.changes.head(conn)
@@ -379,6 +448,7 @@ class IvfIndex:
                 "built_rows": len(ids), "stamp": uuid.uuid4().hex,
                 "built_s": round(time.perf_counter() - started, 2)}
         self._write_meta(meta)
+        self._prune(conn, head)
         if old and old != codes_name:
             try:
                 os.remove(self._path(old))  # readers holding a map keep their pages
