@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     query = parser.add_argument_group("query (exactly one)")
     query.add_argument("--text", help="free-text query (semantic providers only, e.g. nvclip)")
     query.add_argument("--image", help="DICOM file to find similar images (or reports) for")
+    query.add_argument("--like", metavar="IMAGE_ID",
+                       help="a stored image's ImageID: search with its stored vector (of "
+                            "--provider), nothing re-embedded, its file not needed")
     search = parser.add_argument_group("search")
     search.add_argument("--target", choices=TARGETS, default="images",
                         help="table to search: images (default) or reports (FINDINGS/"
@@ -89,10 +92,11 @@ A query image in a bucket (--image s3://BUCKET/KEY.dcm) takes Beam's S3 options
 (--s3_endpoint_url URL, --s3_region_name NAME); credentials come from the environment."""
 
 
-def search_options(extra, paths=(), prog: str = "dicomvec search"):
+def search_options(extra, paths=(), prog: str = "dicomvec search", embeds: bool = True):
     """The store, provider and preprocessing flags after the command's own flags (``extra``),
     checked strictly (an unknown flag is an error with a suggestion, never dropped), and the
-    provider's preflight. ``paths``: files the command will read (``--image``).
+    provider's preflight (when the command ``embeds``: a ``--like`` query only reads a stored
+    vector). ``paths``: files the command will read (``--image``).
 
     dicomvec's own flags alone → ``FlagValues`` (Beam is not imported: a local search starts in
     a fraction of the time). Beam's options do not apply here except its S3 options, for a
@@ -108,7 +112,8 @@ def search_options(extra, paths=(), prog: str = "dicomvec search"):
     else:
         from dicomvec.pipeline.options import FlagValues
         options = FlagValues(**vars(known))
-    preflight.check_provider(options.provider_config())  # the sink: checked by the caller
+    if embeds:
+        preflight.check_provider(options.provider_config())  # the sink: checked by the caller
     return options
 
 
@@ -155,12 +160,14 @@ def run(args, extra) -> int:
     from dicomvec.search import output
     from dicomvec.search.engine import SearchRequest, run_search
 
-    options = search_options(extra, [args.image])  # the sink: checked by run_search
+    # the sink: checked by run_search
+    options = search_options(extra, [args.image], embeds=not args.like)
     from dicomvec.io.open_path import has_scheme
     if has_scheme(args.image):  # a bucket
         from dicomvec.io.object_storage import check_s3_paths
         check_s3_paths([args.image], options)  # one line now, not minutes of Beam retries
-    request = SearchRequest(text=args.text, image=args.image, target=args.target, k=args.k,
+    request = SearchRequest(text=args.text, image=args.image, like=args.like,
+                            target=args.target, k=args.k,
                             view=args.view, with_reports=args.with_reports)
     request, text_settings = reports_request(request, args, options)
     if args.contact_sheet and args.target != "images":

@@ -50,6 +50,19 @@ def _same_subject(report: Optional[ReportHit], hit: Hit) -> Optional[ReportHit]:
     return report
 
 
+def stored_vector(request: SearchRequest, options, provider_name: str):
+    """The vector stored for ``request.like`` (an ImageID) by ``provider_name``: "more like
+    this" queries by what was stored, so it needs neither the provider nor the file."""
+    options.sink_config().images().dialect.check_reachable(must_exist=True)
+    with _store_errors(options.sink_table, options.sink), \
+            options.sink_config().images() as store:
+        found = store.vectors([request.like], provider_name)
+    if request.like not in found:
+        raise UserError(f"no stored image {request.like!r} with a {provider_name} vector in "
+                        f"{options.sink_table}")
+    return found[request.like]
+
+
 def query_vector(request: SearchRequest, options, provider):
     if request.text:
         return embed_query_text(provider, request.text)
@@ -85,11 +98,14 @@ def run_search(request: SearchRequest, options, text_settings=None) -> SearchRes
         raise TextNotSupportedError(
             f"searching reports needs a semantic model: the {provider.name!r} provider is a "
             "non-semantic image descriptor and stores no report vectors; use --provider nvclip")
-    provider.setup()
-    try:
-        vector = query_vector(request, options, provider)
-    finally:
-        provider.teardown()
+    if request.like:
+        vector = stored_vector(request, options, provider.name)
+    else:
+        provider.setup()
+        try:
+            vector = query_vector(request, options, provider)
+        finally:
+            provider.teardown()
     # a missing database is an error, never created
     options.sink_config().images().dialect.check_reachable(must_exist=True)
 
