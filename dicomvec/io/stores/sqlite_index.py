@@ -30,6 +30,7 @@ Files: ``<db>.vectors/<table>.<provider>/`` = ``meta.json``, ``centroids.npy``, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -230,6 +231,23 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What a query reads, from one version of the files: ``live`` rows; slots
+    ``[0, ordered)`` grouped by list (list i at ``[starts[i], starts[i+1])``), then the tail
+    (``tail_lists``: the list of each); ``ids`` -1 = tombstone."""
+
+    live: int
+    ordered: int
+    centroids: np.ndarray
+    ids: np.ndarray
+    scales: np.ndarray
+    codes: np.ndarray
+    starts: np.ndarray
+    tail_lists: np.ndarray
+    live_per_list: np.ndarray
+
+
 class IvfIndex:
     """One table's (and provider's) index files, opened for queries and kept in sync."""
 
@@ -241,6 +259,7 @@ class IvfIndex:
         self.dir = os.path.join(self.db_path + ".vectors", f"{_safe(table)}.{_safe(provider)}")
         self.changes = ChangeLog(table)
         self.meta: Optional[dict] = None
+        self.snapshot: Optional[Snapshot] = None
         self._loaded_stamp = None
         self.last_action = ""  # what the last sync did: "", "updated", "built", "rebuilt: ..."
 
@@ -282,6 +301,7 @@ class IvfIndex:
         self.meta = meta
         self._loaded_stamp = stamp
         if meta is None:
+            self.snapshot = None
             return
         n, dim = meta["slots"], meta["dim"]
         self.centroids = np.load(self._path("centroids.npy"))
@@ -292,9 +312,12 @@ class IvfIndex:
                                 shape=(n, dim)) if n else np.zeros((0, dim), np.int8))
         n_lists, ordered = len(self.centroids), meta["sorted"]
         counts = np.bincount(self.lists[:ordered], minlength=n_lists)
-        self._starts = np.concatenate([[0], np.cumsum(counts)])  # list i: [starts[i], starts[i+1])
-        self._tail_lists = self.lists[ordered:]
-        self._live_per_list = np.bincount(self.lists[self.ids >= 0], minlength=n_lists)
+        # one object swapped in at once: a query in another thread never mixes two versions
+        self.snapshot = Snapshot(
+            live=meta["live"], ordered=ordered, centroids=self.centroids, ids=self.ids,
+            scales=self.scales, codes=self.codes,
+            starts=np.concatenate([[0], np.cumsum(counts)]), tail_lists=self.lists[ordered:],
+            live_per_list=np.bincount(self.lists[self.ids >= 0], minlength=n_lists))
 
     # -- sync ------------------------------------------------------------------------------
     def sync(self, conn) -> str:
@@ -516,46 +539,49 @@ class IvfIndex:
     def candidates(self, query: np.ndarray, n: int) -> np.ndarray:
         """Rowids of the ``n`` best rows by the approximate (int8) score in the probed lists,
         best first."""
-        if self.meta is None or not self.meta["live"]:
+        s = self.snapshot
+        if s is None or not s.live:
             return np.zeros(0, np.int64)
         q = _unit(query.reshape(1, -1))[0]
         with one_blas_thread():
-            order = np.argsort(-(self.centroids @ q))
-            wanted = max(PROBE_MIN_ROWS, int(PROBE_FRACTION * self.meta["live"]), n)
-            cumulative = np.cumsum(self._live_per_list[order])
+            order = np.argsort(-(s.centroids @ q))
+            wanted = max(PROBE_MIN_ROWS, int(PROBE_FRACTION * s.live), n)
+            cumulative = np.cumsum(s.live_per_list[order])
             probe = order[:int(np.searchsorted(cumulative, wanted)) + 1]
-            slots, scores = self._score_lists(probe, q)
-        live = self.ids[slots] >= 0
+            slots, scores = _score_lists(s, probe, q)
+        live = s.ids[slots] >= 0
         slots, scores = slots[live], scores[live]
         if not len(slots):
             return np.zeros(0, np.int64)
         n = min(n, len(slots))
         top = np.argpartition(-scores, n - 1)[:n]
         top = top[np.argsort(-scores[top], kind="stable")]
-        return self.ids[slots[top]]
+        return s.ids[slots[top]]
 
-    def _score_lists(self, probe: np.ndarray, q: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """(slots, approximate scores) of every slot of the lists in ``probe``: each list's
-        contiguous block dequantized into one reused float32 buffer and multiplied; the tail's
-        slots of those lists gathered."""
-        blocks = [(int(self._starts[i]), int(self._starts[i + 1])) for i in probe]
-        blocks = [(a, b) for a, b in blocks if b > a]
-        tail = self.meta["sorted"] + np.flatnonzero(np.isin(self._tail_lists, probe))
-        size = max([b - a for a, b in blocks] + [len(tail), 1])
-        buffer = np.empty((size, self.codes.shape[1]), np.float32)
-        slots, scores = [], []
-        for a, b in blocks:
-            np.copyto(buffer[:b - a], self.codes[a:b], casting="unsafe")
-            scores.append(buffer[:b - a] @ q)
-            slots.append(np.arange(a, b))
-        if len(tail):
-            np.copyto(buffer[:len(tail)], self.codes[tail], casting="unsafe")
-            scores.append(buffer[:len(tail)] @ q)
-            slots.append(tail)
-        if not slots:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        slots = np.concatenate(slots)
-        return slots, np.concatenate(scores) * self.scales[slots]
+
+def _score_lists(s: "Snapshot", probe: np.ndarray, q: np.ndarray
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """(slots, approximate scores) of every slot of the lists in ``probe``: each list's
+    contiguous block dequantized into one reused float32 buffer and multiplied; the tail's
+    slots of those lists gathered."""
+    blocks = [(int(s.starts[i]), int(s.starts[i + 1])) for i in probe]
+    blocks = [(a, b) for a, b in blocks if b > a]
+    tail = s.ordered + np.flatnonzero(np.isin(s.tail_lists, probe))
+    size = max([b - a for a, b in blocks] + [len(tail), 1])
+    buffer = np.empty((size, s.codes.shape[1]), np.float32)
+    slots, scores = [], []
+    for a, b in blocks:
+        np.copyto(buffer[:b - a], s.codes[a:b], casting="unsafe")
+        scores.append(buffer[:b - a] @ q)
+        slots.append(np.arange(a, b))
+    if len(tail):
+        np.copyto(buffer[:len(tail)], s.codes[tail], casting="unsafe")
+        scores.append(buffer[:len(tail)] @ q)
+        slots.append(tail)
+    if not slots:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    slots = np.concatenate(slots)
+    return slots, np.concatenate(scores) * s.scales[slots]
 
 
 def index_for(db_path: str, table: str, provider: str, vector: str = "Vector") -> IvfIndex:
