@@ -19,7 +19,8 @@ of dicomvec's schema with clustered unit vectors (``benchmarks/clustered.py``; P
 PostgreSQL (``--pg-rows``, default 100,000; 0 skips): the same vectors in a private pgvector
 server (``tests/pg_fixtures.py``), HNSW ``vector_cosine_ops`` built by ``create_index``; p50/p95
 through ``VectorStore.nearest`` (the plan is checked to use the index), the exact scan (index
-scans off) as baseline and truth for recall@10.
+scans off) as baseline (20 timed) and truth for recall@10 (50 queries), and the same queries
+at other ``hnsw.ef_search`` values (``ef_search_sweep``).
 
 The load average at the start and end of each size is recorded: the machine is shared.
 
@@ -238,7 +239,7 @@ def sqlite_size(n: int, work: Path, image: Path, scan_queries: int,
     return result
 
 
-def postgres_size(n: int) -> dict:
+def postgres_size(n: int, pg_truth: int = QUERIES, ef_sweep=(100, 200, 400)) -> dict:
     from dicomvec.io.stores import ImageRow, VectorStore
     from tests.pg_fixtures import LocalPostgres
     q = queries()
@@ -283,13 +284,32 @@ def postgres_size(n: int) -> dict:
             t = time.perf_counter()
             truth.append([h.ImageID for h in exact(vector)])
             exact_times.append(time.perf_counter() - t)
+        for vector in q[20:pg_truth]:
+            truth.append([h.ImageID for h in exact(vector)])
         sql, params = store.dialect.nearest_sql(q[0], K, PROVIDER, None)
         plan = store.read(lambda conn: store.dialect.explain(conn, sql, params), "plan")
         result.update(hnsw={**percentiles(times), "plan_uses_index":
                             store.dialect.index_name.lower() in plan.lower()},
                       exact_scan=percentiles(exact_times),
-                      recall_at_10=recall(found[:20], truth),
+                      recall_at_10=recall(found[:pg_truth], truth), recall_queries=pg_truth,
                       plan=[line[:160] for line in plan.splitlines()[:4]])
+
+        from dicomvec.io.stores.dialects import Dialect
+
+        def at_ef(vector, ef):  # the dialect's query with another hnsw.ef_search
+            def action(conn):
+                conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(ef)])
+                return Dialect.nearest(store.dialect, conn, vector, K, PROVIDER, None)
+            return store.read(action, "nearest at ef_search")
+        sweep = {}
+        for ef in ef_sweep:
+            times, found = [], []
+            for vector in q[:pg_truth]:
+                t = time.perf_counter()
+                found.append([h.ImageID for h in at_ef(vector, ef)])
+                times.append(time.perf_counter() - t)
+            sweep[str(ef)] = {**percentiles(times), "recall_at_10": recall(found, truth)}
+        result["ef_search_sweep"] = sweep
         store.close()
     return result
 
