@@ -262,8 +262,8 @@ def test_a_local_search_does_not_import_beam(archive, tmp_path):
     assert proc.returncode == 2 and "did you mean --sink" in proc.stderr
 
 
-def test_like_searches_with_the_stored_vector_even_when_the_file_is_gone(archive, tmp_path,
-                                                                        capsys):
+def test_like_searches_with_the_stored_vector_even_when_the_file_is_gone(
+        archive, tmp_path, capsys):
     """``--like IMAGE_ID`` (and the page's "more like this") query with the vector stored for
     that ImageID and provider: the same ranking as querying its file, and still answered once
     the file has been moved away; an ImageID without a vector of that provider is one line."""

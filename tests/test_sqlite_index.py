@@ -205,8 +205,8 @@ def _log_size(store):
     return count
 
 
-def test_the_change_log_is_pruned_once_every_index_has_folded_it_in(tmp_path, small_index,
-                                                                     vectors, caplog):
+def test_the_change_log_is_pruned_once_every_index_has_folded_it_in(
+        tmp_path, small_index, vectors, caplog):
     """Entries are deleted once every registered index (one per provider here) has folded them
     in: many rounds of writes leave the log as small as one round; an index unused past the
     expiry stops holding the log back and, used again, rebuilds (and finds the new rows)."""

@@ -4,8 +4,9 @@
 (``dicomvec.imaging.record_steps``, what ``DecodePixels`` → ``NormalizePixels`` →
 ``ResizeAndEncode`` run) with the same options, so a query image becomes the same model input it
 would have become had it been ingested. A local file is read without Beam (start-up stays
-light); a bucket path through Beam's filesystems (``io.open_path``). ``embed_query_image`` / ``embed_query_text`` send it to the provider and return a
-unit vector, or raise a ``UserError`` (one plain line from the CLI) that says why not.
+light); a bucket path through Beam's filesystems (``io.open_path``). ``embed_query_image`` /
+``embed_query_text`` send it to the provider and return a unit vector, or raise a
+``UserError`` (one plain line from the CLI) that says why not.
 """
 from __future__ import annotations
 

@@ -59,6 +59,7 @@ def one_blas_thread():
     with _BLAS.limit(limits=1, user_api="blas"):
         yield
 
+
 #: below this many rows (max rowid, an upper bound) the exact scan is fast enough: no index
 MIN_ROWS = 2_000
 #: share of the indexed rows a query's probed lists cover at least, and the least rows
@@ -422,11 +423,11 @@ class IvfIndex:
             # training sample: every step-th row (deterministic)
             step = max(1, total // max(1, n_lists * TRAIN_PER_LIST))
             cursor = conn.execute(self._select(), [self.provider])
-            ids_parts, sample_parts, chunks = [], [], []
+            ids_parts, sample_parts = [], []
             dim = None
             codes_name = f"codes.{uuid.uuid4().hex[:8]}.i8"
             os.makedirs(self.dir, exist_ok=True)
-            scales_parts, units_for_assign = [], []
+            scales_parts = []
             tmp_codes = self._path(codes_name + ".tmp")
             seen = 0
             with open(tmp_codes, "wb") as codes_file:
