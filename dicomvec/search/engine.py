@@ -53,8 +53,8 @@ def _same_subject(report: Optional[ReportHit], hit: Hit) -> Optional[ReportHit]:
 def query_vector(request: SearchRequest, options, provider):
     if request.text:
         return embed_query_text(provider, request.text)
-    record = image_record(request.image, options.image_size, options.normalization,
-                          options.image_format)
+    size, image_format = options.model_input(provider)
+    record = image_record(request.image, size, options.normalization, image_format)
     return embed_query_image(provider, record)
 
 

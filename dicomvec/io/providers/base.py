@@ -90,6 +90,9 @@ class EmbeddingProvider(abc.ABC):
     semantic: ClassVar[bool] = True
     #: largest batch one call may take
     max_batch_size: ClassVar[int] = 64
+    #: the model input the provider wants from the pipeline instead of ``--image-format``
+    #: (``"raw-gray"``: the fitted uint8 gray pixels, no PNG round trip); None: the flag's
+    input_format: ClassVar[Optional[str]] = None
 
     def __init__(self, config: ProviderConfig):
         self.config = config
@@ -103,6 +106,16 @@ class EmbeddingProvider(abc.ABC):
     @abc.abstractmethod
     def dimension(self) -> int:
         """Vector length."""
+
+    @property
+    def store_key(self) -> str:
+        """Stored in the Provider column and used by every provider filter."""
+        return self.name
+
+    @property
+    def input_size(self) -> Optional[int]:
+        """The model's own input side in pixels (the default of ``--image-size``); None: any."""
+        return None
 
     def preflight(self) -> None:
         """Before a job starts, in the launching process: raise ``FatalProviderError`` when no
