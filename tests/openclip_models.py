@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 EMBED_DIM = 512
 IMAGE_SIZE = 64
 #: not CLIP's: a test fails if the pipeline ignores the model's own mean/std
@@ -92,3 +94,64 @@ def openai_checkpoint(path: Path, seed: int = 2) -> Path:
                  quick_gelu=True)
     torch.save(model.state_dict(), path)
     return path
+
+
+class TinyModels:
+    """The tiny models, each built on first use in one folder for the test session:
+    ``models["folder"]``, ``["safetensors"]``, ``["biomedclip"]``, ``["openai"]``."""
+
+    BUILDERS = {"folder": lambda root: open_clip_folder(root / "tiny-vit"),
+                "safetensors": lambda root: open_clip_folder(root / "tiny-st", seed=5,
+                                                             safetensors=True),
+                "biomedclip": lambda root: biomedclip_like_folder(root / "tiny-biomed"),
+                "openai": lambda root: openai_checkpoint(root / "chexzero-like.pt")}
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.built = {}
+
+    def __getitem__(self, kind: str) -> Path:
+        if kind not in self.built:
+            self.built[kind] = self.BUILDERS[kind](self.root)
+        return self.built[kind]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> TinyModels:
+    return TinyModels(tmp_path_factory.mktemp("openclip-models"))
+
+
+def reference(kind: str, path: Path):
+    """(model, preprocess, tokenizer) built by open_clip itself, as its docs show — not through
+    dicomvec's loading code."""
+    import open_clip
+    if kind == "openai":
+        model = open_clip.load_openai_model(str(path), device="cpu", precision="fp32")
+        preprocess = open_clip.image_transform(model.visual.image_size, is_train=False,
+                                               mean=open_clip.OPENAI_DATASET_MEAN,
+                                               std=open_clip.OPENAI_DATASET_STD)
+        return model.eval(), preprocess, open_clip.get_tokenizer("ViT-B-32")
+    kwargs = {}
+    if kind == "biomedclip":
+        text_cfg = json.loads((path / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
+        kwargs["text_cfg"] = dict(text_cfg, hf_model_name=str(path), hf_model_pretrained=False)
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{path}", **kwargs)
+    return model.eval(), preprocess, open_clip.get_tokenizer(f"local-dir:{path}")
+
+
+def image_vector(ref, gray) -> "np.ndarray":
+    """The reference model's unit vector for a 2-D uint8 gray image (gray → RGB → its
+    transform → its image tower)."""
+    import torch
+    from PIL import Image
+    model, preprocess, _ = ref
+    with torch.no_grad():
+        x = preprocess(Image.fromarray(gray).convert("RGB"))[None]
+        return model.encode_image(x, normalize=True)[0].numpy()
+
+
+def text_vector(ref, text: str) -> "np.ndarray":
+    import torch
+    model, _, tokenizer = ref
+    with torch.no_grad():
+        return model.encode_text(tokenizer([text]), normalize=True)[0].numpy()

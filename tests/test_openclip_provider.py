@@ -17,8 +17,8 @@ import pytest
 
 from dicomvec.imaging import fit_and_encode
 from dicomvec.io.providers import EncodedImage, ProviderConfig, create_provider
-from tests.openclip_models import (EMBED_DIM, IMAGE_SIZE, biomedclip_like_folder,
-                                   open_clip_folder, openai_checkpoint)
+from tests.openclip_models import (EMBED_DIM, IMAGE_SIZE, image_vector, reference,
+                                   text_vector, tiny_models)  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 #: the slower formats (a HF text tower, a second folder) run with the slow suite
@@ -26,48 +26,9 @@ FORMATS = ("folder", "openai", pytest.param("safetensors", marks=pytest.mark.slo
            pytest.param("biomedclip", marks=pytest.mark.slow))
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("openclip-models")
-    return {"folder": open_clip_folder(root / "tiny-vit"),
-            "safetensors": open_clip_folder(root / "tiny-st", seed=5, safetensors=True),
-            "biomedclip": biomedclip_like_folder(root / "tiny-biomed"),
-            "openai": openai_checkpoint(root / "chexzero-like.pt")}
-
-
-def reference(kind: str, path: Path):
-    """(model, preprocess, tokenizer) built by open_clip itself, as its docs show."""
-    import open_clip
-    if kind == "openai":
-        model = open_clip.load_openai_model(str(path), device="cpu", precision="fp32")
-        preprocess = open_clip.image_transform(model.visual.image_size, is_train=False,
-                                               mean=open_clip.OPENAI_DATASET_MEAN,
-                                               std=open_clip.OPENAI_DATASET_STD)
-        return model.eval(), preprocess, open_clip.get_tokenizer("ViT-B-32")
-    kwargs = {}
-    if kind == "biomedclip":
-        import json
-        text_cfg = json.loads((path / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
-        kwargs["text_cfg"] = dict(text_cfg, hf_model_name=str(path), hf_model_pretrained=False)
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{path}", **kwargs)
-    return model.eval(), preprocess, open_clip.get_tokenizer(f"local-dir:{path}")
-
-
-def image_vector(ref, gray: np.ndarray) -> np.ndarray:
-    import torch
-    from PIL import Image
-    model, preprocess, _ = ref
-    with torch.no_grad():
-        x = preprocess(Image.fromarray(gray).convert("RGB"))[None]
-        v = model.encode_image(x, normalize=True)[0]
-    return v.numpy()
-
-
-def text_vector(ref, text: str) -> np.ndarray:
-    import torch
-    model, _, tokenizer = ref
-    with torch.no_grad():
-        return model.encode_text(tokenizer([text]), normalize=True)[0].numpy()
+@pytest.fixture
+def models(tiny_models):
+    return tiny_models
 
 
 def provider_for(path: Path, **settings):
