@@ -84,7 +84,7 @@ def run_search(request: SearchRequest, options, text_settings=None) -> SearchRes
     if request.target == "reports" and not provider.semantic and not foreign_reports:
         raise TextNotSupportedError(
             f"searching reports needs a semantic model: the {provider.name!r} provider is a "
-            "non-semantic image descriptor and stores no report vectors; use --provider nvclip")
+            "non-semantic image descriptor and stores no report vectors; use --provider openclip (a local model) or nvclip")
     provider.setup()
     try:
         vector = query_vector(request, options, provider)

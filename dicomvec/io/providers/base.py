@@ -139,7 +139,7 @@ class EmbeddingProvider(abc.ABC):
         """One result per text, in input order."""
         raise TextNotSupportedError(
             f"the {self.name!r} provider has no text embedding; use a semantic provider "
-            "such as nvclip for text queries")
+            "such as openclip (a local model) or nvclip for text queries")
 
     def stats(self) -> Dict[str, float]:
         """Counters for the end-of-run summary (requests, retries, ...)."""
