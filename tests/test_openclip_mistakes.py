@@ -103,3 +103,23 @@ def test_an_uncached_hub_name_with_no_network(sample, tmp_path):  # noqa: F811
     assert HUB in lines[0] and "HF_HUB_OFFLINE" in lines[0]
     assert "--openclip-model /path/to/folder" in lines[0]
     assert proc.stdout == "" and snapshot(tmp_path) == before
+
+
+@pytest.mark.slow  # a fresh interpreter, offline
+def test_a_biomedclip_folder_without_its_text_towers_config(sample, tmp_path, tiny_models):
+    """As BiomedCLIP is published: tokenizer files but no HF config.json for its PubMedBERT
+    tower; offline with an empty cache that is one line saying what to copy where."""
+    import shutil
+    folder = tmp_path / "biomed"
+    shutil.copytree(tiny_models["biomedclip"], folder)
+    (folder / "config.json").unlink()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-cache"),
+               PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "dicomvec.cli",
+                           *run_flags(sample, tmp_path, str(folder))], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "BiomedBERT-base-uncased-abstract/config.json" in lines[0], \
+        proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -267,6 +267,8 @@ def _load_folder(source: ModelSource, device: str) -> Tuple[Any, Callable, Calla
     text_cfg = dict(_read_config(source).get("text_cfg", {}))
     if "hf_model_name" in text_cfg and (folder / "config.json").is_file():
         kwargs["text_cfg"] = dict(text_cfg, hf_model_name=str(folder), hf_model_pretrained=False)
+    elif "hf_model_name" in text_cfg:
+        _require_hf_config(source.spec, text_cfg["hf_model_name"])
     model, _, preprocess = open_clip.create_model_and_transforms(
         f"local-dir:{folder}", device=device, precision="fp32", **kwargs)
     if _has_tokenizer_files(folder) or "hf_tokenizer_name" not in text_cfg:
@@ -277,6 +279,18 @@ def _load_folder(source: ModelSource, device: str) -> Tuple[Any, Callable, Calla
             context_length=text_cfg.get("context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH),
             **text_cfg.get("tokenizer_kwargs", {}))
     return model, preprocess, tokenizer
+
+
+def _require_hf_config(spec: str, name: str) -> None:
+    """The HuggingFace text tower's config (e.g. BiomedCLIP's PubMedBERT), from the cache or
+    the hub; ModelUnavailable saying where to put it when neither has it."""
+    from transformers import AutoConfig
+    try:
+        AutoConfig.from_pretrained(name)
+    except Exception:  # offline and not cached, no network
+        raise _unavailable(spec, f"its text tower's config ({name}/config.json) is neither in "
+                                 f"the folder nor in the HuggingFace cache: copy that "
+                                 f"config.json into the folder") from None
 
 
 def _has_tokenizer_files(folder: Path) -> bool:
