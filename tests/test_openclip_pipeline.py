@@ -142,3 +142,32 @@ def test_two_worker_processes_store_the_same_vectors(archive, ingested, tmp_path
     assert set(two) == set(good)
     for image_id in good:
         assert np.allclose(one[image_id], two[image_id], atol=1e-5), image_id
+
+
+def test_reports_get_the_text_towers_vectors_and_image_to_report_ranks_by_them(
+        archive, ingested, capsys, tmp_path):
+    """``dicomvec reports --provider openclip``, then ``search --image --target reports``: the
+    reports come back in the order of the model's image vector · text vector of each report's
+    embedded text (both recomputed here with open_clip)."""
+    from dicomvec.pipeline.reports import run_reports
+    from dicomvec.reports.samples import sample_texts
+    _, good, _ = archive
+    _, tmp, model = ingested
+    texts = sample_texts()
+    for index, text in enumerate(texts.values()):
+        folder = tmp_path / "files" / "p10" / f"p1000000{index}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"s5000000{index}.txt").write_text(text)
+    summary = run_reports(["--input", f"{tmp_path}/files/**/s*.txt",
+                           "--sink", f"sqlite:///{tmp}/db.sqlite",
+                           "--dead-letter", str(tmp_path / "dl"), "--provider", "openclip",
+                           "--openclip-model", str(model), "--device", "cpu"])
+    assert summary.embedded == len(texts)
+    image_id, path = sorted(good.items())[0]
+    hits = search(capsys, tmp, model, "--image", str(path), "--target", "reports")["results"]
+    assert len(hits) == len(texts)
+    ref = reference("folder", model)
+    query = image_vector(ref, model_pixels(path))
+    want = sorted(hits, key=lambda hit: -float(np.dot(query, text_vector(ref,
+                                                                          hit["EmbeddedText"]))))
+    assert [hit["StudyID"] for hit in hits] == [hit["StudyID"] for hit in want]

@@ -275,25 +275,40 @@ class OpenClipProvider(EmbeddingProvider):
             return EmbeddingResult.failure("InvalidVector", str(exc))
 
     def embed_texts(self, texts: Sequence[str]) -> List[EmbeddingResult]:
-        """Each text through the model's own tokenizer (cut to its context) and text tower."""
+        """Texts through the model's own tokenizer (cut to its context) and text tower, in
+        device-sized batches; a batch that fails is retried one text at a time."""
+        results: List[Optional[EmbeddingResult]] = [None] * len(texts)
+        inputs = []
+        for position, text in enumerate(texts):
+            text = (text or "").strip()
+            if text:
+                inputs.append((position, text))
+            else:
+                results[position] = EmbeddingResult.failure("EmptyText", "the text is empty")
+        size = self.handler.inference_batch_size()
+        for start in range(0, len(inputs), size):
+            for position, result in self._encode_texts(inputs[start:start + size]):
+                results[position] = result
+        ok = sum(1 for r in results if r is not None and r.ok)
+        self._count(texts_embedded=ok, failures=len(texts) - ok)
+        return [r for r in results if r is not None]
+
+    def _encode_texts(self, chunk: List[Tuple[int, str]]) -> List[Tuple[int, EmbeddingResult]]:
         import torch
         loaded = self.loaded
-        results = []
-        for text in texts:
-            text = (text or "").strip()
-            if not text:
-                results.append(EmbeddingResult.failure("EmptyText", "the text is empty"))
-                continue
-            try:
-                tokens = loaded.tokenizer([text]).to(loaded.device)
-                with torch.inference_mode():
-                    vector = loaded.model.encode_text(tokens)[0].float().cpu().numpy()
-                results.append(self._result(vector))
-            except Exception as exc:  # this text only
-                results.append(EmbeddingResult.failure(type(exc).__name__, str(exc)))
-        ok = sum(1 for r in results if r.ok)
-        self._count(texts_embedded=ok, failures=len(texts) - ok)
-        return results
+        try:
+            tokens = loaded.tokenizer([text for _, text in chunk]).to(loaded.device)
+            with torch.inference_mode():
+                vectors = loaded.model.encode_text(tokens).float().cpu().numpy()
+            return [(position, self._result(vector))
+                    for (position, _), vector in zip(chunk, vectors)]
+        except Exception as exc:
+            if len(chunk) == 1:
+                return [(chunk[0][0], EmbeddingResult.failure(type(exc).__name__, str(exc)))]
+            out = []
+            for item in chunk:
+                out.extend(self._encode_texts([item]))
+            return out
 
     def _count(self, **deltas: int) -> None:
         with self._lock:
