@@ -4,8 +4,8 @@
   ``open_clip_config.json`` (with its own ``preprocess_cfg`` mean/std) +
   ``open_clip_pytorch_model.bin`` (or ``.safetensors``); a tiny ViT and a tiny text transformer
   (open_clip's own BPE tokenizer, bundled with open_clip).
-* ``biomedclip_like_folder(dir)``: as BiomedCLIP — a HuggingFace BERT text tower (``hf_model_name``
-  + its ``config.json``) with its own WordPiece tokenizer files (``vocab.txt``,
+* ``biomedclip_like_folder(dir)``: as BiomedCLIP — a HuggingFace BERT text tower
+  (``hf_model_name`` + its ``config.json``) with its own WordPiece tokenizer files (``vocab.txt``,
   ``tokenizer_config.json``), an MLP projection and a CLS pooler.
 * ``openai_checkpoint(path)``: a plain OpenAI-CLIP state dict ``.pt`` (what CheXzero publishes).
 

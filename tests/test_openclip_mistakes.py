@@ -19,7 +19,8 @@ HUB = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 
 
 def run_flags(sample, root: Path, model: str, *extra: str):  # noqa: F811
-    return ["run", "--input", str(sample / "**" / "*.dcm"), "--sink", f"sqlite:///{root}/out/db.sqlite",
+    return ["run", "--input", str(sample / "**" / "*.dcm"),
+            "--sink", f"sqlite:///{root}/out/db.sqlite",
             "--dead-letter", str(root / "out" / "dl"), "--provider", "openclip",
             "--openclip-model", model, *extra]
 

@@ -36,8 +36,8 @@ class DicomvecFlags:
                                  "(NV-CLIP API) or openclip (a local model: --openclip-model)")
         parser.add_argument("--image_size", "--image-size", type=int, default=None,
                             help="Model input size S: images fit inside S×S and are padded "
-                                 f"(default: the model's own input size; {D.IMAGE_SIZE} for "
-                                 "thumbnail and nvclip)")
+                                 f"(default: {D.IMAGE_SIZE}) — with --provider openclip the "
+                                 "default is the model's own input size")
         parser.add_argument("--image_format", "--image-format", default=D.IMAGE_FORMAT,
                             choices=["png", "jpeg"], help="Encoding of the model input")
         parser.add_argument("--normalization", default=D.NORMALIZATION,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
+import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -256,8 +257,10 @@ class OpenClipProvider(EmbeddingProvider):
                ) -> List[Tuple[int, EmbeddingResult]]:
         """One forward pass; if it fails, one pass per image (each failure its own)."""
         try:
+            started = time.perf_counter()
             vectors = self.handler.run_inference([x for _, x in chunk], loaded)
-            self._count(inference_batches=1)
+            self._count(inference_batches=1,
+                        inference_ms=round((time.perf_counter() - started) * 1000))
             return [(position, self._result(prediction.inference))
                     for (position, _), prediction in zip(chunk, vectors)]
         except Exception as exc:
@@ -316,7 +319,9 @@ class OpenClipProvider(EmbeddingProvider):
                 self._counts[key] = self._counts.get(key, 0) + value
 
     def stats(self) -> Dict[str, float]:
-        """Additive counters: images_embedded, texts_embedded, failures, inference_batches."""
+        """Additive counters: images_embedded, texts_embedded, failures, inference_batches
+        (image forward passes) and inference_ms (their wall time)."""
         with self._lock:
             return {key: float(self._counts.get(key, 0)) for key in (
-                "images_embedded", "texts_embedded", "failures", "inference_batches")}
+                "images_embedded", "texts_embedded", "failures", "inference_batches",
+                "inference_ms")}

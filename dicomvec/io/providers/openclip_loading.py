@@ -95,7 +95,8 @@ def resolve(spec: Optional[str]) -> ModelSource:
         if not (path / CONFIG_FILE).is_file():
             raise _unavailable(spec, f"the folder has no {CONFIG_FILE}")
         if _weights_in(path) is None:
-            raise _unavailable(spec, f"the folder has no weights ({' or '.join(WEIGHT_FILES[1:3])})")
+            wanted = " or ".join(WEIGHT_FILES[1:3])
+            raise _unavailable(spec, f"the folder has no weights ({wanted})")
         return ModelSource(spec, "folder", str(path.resolve()))
     if path.is_file():
         return ModelSource(spec, "checkpoint", str(path.resolve()))
@@ -158,7 +159,8 @@ def _size(value: Any) -> int:
 def describe(spec: Optional[str]) -> ModelInfo:
     """``_describe`` remembered per spec and file times (the driver asks several times)."""
     source = resolve(spec)
-    stamp = os.stat(source.path).st_mtime_ns
+    read = Path(source.path) / CONFIG_FILE if source.kind == "folder" else Path(source.path)
+    stamp = os.stat(read).st_mtime_ns
     key = (spec, source.path, stamp)
     if key not in _DESCRIBED:
         _DESCRIBED[key] = _describe(source)
@@ -242,7 +244,6 @@ def load(spec: str, device: str = "auto") -> LoadedModel:
     (resolved) device, with its validation transform and tokenizer. Raises ModelUnavailable."""
     info = describe(spec)
     device = resolve_device(device)
-    torch = _torch()
     try:
         if info.source.kind == "folder":
             model, preprocess, tokenizer = _load_folder(info.source, device)
@@ -254,7 +255,6 @@ def load(spec: str, device: str = "auto") -> LoadedModel:
         raise _unavailable(info.source.spec, f"cannot load the model ({type(exc).__name__}: "
                                              f"{_first(exc)})") from None
     model.eval()
-    torch.set_grad_enabled(False)
     return LoadedModel(info, model, preprocess, tokenizer, device)
 
 
@@ -276,7 +276,8 @@ def _load_folder(source: ModelSource, device: str) -> Tuple[Any, Callable, Calla
     else:  # the config names a hub tokenizer and the folder has none: the HF cache's
         tokenizer = open_clip.tokenizer.HFTokenizer(
             text_cfg["hf_tokenizer_name"],
-            context_length=text_cfg.get("context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH),
+            context_length=text_cfg.get("context_length",
+                                        open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH),
             **text_cfg.get("tokenizer_kwargs", {}))
     return model, preprocess, tokenizer
 
