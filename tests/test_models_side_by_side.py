@@ -227,3 +227,15 @@ def test_resume_reprocess_replace_invalid_and_workers_for_a_512_d_model(sink_url
     assert (repaired.stored, repaired.skipped_existing, repaired.rows_in_store) == (1, N - 1, N)
     with sink.images() as store:
         assert store.invalid_rows(512) == [(ids[2], "projection:b")]
+
+
+def test_sqlite_side_index_folders_are_one_per_store_key(tmp_path):
+    """SQLite's IVF index files live in a folder per (table, store_key): keys that differ only
+    in characters a file name cannot hold still get folders of their own."""
+    from dicomvec.io.stores.sqlite_index import IvfIndex
+    db = str(tmp_path / "db.sqlite")
+    folders = {IvfIndex(db, "MIMICCXRImages512", key).dir
+               for key in ("openclip:a/b", "openclip:a_b", "openclip_a_b", "openclip:a:b")}
+    assert len(folders) == 4
+    assert IvfIndex(db, "MIMICCXRImages", "thumbnail").dir.endswith(
+        "db.sqlite.vectors/MIMICCXRImages.thumbnail")  # today's folders keep their names
