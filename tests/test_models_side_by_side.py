@@ -239,3 +239,19 @@ def test_sqlite_side_index_folders_are_one_per_store_key(tmp_path):
     assert len(folders) == 4
     assert IvfIndex(db, "MIMICCXRImages", "thumbnail").dir.endswith(
         "db.sqlite.vectors/MIMICCXRImages.thumbnail")  # today's folders keep their names
+
+
+def test_a_store_key_longer_than_the_provider_column_is_refused_before_the_job():
+    from dicomvec.errors import PreflightError
+    from dicomvec.io.providers.registry import register_provider
+    from dicomvec.pipeline.preflight import check_provider
+    register_provider("too-long", f"{__name__}:TooLongKey")
+    with pytest.raises(PreflightError, match="must be 1 to 50 characters"):
+        check_provider(ProviderConfig("too-long"))
+    check_provider(ProviderConfig("projection-a"))  # fits
+
+
+class TooLongKey(providers_for_tests.ProjectionProvider):
+    @property
+    def store_key(self) -> str:
+        return "openclip:" + "x" * 60
