@@ -116,8 +116,8 @@ def mismatch_error(spec: TableSpec, qualified_table: str, sink: str,
         also = " (init-db, check-db, migrate: --table)" if what == "images" else ""
         return SchemaMismatchError(
             f"{qualified_table} holds vectors of another length ({listed}){refused}: leave "
-            f"{option}{also} out, and these vectors go to their own table {default}, "
-            f"created for you")
+            f"{option}{also} out, and these vectors go to their own table {default} "
+            f"(created when missing)")
     if all(d.migratable for d in differences):
         return NeedsMigrationError(
             f"{qualified_table} was made by an older dicomvec and needs migrating ({listed})"
