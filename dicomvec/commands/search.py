@@ -147,6 +147,8 @@ def run(args, extra) -> int:
         raise UserError("--contact-sheet shows image hits; it needs --target images")
     if args.columns < 1:
         raise UserError("--columns must be at least 1")
+    preflight.announce_destination(options.provider_config(),
+                                   "the query image's pixels" if args.image else "")
     result = run_search(request, options, text_settings)
     print(output.to_json(result) if args.json else output.to_text(result))
     if args.contact_sheet:

@@ -34,7 +34,11 @@ class DicomvecFlags:
         parser.add_argument("--dead_letter", "--dead-letter", default=D.DEAD_LETTER,
                             help="Directory for Parquet dead letters (one sub-folder per run)")
         parser.add_argument("--provider", default=D.PROVIDER,
-                            help="Embedding provider: thumbnail (offline, NON-semantic) or nvclip")
+                            help="Embedding provider, and where image pixels go: thumbnail "
+                                 "(NON-semantic; nowhere: computed here), openclip (a local "
+                                 "model; nowhere), nvclip (NV-CLIP: a self-hosted NIM at "
+                                 "--nvclip-url, or NVIDIA's hosted API, a third party: see "
+                                 "docs/privacy.md)")
         parser.add_argument("--image_size", "--image-size", type=int, default=D.IMAGE_SIZE,
                             help="Model input size S: images fit inside S×S and are padded")
         parser.add_argument("--image_format", "--image-format", default=D.IMAGE_FORMAT,

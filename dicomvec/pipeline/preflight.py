@@ -12,7 +12,8 @@ given as ``--input`` becomes ``DIR/**``, every file below it), or a ``PreflightE
 * dead letters: the folder is writable, or can be made (same rule);
 * ``--job_endpoint`` (a portable runner's job service): it answers within a few seconds;
 * provider: its credentials are present (``EmbeddingProvider.preflight``; e.g. nvclip's
-  ``NVIDIA_API_KEY`` for the hosted API). No request is sent.
+  ``NVIDIA_API_KEY`` for the hosted API). No request is sent. When the job would send the
+  archive's data to a hosted third-party service, one notice says so on stderr (not an error).
 """
 from __future__ import annotations
 
@@ -114,6 +115,20 @@ def check_provider(config) -> None:
                              "store_key_for)")
 
 
+def announce_destination(config, sends: str) -> None:
+    """Once every check has passed: when ``sends`` (what of the archive the command sends
+    through the provider: "image pixels", "report texts"; '' for nothing, e.g. a text query)
+    goes to a hosted third-party service, print the privacy notice on stderr (not an error,
+    no prompt). Nothing is printed for a local model or a self-hosted NIM."""
+    import sys
+
+    from dicomvec.io.providers import create_provider
+    from dicomvec.io.providers.privacy import third_party_notice
+    notice = third_party_notice(create_provider(config), sends)
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
+
+
 def check_runner(options) -> None:
     """``--runner`` names a runner Beam knows (a short name such as ``FlinkRunner``, with or
     without ``Runner``, or a dotted class path); a misspelled one gets a suggestion."""
@@ -159,9 +174,11 @@ def check_job_endpoint(options, timeout: Optional[float] = None) -> None:
 
 
 def check_job(options, input_pattern: bool = True, sink_must_exist: bool = False,
-              dead_letters: bool = True, require_match: bool = True) -> Optional[str]:
+              dead_letters: bool = True, require_match: bool = True,
+              sends: str = "image pixels") -> Optional[str]:
     """Every check for a job over ``options`` (``DicomvecOptions``), cheapest first; returns the
-    input pattern to use (None when ``input_pattern`` is False)."""
+    input pattern to use (None when ``input_pattern`` is False). ``sends``: what the job sends
+    to its provider (for ``announce_destination``'s privacy notice)."""
     used = resolve_input(options.input, require_match=require_match) if input_pattern else None
     check_runner(options)
     check_provider(options.provider_config())
@@ -174,4 +191,5 @@ def check_job(options, input_pattern: bool = True, sink_must_exist: bool = False
     problem = flink_cluster_problem(options)
     if problem:
         raise PreflightError(problem)
+    announce_destination(options.provider_config(), sends)
     return used

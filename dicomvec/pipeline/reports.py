@@ -84,6 +84,7 @@ class ReportsSummary(JobSummary):
             self.dead_letter_line(),
             f"  wall time            {self.wall_time_s:.1f} s",
             f"  provider             {self.provider} ({self.embedding_model})",
+            f"  texts sent to        {self.destination}",
             f"  embedded text        IMPRESSION, else FINDINGS, else the report's tail; at most "
             f"~{TOKEN_BUDGET} of CLIP's {CONTEXT_TOKENS} tokens",
         ]
@@ -100,7 +101,7 @@ def run_reports(argv: List[str]) -> ReportsSummary:
     if not dv.input:
         raise preflight.NoInputFilesError("--input is required: a report file pattern such as "
                                           "'/data/mimic-cxr/files/**/s*.txt'")
-    dv.input = preflight.check_job(dv)
+    dv.input = preflight.check_job(dv, sends="report texts")
     check_s3_paths([dv.dead_letter], options)
     matched = len(match_input(dv.input, options))
     configure_local_engine(options)
@@ -138,6 +139,7 @@ def run_reports(argv: List[str]) -> ReportsSummary:
         provider=provider.name,
         embedding_model=provider.model,
         semantic=provider.semantic,
+        destination=provider.destination,
         provider_stats=C.REPORTS.provider_stats(counters),
         accounting=check_accounting(matched, counters, dead_letter_dir, names=C.REPORTS),
     )

@@ -59,6 +59,8 @@ class JobSummary:
     semantic: bool
     provider_stats: Dict[str, int] = dataclasses.field(default_factory=dict)
     accounting: Optional[Accounting] = None  # do the counts add up? (pipeline/accounting.py)
+    #: where the provider sent what it embedded (``EmbeddingProvider.destination``)
+    destination: str = ""
 
     @property
     def dead_lettered_total(self) -> int:
@@ -118,6 +120,7 @@ class RunSummary(JobSummary):
             self.dead_letter_line(),
             f"  wall time            {self.wall_time_s:.1f} s  ({self.images_per_s:.2f} images/s)",
             f"  provider             {self.provider} ({self.embedding_model})",
+            f"  pixels sent to       {self.destination}",
         ]
         if not self.semantic:
             lines.append("                       NOTE: non-semantic descriptor, not CLIP: "
@@ -345,6 +348,7 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
         provider=provider.name,
         embedding_model=provider.model,
         semantic=provider.semantic,
+        destination=provider.destination,
         provider_stats=C.IMAGES.provider_stats(counters),
         not_dicom_ignored=counters.get(C.NOT_DICOM_IGNORED, 0) if folder_input else None,
     )

@@ -121,6 +121,19 @@ class EmbeddingProvider(abc.ABC):
         characters."""
         return self.name
 
+    @property
+    def destination(self) -> str:
+        """Where what this provider embeds (image pixels, report texts) is sent, in words for
+        the run summary and ``--help``: ``nowhere: ...`` for a provider computing on the worker
+        itself."""
+        return "nowhere: computed on this machine"
+
+    @property
+    def third_party(self) -> bool:
+        """True when inputs leave the user's machines for a service someone else runs (a hosted
+        API): the commands then print ``privacy.third_party_notice`` before they start."""
+        return False
+
     def preflight(self) -> None:
         """Before a job starts, in the launching process: raise ``FatalProviderError`` when no
         call can succeed (e.g. missing credentials). Sends nothing, creates nothing."""
