@@ -112,11 +112,12 @@ def pipeline_options(extra):
 
 
 def reports_request(request, args, options):
-    """``request`` with the reports table (``options.reports_table``, ``--reports-schema``) and
+    """``request`` with the reports table (``--reports-table`` or the one of the provider's
+    vector length, ``--reports-schema``) and
     ``--via-reports``, and the ``OpenAISettings`` for it (None without it)."""
     import dataclasses
     request = dataclasses.replace(request, via_reports=args.via_reports,
-                                  reports_table=options.reports_table,
+                                  reports_table=options.sink_config().reports_table,
                                   reports_schema=args.reports_schema)
     if not args.via_reports:
         return request, None

@@ -110,8 +110,9 @@ def run(args, extra) -> int:
     if token:
         print("  the token is required for every request (it is patient data): keep the URL "
               "private", flush=True)
-    print(f"  {options.sink_table} @ {options.sink_config().redacted}, provider "
-          f"{options.provider}; Ctrl-C stops", flush=True)
+    sink = options.sink_config()
+    print(f"  {sink.table} @ {sink.redacted}, provider {options.provider}; Ctrl-C stops",
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -79,11 +79,12 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
                                                    options.read_ahead(), ignore_non_dicom),
                     failures)
     unique = records if streaming else records | "OnePerImageID" >> OnePerImageID()
-    dimension = create_provider(options.provider_config()).dimension
-    sink = options.sink_config()
+    provider = create_provider(options.provider_config())
+    dimension = provider.dimension
+    sink = options.sink_config(dimension)
     if not options.force:
         unique = unique | "SkipStored" >> SkipStored(
-            sink, options.provider, options.preprocess_version(),
+            sink, provider.store_key, options.preprocess_version(),
             valid_dimension=dimension if options.replace_invalid else None)
     decoded = stage(unique, "Decode",
                     DecodePixels(options.image_size, storage_settings(options),

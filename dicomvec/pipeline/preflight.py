@@ -103,9 +103,16 @@ def require_dead_letter_folder(path: str) -> None:
 
 
 def check_provider(config) -> None:
-    """The provider can be built and has its credentials (no request is sent)."""
+    """The provider can be built and has its credentials (no request is sent), and its
+    ``store_key`` fits the Provider column."""
+    from dicomvec.defaults import PROVIDER_KEY_LENGTH
     from dicomvec.io.providers import create_provider
-    create_provider(config).preflight()  # unknown name: ValueError
+    provider = create_provider(config)  # unknown name: ValueError
+    provider.preflight()
+    if not provider.store_key or len(provider.store_key) > PROVIDER_KEY_LENGTH:
+        raise PreflightError(f"provider {provider.name!r}: its store key {provider.store_key!r} "
+                             f"must be 1 to {PROVIDER_KEY_LENGTH} characters (build it with "
+                             "store_key_for)")
 
 
 def announce_destination(config, sends: str) -> None:

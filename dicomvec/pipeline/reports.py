@@ -111,7 +111,7 @@ def run_reports(argv: List[str]) -> ReportsSummary:
         log.warning("provider %r has no text tower: reports are stored as text only (no "
                     "vectors); use a semantic provider such as nvclip for text search",
                     provider.name)
-    sink = dv.sink_config()
+    sink = dv.sink_config(provider.dimension)
     with sink.reports() as store:
         store.init_schema(provider.dimension)  # refuses a table that is not ours (exit 2)
 
@@ -120,7 +120,7 @@ def run_reports(argv: List[str]) -> ReportsSummary:
     counters = job.counters
     with sink.reports() as store:
         rows = store.count()
-        with_vectors = store.count(provider.name)
+        with_vectors = store.count(provider.store_key)
     dead_letter_dir = generation_dir(dv.dead_letter, run_id)
     return ReportsSummary(
         run_id=run_id,
@@ -133,7 +133,7 @@ def run_reports(argv: List[str]) -> ReportsSummary:
         wall_time_s=job.wall_time_s,
         rows_in_table=rows,
         vectors_in_table=with_vectors,
-        table=dv.reports_table,
+        table=sink.reports_table,
         sink=sink.redacted,
         dead_letter_dir=dead_letter_dir,
         provider=provider.name,
