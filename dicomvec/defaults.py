@@ -9,6 +9,21 @@ IMAGES_TABLE = "MIMICCXRImages"
 REPORTS_TABLE = "MIMICCXRReports"
 #: the vector length when neither --dimension nor --provider says (NV-CLIP ViT-H)
 DIMENSION = 1024
+#: the Provider column's width: a provider's ``store_key`` (e.g. ``openclip:<model>``) fits it
+PROVIDER_KEY_LENGTH = 50
+
+
+def images_table(dimension: int) -> str:
+    """The images table of ``dimension``-long vectors when ``--sink-table`` / ``--table`` is not
+    given: ``MIMICCXRImages`` for 1024-d (NV-CLIP, thumbnail), ``MIMICCXRImages<d>`` otherwise,
+    so vectors of every length get a table of their own without DDL written by the user."""
+    return IMAGES_TABLE if int(dimension) == DIMENSION else f"{IMAGES_TABLE}{int(dimension)}"
+
+
+def reports_table(dimension: int) -> str:
+    """The reports table of ``dimension``-long vectors when ``--reports-table`` is not given
+    (the same rule as ``images_table``)."""
+    return REPORTS_TABLE if int(dimension) == DIMENSION else f"{REPORTS_TABLE}{int(dimension)}"
 
 # -- the job -----------------------------------------------------------------------------------
 DEAD_LETTER = "out/dead_letter"

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 from dicomvec import cli, imaging
+from dicomvec.defaults import images_table
 from dicomvec.io.dead_letter import read_dead_letters
 from dicomvec.io.providers import ProviderConfig, create_provider
 from dicomvec.io.stores import VectorStore
 from dicomvec.pipeline.run import run_ingest
 from dicomvec.synthetic import generate
-from tests.openclip_models import (IMAGE_SIZE, image_vector, reference, text_vector,
+from tests.openclip_models import (EMBED_DIM, IMAGE_SIZE, image_vector, reference, text_vector,
                                    tiny_models)  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow  # Beam jobs with a model in each worker
@@ -46,15 +47,12 @@ def flags(root: Path, tmp: Path, model: Path, run_id: str, *extra: str):
 
 
 def stored_vectors(tmp: Path, model: Path, ids) -> Dict[str, np.ndarray]:
-    """The rows' vectors, under the provider's store key (or its name, before model-keyed
-    storage)."""
+    """The rows' vectors under the model's store key, in the table of its vector length."""
     provider = create_provider(ProviderConfig("openclip", {"model": str(model)}))
-    with VectorStore(f"sqlite:///{tmp}/db.sqlite") as store:
-        for key in (provider.store_key, provider.name):
-            found = store.vectors(list(ids), key)
-            if found:
-                return found
-    return {}
+    assert provider.store_key == f"openclip:{model.name}"
+    with VectorStore(f"sqlite:///{tmp}/db.sqlite",
+                     table=images_table(provider.dimension)) as store:
+        return store.vectors(list(ids), provider.store_key)
 
 
 def model_pixels(path: Path) -> np.ndarray:
@@ -93,7 +91,8 @@ def test_the_rows_say_the_model_and_the_raw_gray_input(ingested):
     summary, tmp, model = ingested
     import sqlite3
     with sqlite3.connect(tmp / "db.sqlite") as conn:
-        rows = set(conn.execute("SELECT EmbeddingModel, PreprocessVersion FROM MIMICCXRImages"))
+        rows = set(conn.execute("SELECT EmbeddingModel, PreprocessVersion FROM "
+                                 f"{images_table(EMBED_DIM)}"))
     assert rows == {(model.name, f"pp1-std-{IMAGE_SIZE}-raw")}
 
 

@@ -83,10 +83,10 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
     dimension = provider.dimension
     image_size, image_format = options.model_input(provider)
     preprocess_version = options.preprocess_version(provider)
-    sink = options.sink_config()
+    sink = options.sink_config(dimension)
     if not options.force:
         unique = unique | "SkipStored" >> SkipStored(
-            sink, options.provider, preprocess_version,
+            sink, provider.store_key, preprocess_version,
             valid_dimension=dimension if options.replace_invalid else None)
     decoded = stage(unique, "Decode",
                     DecodePixels(image_size, storage_settings(options),

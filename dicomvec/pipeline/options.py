@@ -27,13 +27,18 @@ class DicomvecFlags:
                                  "iris://USER@HOST:1972/NAMESPACE")
         parser.add_argument("--sink_schema", "--sink-schema", default=D.SCHEMA,
                             help="Schema of the images table (ignored by SQLite)")
-        parser.add_argument("--sink_table", "--sink-table", default=D.IMAGES_TABLE,
-                            help="Images table name")
+        parser.add_argument("--sink_table", "--sink-table", default=None,
+                            help=f"Images table name (default: from the provider's vector "
+                                 f"length: {D.IMAGES_TABLE} for 1024-d, {D.IMAGES_TABLE}<d> "
+                                 f"for any other length d; created when missing)")
         parser.add_argument("--dead_letter", "--dead-letter", default=D.DEAD_LETTER,
                             help="Directory for Parquet dead letters (one sub-folder per run)")
         parser.add_argument("--provider", default=D.PROVIDER,
-                            help="Embedding provider: thumbnail (offline, NON-semantic), nvclip "
-                                 "(NV-CLIP API) or openclip (a local model: --openclip-model)")
+                            help="Embedding provider, and where image pixels go: thumbnail "
+                                 "(NON-semantic; nowhere: computed here), openclip (a local "
+                                 "model; nowhere), nvclip (NV-CLIP: a self-hosted NIM at "
+                                 "--nvclip-url, or NVIDIA's hosted API, a third party: see "
+                                 "docs/privacy.md)")
         parser.add_argument("--image_size", "--image-size", type=int, default=None,
                             help="Model input size S: images fit inside S×S and are padded "
                                  f"(default: {D.IMAGE_SIZE}) — with --provider openclip the "
@@ -60,9 +65,11 @@ class DicomvecFlags:
                             help="Re-embed images whose stored row has a zero or wrong-length "
                                  "vector (rows written by other tools; `dicomvec check-db` "
                                  "lists them)")
-        parser.add_argument("--reports_table", "--reports-table", default=D.REPORTS_TABLE,
-                            help="Reports table name (in --sink-schema): `dicomvec reports` "
-                                 "writes it, `search` reads it")
+        parser.add_argument("--reports_table", "--reports-table", default=None,
+                            help=f"Reports table name (in --sink-schema): `dicomvec reports` "
+                                 f"writes it, `search` reads it (default: from the provider's "
+                                 f"vector length: {D.REPORTS_TABLE} for 1024-d, "
+                                 f"{D.REPORTS_TABLE}<d> for any other length d)")
         # object storage (s3://, gs://): read-ahead per worker
         parser.add_argument("--prefetch_objects", "--prefetch-objects", type=int, default=DEFAULT_PREFETCH_OBJECTS,
                             help="object storage input: objects fetched ahead of the one being "
@@ -154,19 +161,26 @@ class DicomvecFlags:
         """(objects, bytes) of the object-storage read-ahead window."""
         return max(1, int(self.prefetch_objects)), max(1, int(self.prefetch_mb * 1024 * 1024))
 
-    def sink_config(self):
-        """Where vectors go (``SinkConfig``), for the driver and the workers."""
+    def sink_config(self, dimension=None):
+        """Where vectors go (``SinkConfig``), for the driver and the workers: the tables named
+        by ``--sink-table`` / ``--reports-table``, or else the tables of the provider's vector
+        length (``dimension``, when the caller has the provider at hand)."""
         from dicomvec.io.stores.base import SinkConfig
-        return SinkConfig(self.sink, self.sink_schema, self.sink_table, self.reports_table)
+        if dimension is None and not (self.sink_table and self.reports_table):
+            dimension = provider_dimension(self.provider_config())
+        return SinkConfig.for_dimension(dimension or D.DIMENSION, self.sink, self.sink_schema,
+                                        self.sink_table, self.reports_table)
 
     def provider_config(self):
         """The provider's name and settings (no secrets) for workers to build it from: for
         openclip its --openclip-* flags and --device, for the others the --nvclip-* flags."""
         from dicomvec.io.providers.base import ProviderConfig
+        from dicomvec.io.providers.registry import provider_target
+        target = provider_target(self.provider)  # workers build what the driver registered
         if self.provider == "openclip":
-            return ProviderConfig(name=self.provider, settings={
+            return ProviderConfig(name=self.provider, target=target, settings={
                 "model": self.openclip_model, "device": self.device})
-        return ProviderConfig(name=self.provider, settings={
+        return ProviderConfig(name=self.provider, target=target, settings={
             "url": self.nvclip_url,
             "model": self.nvclip_model,
             "concurrency": self.nvclip_concurrency,
@@ -175,6 +189,19 @@ class DicomvecFlags:
             "max_attempts": self.nvclip_max_attempts,
             "cost_per_1k_images": self.nvclip_cost_per_1k_images,
         })
+
+
+_DIMENSIONS: dict = {}
+
+
+def provider_dimension(config) -> int:
+    """The vector length of the provider ``config`` builds (asked once per process and
+    configuration: the search page asks for every request)."""
+    key = (config.name, config.target, repr(sorted(config.settings.items())))
+    if key not in _DIMENSIONS:
+        from dicomvec.io.providers import create_provider
+        _DIMENSIONS[key] = int(create_provider(config).dimension)
+    return _DIMENSIONS[key]
 
 
 def __getattr__(name: str):

@@ -40,7 +40,8 @@ from dicomvec import defaults
 from dicomvec.imaging.encoding import RAW_GRAY, decode_raw_gray, is_raw_gray
 from dicomvec.io.providers import openclip_loading as loading
 from dicomvec.io.providers.base import (EmbeddingProvider, EmbeddingResult, EncodedImage,
-                                        FatalProviderError, ProviderConfig, unit_vector)
+                                        FatalProviderError, ProviderConfig, store_key_for,
+                                        unit_vector)
 
 METRICS_NAMESPACE = "dicomvec_openclip"
 
@@ -197,8 +198,9 @@ class OpenClipProvider(EmbeddingProvider):
 
     @property
     def store_key(self) -> str:
-        """Provider column and every provider filter: one key per model (≤ 100 characters)."""
-        return f"openclip:{self.info.source.short_id}"[:100]
+        """Provider column and every provider filter: one key per model
+        (``openclip:<short id>``, shortened with a digest past the column's length)."""
+        return store_key_for(self.name, self.info.source.short_id)
 
     @property
     def destination(self) -> str:
