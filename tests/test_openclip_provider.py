@@ -152,3 +152,24 @@ def test_the_thumbnail_path_never_imports_torch():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_preflight_loads_the_model_and_lets_it_go(models, monkeypatch):
+    """The launching process checks the model by loading it, and keeps no copy: the model it
+    loaded is freed once preflight returns (a Flink driver never runs it)."""
+    import weakref
+
+    from dicomvec.io.providers import openclip
+    provider = provider_for(models["folder"])
+    loaded_refs = []
+    real_load = openclip.OpenClipModelHandler.load_model
+
+    def load_and_watch(handler):
+        loaded = real_load(handler)
+        loaded_refs.append(weakref.ref(loaded.model))
+        return loaded
+
+    monkeypatch.setattr(openclip.OpenClipModelHandler, "load_model", load_and_watch)
+    provider.preflight()
+    assert len(loaded_refs) == 1
+    assert loaded_refs[0]() is None, "preflight kept the model alive"

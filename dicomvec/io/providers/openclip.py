@@ -216,9 +216,14 @@ class OpenClipProvider(EmbeddingProvider):
 
     # -- lifecycle --------------------------------------------------------------------------
     def preflight(self) -> None:
-        """Load the model here, once (through the process's Shared: an in-process engine and
-        ``search`` reuse it): any problem is one line before anything is created."""
-        shared_model(self.handler)
+        """Load the model here once, so that any problem (missing, corrupt, no CUDA) is one line
+        before anything is created, then let it go: the launching process of a Flink job never
+        runs the model, and must not hold a copy of it (~4 GB for a ViT-H/14) for the job's
+        lifetime. Workers load their own (``setup``); an in-process run pays one more load."""
+        import gc
+        loaded = self.handler.load_model()
+        del loaded
+        gc.collect()
 
     def setup(self) -> None:
         if self._loaded is None:
