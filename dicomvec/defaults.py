@@ -53,6 +53,12 @@ CLIP_CONTEXT_TOKENS = 77
 #: NV-CLIP hosted API: an inline data URL's base64 payload must be shorter than this
 MAX_BASE64_CHARS = 180_000
 
+# -- a local open_clip model (--provider openclip) ---------------------------------------------
+#: --device: auto = CUDA when torch sees a GPU, else the CPU
+OPENCLIP_DEVICE = "auto"
+#: images per forward pass on a CPU and on a CUDA device
+OPENCLIP_CPU_BATCH, OPENCLIP_CUDA_BATCH = 16, 64
+
 # -- OpenAI-compatible text embeddings (search --via-reports) -----------------------------------
 TEXT_URL = "https://api.openai.com/v1"
 TEXT_MODEL = "text-embedding-3-large"

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     from dicomvec.commands.pipeline_flags import add_help_flags
     add_help_flags(parser, beam=False)
     query = parser.add_argument_group("query (exactly one)")
-    query.add_argument("--text", help="free-text query (semantic providers only, e.g. nvclip)")
+    query.add_argument("--text", help="free-text query (semantic providers only: openclip, nvclip)")
     query.add_argument("--image", help="DICOM file to find similar images (or reports) for")
     search = parser.add_argument_group("search")
     search.add_argument("--target", choices=TARGETS, default="images",

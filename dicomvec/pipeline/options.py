@@ -39,8 +39,10 @@ class DicomvecFlags:
                                  "model; nowhere), nvclip (NV-CLIP: a self-hosted NIM at "
                                  "--nvclip-url, or NVIDIA's hosted API, a third party: see "
                                  "docs/privacy.md)")
-        parser.add_argument("--image_size", "--image-size", type=int, default=D.IMAGE_SIZE,
-                            help="Model input size S: images fit inside S×S and are padded")
+        parser.add_argument("--image_size", "--image-size", type=int, default=None,
+                            help="Model input size S: images fit inside S×S and are padded "
+                                 f"(default: {D.IMAGE_SIZE}) — with --provider openclip the "
+                                 "default is the model's own input size")
         parser.add_argument("--image_format", "--image-format", default=D.IMAGE_FORMAT,
                             choices=["png", "jpeg"], help="Encoding of the model input")
         parser.add_argument("--normalization", default=D.NORMALIZATION,
@@ -125,12 +127,35 @@ class DicomvecFlags:
                             default=D.NVCLIP_MAX_ATTEMPTS,
                             help="attempts per NV-CLIP request (1 = never retry)")
 
-    def preprocess_version(self) -> str:
+        # a local open_clip model (torch in the worker; pixels never leave the machine)
+        parser.add_argument("--openclip_model", "--openclip-model", default=None,
+                            help="openclip: a model folder as published on the hub "
+                                 "(open_clip_config.json + open_clip_pytorch_model.bin or "
+                                 ".safetensors), an OpenAI-CLIP checkpoint file (.pt), or "
+                                 "hf-hub:NAME from the HuggingFace cache (offline: "
+                                 "HF_HUB_OFFLINE=1)")
+        parser.add_argument("--device", default=D.OPENCLIP_DEVICE,
+                            choices=["auto", "cpu", "cuda"],
+                            help="openclip: where the model runs (auto: cuda if available); "
+                                 f"images per forward pass: {D.OPENCLIP_CPU_BATCH} on a CPU, "
+                                 f"{D.OPENCLIP_CUDA_BATCH} on CUDA")
+
+    def model_input(self, provider) -> tuple:
+        """(size, format) of the model input for ``provider``: ``--image-size``, else the
+        model's own input size, else 224; the provider's own input format (``raw-gray``) when it
+        asks for one, else ``--image-format``."""
+        size = self.image_size or getattr(provider, "input_size", None) or D.IMAGE_SIZE
+        return int(size), getattr(provider, "input_format", None) or self.image_format
+
+    def preprocess_version(self, provider=None) -> str:
         """What made the model input, stored per row (≤ 20 chars): code version, normalization,
-        size and format. A resumed run skips only rows made the same way."""
+        size and format (``model_input(provider)``). A resumed run skips only rows made the
+        same way."""
         method = {"standard": "std", "mimic-jpg": "mjpg"}.get(self.normalization,
                                                               self.normalization)
-        return f"{PREPROCESS_VERSION}-{method}-{self.image_size}-{self.image_format}"[:20]
+        size, image_format = self.model_input(provider)
+        image_format = {"raw-gray": "raw"}.get(image_format, image_format)
+        return f"{PREPROCESS_VERSION}-{method}-{size}-{image_format}"[:20]
 
     def read_ahead(self):
         """(objects, bytes) of the object-storage read-ahead window."""
@@ -147,10 +172,14 @@ class DicomvecFlags:
                                         self.sink_table, self.reports_table)
 
     def provider_config(self):
-        """The provider's name and settings (no secrets) for workers to build it from."""
+        """The provider's name and settings (no secrets) for workers to build it from: for
+        openclip its --openclip-* flags and --device, for the others the --nvclip-* flags."""
         from dicomvec.io.providers.base import ProviderConfig
         from dicomvec.io.providers.registry import provider_target
         target = provider_target(self.provider)  # workers build what the driver registered
+        if self.provider == "openclip":
+            return ProviderConfig(name=self.provider, target=target, settings={
+                "model": self.openclip_model, "device": self.device})
         return ProviderConfig(name=self.provider, target=target, settings={
             "url": self.nvclip_url,
             "model": self.nvclip_model,

@@ -316,18 +316,18 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
             log.info("--input %s is a folder: reading every file below it (pattern %s); files "
                      "plainly not DICOM are ignored", dv.input, prefix)
             dv.input, folder_input = prefix, True
+    provider = create_provider(dv.provider_config())
+    sink = dv.sink_config(provider.dimension)
+    with sink.images() as store:  # a table of another shape: one line, before the engine's log
+        store.init_schema(provider.dimension)
+    if not provider.semantic:
+        log.warning("provider %r is a NON-SEMANTIC descriptor (%s), not CLIP: use it for dry "
+                    "runs and image-to-image lookups only", provider.name, provider.model)
     configure_local_engine(options)
     if streaming:
         unreadable = []  # the watch lists the pattern itself, again and again
     expected = None if streaming else len(listed) + len(unreadable)
     run_id = dv.run_id or default_run_id()
-    provider = create_provider(dv.provider_config())
-    if not provider.semantic:
-        log.warning("provider %r is a NON-SEMANTIC descriptor (%s), not CLIP: use it for dry "
-                    "runs and image-to-image lookups only", provider.name, provider.model)
-    sink = dv.sink_config(provider.dimension)
-    with sink.images() as store:
-        store.init_schema(provider.dimension)
 
     job = run_job(options, run_id, lambda pipeline: build_ingest(
         pipeline, dv, run_id, paths=paths, streaming=streaming, unreadable=unreadable,

@@ -53,8 +53,8 @@ def _same_subject(report: Optional[ReportHit], hit: Hit) -> Optional[ReportHit]:
 def query_vector(request: SearchRequest, options, provider):
     if request.text:
         return embed_query_text(provider, request.text)
-    record = image_record(request.image, options.image_size, options.normalization,
-                          options.image_format)
+    size, image_format = options.model_input(provider)
+    record = image_record(request.image, size, options.normalization, image_format)
     return embed_query_image(provider, record)
 
 
@@ -92,7 +92,7 @@ def run_search(request: SearchRequest, options, text_settings=None) -> SearchRes
     if request.target == "reports" and not provider.semantic and not foreign_reports:
         raise TextNotSupportedError(
             f"searching reports needs a semantic model: the {provider.name!r} provider is a "
-            "non-semantic image descriptor and stores no report vectors; use --provider nvclip")
+            "non-semantic image descriptor and stores no report vectors; use --provider openclip (a local model) or nvclip")
     provider.setup()
     try:
         vector = query_vector(request, options, provider)

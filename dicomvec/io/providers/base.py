@@ -97,6 +97,9 @@ class EmbeddingProvider(abc.ABC):
     semantic: ClassVar[bool] = True
     #: largest batch one call may take
     max_batch_size: ClassVar[int] = 64
+    #: the model input the provider wants from the pipeline instead of ``--image-format``
+    #: (``"raw-gray"``: the fitted uint8 gray pixels, no PNG round trip); None: the flag's
+    input_format: ClassVar[Optional[str]] = None
 
     def __init__(self, config: ProviderConfig):
         self.config = config
@@ -134,6 +137,11 @@ class EmbeddingProvider(abc.ABC):
         API): the commands then print ``privacy.third_party_notice`` before they start."""
         return False
 
+    @property
+    def input_size(self) -> Optional[int]:
+        """The model's own input side in pixels (the default of ``--image-size``); None: any."""
+        return None
+
     def preflight(self) -> None:
         """Before a job starts, in the launching process: raise ``FatalProviderError`` when no
         call can succeed (e.g. missing credentials). Sends nothing, creates nothing."""
@@ -156,7 +164,7 @@ class EmbeddingProvider(abc.ABC):
         """One result per text, in input order."""
         raise TextNotSupportedError(
             f"the {self.name!r} provider has no text embedding; use a semantic provider "
-            "such as nvclip for text queries")
+            "such as openclip (a local model) or nvclip for text queries")
 
     def stats(self) -> Dict[str, float]:
         """Counters for the end-of-run summary (requests, retries, ...)."""

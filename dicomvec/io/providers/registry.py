@@ -10,6 +10,7 @@ from dicomvec.io.providers.base import EmbeddingProvider, ProviderConfig
 _PROVIDERS: Dict[str, str] = {
     "thumbnail": "dicomvec.io.providers.thumbnail:ThumbnailProvider",
     "nvclip": "dicomvec.io.providers.nvclip:NVClipProvider",
+    "openclip": "dicomvec.io.providers.openclip:OpenClipProvider",
 }
 
 
