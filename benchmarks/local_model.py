@@ -69,6 +69,14 @@ INSTALL_RECORDED = {
 # --------------------------------------------------------------------------- memory
 
 
+def memory_mb() -> Dict[str, Optional[float]]:
+    """This process's RSS now, split into anonymous memory (its own: weights, activations) and
+    file-backed pages (shared libraries, shared with every other process that maps them), and
+    its peak RSS (``VmHWM``)."""
+    return {"rss": status_mb("VmRSS"), "anon": status_mb("RssAnon"),
+            "file": status_mb("RssFile"), "peak": status_mb("VmHWM")}
+
+
 def status_mb(field: str) -> Optional[float]:
     """``VmRSS`` / ``VmHWM`` of this process in MB (duplicated from benchmarks.common so that the
     onnxruntime child imports nothing but onnxruntime, numpy and Pillow)."""
@@ -217,16 +225,19 @@ def child_torch(spec: Dict) -> Dict:
     import open_clip  # noqa: F401  (imports apart from the model's load time and memory)
     import torch
     rss_imported = status_mb("VmRSS")
+    memory_imported = memory_mb()
     t0 = time.perf_counter()
     embedder = torch_embedder(spec["model"], spec["device"], spec["precision"], spec["threads"])
     load_s = time.perf_counter() - t0
     rss_loaded = status_mb("VmRSS")
     sync = lambda: None  # noqa: E731  (infer already copies the result to the host)
     out = {"route": "torch", "load_s": round(load_s, 2), "rss_after_import_mb": rss_imported,
-           "rss_after_load_mb": rss_loaded, **embedder.info, "runs": {}}
+           "rss_after_load_mb": rss_loaded, "memory_after_import_mb": memory_imported,
+           "memory_after_load_mb": memory_mb(), **embedder.info, "runs": {}}
     for batch in spec["batches"]:
         out["runs"][str(batch)] = time_embedder(embedder, grays, batch, spec["repeats"], sync)
     out["peak_rss_mb"] = status_mb("VmHWM")
+    out["memory_end_mb"] = memory_mb()
     if spec["device"].startswith("cuda"):
         import torch
         out["gpu"] = torch.cuda.get_device_name(0)
@@ -263,10 +274,11 @@ def child_export(spec: Dict) -> Dict:
                          dynamic_axes={"pixels": {0: "batch"}, "vectors": {0: "batch"}},
                          opset_version=17)
     try:
-        torch.onnx.export(tower, (reference,), spec["onnx"], dynamo=False, **export_kwargs)
+        torch.onnx.export(tower, (reference[:2],), spec["onnx"], dynamo=False,
+                          **export_kwargs)
         exporter = "torchscript"
     except TypeError:  # an older torch without the dynamo switch
-        torch.onnx.export(tower, (reference,), spec["onnx"], **export_kwargs)
+        torch.onnx.export(tower, (reference[:2],), spec["onnx"], **export_kwargs)
         exporter = "torchscript"
     export_s = time.perf_counter() - t0
     cfg = model.visual.preprocess_cfg
@@ -288,11 +300,13 @@ def child_ort(spec: Dict) -> Dict:
     grays = list(np.load(spec["grays"])["grays"])
     meta = json.loads(Path(spec["meta"]).read_text())
     rss_imported = status_mb("VmRSS")
+    memory_imported = memory_mb()
     t0 = time.perf_counter()
     embedder = ort_embedder(spec["onnx"], meta, spec["threads"])
     load_s = time.perf_counter() - t0
     out = {"route": "onnxruntime", "load_s": round(load_s, 2),
            "rss_after_import_mb": rss_imported, "rss_after_load_mb": status_mb("VmRSS"),
+           "memory_after_import_mb": memory_imported, "memory_after_load_mb": memory_mb(),
            **embedder.info, "runs": {}}
     ref = np.load(spec["reference"])
     ort_vectors = embedder.infer(list(ref["pixels"]))
@@ -303,6 +317,7 @@ def child_ort(spec: Dict) -> Dict:
     for batch in spec["batches"]:
         out["runs"][str(batch)] = time_embedder(embedder, grays, batch, spec["repeats"])
     out["peak_rss_mb"] = status_mb("VmHWM")
+    out["memory_end_mb"] = memory_mb()
     out["torch_loaded"] = "torch" in sys.modules
     out["modules_loaded"] = sorted({m.split(".")[0] for m in sys.modules
                                     if m.split(".")[0] in ("torch", "onnxruntime", "numpy",
@@ -383,8 +398,9 @@ def measure_install(work: Path, routes: Sequence[str]) -> Dict:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         base = _tree_mb(venv)
         t0 = time.perf_counter()
+        clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-cache-dir",
-                        *packages[route]], check=True)
+                        *packages[route]], check=True, env=clean)
         out[route] = {"packages": " ".join(packages[route]),
                       "wall_s": round(time.perf_counter() - t0, 1),
                       "venv_mb": _tree_mb(venv), "empty_venv_mb": base,
@@ -524,6 +540,7 @@ def summarize(result: Dict, batch: int, cuda: bool) -> Dict:
             "prepare_core_ms": round(prepare_ms, 2),
             "embed_img_s_per_core": round(per_core, 2),
             "img_s_wall": run["img_s_wall"], "peak_rss_mb": row["peak_rss_mb"],
+            "anon_rss_end_mb": row["memory_end_mb"]["anon"],
             "bottleneck": "embedding" if per_core < prep else "preprocessing",
             "embed_vs_preprocess_cost": round(prep / per_core, 1),
             "pipeline_img_s_per_core": round(1 / (1 / prep + 1 / per_core), 2),
