@@ -522,13 +522,15 @@ def summarize(result: Dict, batch: int, cuda: bool) -> Dict:
             continue
         run = row["runs"][str(batch)]
         n = row.get("threads", 1)
-        if cuda:
-            embed = run["img_s_wall"]
-            core_s_per_image = 1 / prep + run["prepare_cpu_ms"] / 1000  # + model transform
-            summary["routes"][name] = {
-                "img_s": embed, "reference_h100_vit_h14_fp16_img_s": H100_VIT_H14_FP16_IMG_S,
-                "cpu_cores_to_feed_it": round(embed * core_s_per_image, 1),
-                "mimic_cxr_hours": round(MIMIC_CXR_IMAGES / embed / 3600, 2)}
+        if cuda:  # every batch size: the GPU's rate depends on it
+            for size, gpu_run in row["runs"].items():
+                embed = gpu_run["img_s_wall"]
+                core_s_per_image = 1 / prep + gpu_run["prepare_cpu_ms"] / 1000  # + transform
+                summary["routes"][f"{name} batch {size}"] = {
+                    "img_s": embed,
+                    "reference_h100_vit_h14_fp16_img_s": H100_VIT_H14_FP16_IMG_S,
+                    "cpu_cores_to_feed_it": round(embed * core_s_per_image, 2),
+                    "mimic_cxr_hours": round(MIMIC_CXR_IMAGES / embed / 3600, 2)}
             continue
         infer = _rate(run, n)
         # the model transform runs per image on the worker's cores, before the inference
