@@ -102,7 +102,8 @@ class Embedder(NamedTuple):
     model: object = None
 
 
-def torch_embedder(model_name: str, device: str, precision: str, threads: int) -> Embedder:
+def torch_embedder(model_name: str, device: str, precision: str, threads: int,
+                   model_config: Optional[str] = None) -> Embedder:
     """The openclip route: open_clip's ``create_model_and_transforms`` (random weights, fixed
     seed), the model's own val transform after PIL grayscale → RGB, ``encode_image`` under
     ``inference_mode``. Point this at the provider's ModelHandler once it exists."""
@@ -112,6 +113,8 @@ def torch_embedder(model_name: str, device: str, precision: str, threads: int) -
     from PIL import Image
 
     torch.set_num_threads(threads)
+    if model_config:  # an architecture of the user's: registered under the file's stem
+        open_clip.add_model_config(model_config)
     torch.manual_seed(SEED)
     model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
     model.eval()
@@ -227,7 +230,8 @@ def child_torch(spec: Dict) -> Dict:
     rss_imported = status_mb("VmRSS")
     memory_imported = memory_mb()
     t0 = time.perf_counter()
-    embedder = torch_embedder(spec["model"], spec["device"], spec["precision"], spec["threads"])
+    embedder = torch_embedder(spec["model"], spec["device"], spec["precision"], spec["threads"],
+                              spec.get("model_config"))
     load_s = time.perf_counter() - t0
     rss_loaded = status_mb("VmRSS")
     sync = lambda: None  # noqa: E731  (infer already copies the result to the host)
@@ -252,7 +256,8 @@ def child_export(spec: Dict) -> Dict:
     import torch
 
     grays = list(np.load(spec["grays"])["grays"])
-    embedder = torch_embedder(spec["model"], "cpu", "fp32", spec["threads"])
+    embedder = torch_embedder(spec["model"], "cpu", "fp32", spec["threads"],
+                              spec.get("model_config"))
     model = embedder.model
 
     class ImageTower(torch.nn.Module):
@@ -420,6 +425,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B-16", help="open_clip model name (random "
                         "weights); ViT-H-14 for the H100 comparison")
+    parser.add_argument("--model-config", help="an open_clip model config JSON to time "
+                        "instead (random weights; --model defaults to its file name's stem)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch route only)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     parser.add_argument("--batches", default="16,1",
@@ -449,6 +456,10 @@ def main(argv=None) -> int:
     from benchmarks.common import cached_archive, dicom_paths, machine
     from dicomvec.synthetic import MIMIC_SIZE
 
+    if args.model_config:
+        args.model_config = str(Path(args.model_config).resolve())
+        if args.model == parser.get_default("model"):
+            args.model = Path(args.model_config).stem
     info = machine()
     cuda = args.device.startswith("cuda")
     pin = None if args.cpu < 0 else args.cpu
@@ -471,6 +482,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-local-model-") as tmp:
         work = Path(tmp)
         common = {"grays": str(work / "grays.npz"), "model": args.model,
+                  "model_config": args.model_config,
                   "repeats": args.repeats, "onnx": str(work / "tower.onnx"),
                   "meta": str(work / "meta.json"), "reference": str(work / "reference.npz")}
         configs["preprocess"] = run_child("preprocess", {**common, "paths": paths, "size": 224},
