@@ -9,7 +9,8 @@ Measured, each configuration in a fresh worker-like process (its peak RSS is tha
   one process pinned to one CPU; CPU ms/image (the per-core cost) and wall;
 * ``torch``: the embedder as the provider runs it: the pipeline's 224×224 gray array → PIL
   grayscale → RGB → the model's own open_clip val transform → ``encode_image`` (fp32, random
-  weights from a fixed seed), ``torch.set_num_threads`` 1 or 2, batches 1 / 16 / 64;
+  weights from a fixed seed), ``torch.set_num_threads`` 1 or 2, batches 16 and 1 (``--batches``;
+  64 costs ~4 more minutes on a shared 2-core machine);
 * ``onnxruntime``: the same image tower exported by ``torch.onnx.export`` from the same weights,
   run with onnxruntime's CPUExecutionProvider (1 or 2 intra-op threads) in a process that has
   onnxruntime + numpy + Pillow loaded and not torch; the model's transform redone in numpy/PIL
@@ -107,7 +108,6 @@ def torch_embedder(model_name: str, device: str, precision: str, threads: int,
     """The openclip route: open_clip's ``create_model_and_transforms`` (random weights, fixed
     seed), the model's own val transform after PIL grayscale → RGB, ``encode_image`` under
     ``inference_mode``. Point this at the provider's ModelHandler once it exists."""
-    import numpy as np
     import open_clip
     import torch
     from PIL import Image
@@ -224,9 +224,9 @@ def time_embedder(embedder: Embedder, grays: List, batch: int, repeats: int,
 
 def child_torch(spec: Dict) -> Dict:
     import numpy as np
-    grays = list(np.load(spec["grays"])["grays"])
     import open_clip  # noqa: F401  (imports apart from the model's load time and memory)
     import torch
+    grays = list(np.load(spec["grays"])["grays"])
     rss_imported = status_mb("VmRSS")
     memory_imported = memory_mb()
     t0 = time.perf_counter()
@@ -243,7 +243,6 @@ def child_torch(spec: Dict) -> Dict:
     out["peak_rss_mb"] = status_mb("VmHWM")
     out["memory_end_mb"] = memory_mb()
     if spec["device"].startswith("cuda"):
-        import torch
         out["gpu"] = torch.cuda.get_device_name(0)
         out["gpu_peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
