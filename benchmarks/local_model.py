@@ -107,7 +107,8 @@ def torch_embedder(model_name: str, device: str, precision: str, threads: int,
                    model_config: Optional[str] = None) -> Embedder:
     """The openclip route: open_clip's ``create_model_and_transforms`` (random weights, fixed
     seed), the model's own val transform after PIL grayscale → RGB, ``encode_image`` under
-    ``inference_mode``. Point this at the provider's ModelHandler once it exists."""
+    ``inference_mode``: the operations of the ``openclip`` provider's ``preprocess`` and
+    ``OpenClipModelHandler.run_inference``, built here so that fp16 on CUDA can be timed too."""
     import open_clip
     import torch
     from PIL import Image
