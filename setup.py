@@ -57,7 +57,9 @@ setup(
                  # (scripts/chromium/install.sh), driven by Selenium
                  "selenium>=4.20",
                  # the local-model provider's tests build and save tiny models in its formats
-                 *OPENCLIP],
+                 *OPENCLIP,
+                 # benchmarks/local_model.py's ONNX Runtime route (torch.onnx.export needs onnx)
+                 "onnxruntime>=1.17", "onnx>=1.15"],
     },
     entry_points={"console_scripts": ["dicomvec=dicomvec.cli:main"]},
 )

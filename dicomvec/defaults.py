@@ -9,6 +9,21 @@ IMAGES_TABLE = "MIMICCXRImages"
 REPORTS_TABLE = "MIMICCXRReports"
 #: the vector length when neither --dimension nor --provider says (NV-CLIP ViT-H)
 DIMENSION = 1024
+#: the Provider column's width: a provider's ``store_key`` (e.g. ``openclip:<model>``) fits it
+PROVIDER_KEY_LENGTH = 50
+
+
+def images_table(dimension: int) -> str:
+    """The images table of ``dimension``-long vectors when ``--sink-table`` / ``--table`` is not
+    given: ``MIMICCXRImages`` for 1024-d (NV-CLIP, thumbnail), ``MIMICCXRImages<d>`` otherwise,
+    so vectors of every length get a table of their own without DDL written by the user."""
+    return IMAGES_TABLE if int(dimension) == DIMENSION else f"{IMAGES_TABLE}{int(dimension)}"
+
+
+def reports_table(dimension: int) -> str:
+    """The reports table of ``dimension``-long vectors when ``--reports-table`` is not given
+    (the same rule as ``images_table``)."""
+    return REPORTS_TABLE if int(dimension) == DIMENSION else f"{REPORTS_TABLE}{int(dimension)}"
 
 # -- the job -----------------------------------------------------------------------------------
 DEAD_LETTER = "out/dead_letter"
@@ -37,6 +52,12 @@ NVCLIP_MAX_ATTEMPTS = 5
 CLIP_CONTEXT_TOKENS = 77
 #: NV-CLIP hosted API: an inline data URL's base64 payload must be shorter than this
 MAX_BASE64_CHARS = 180_000
+
+# -- a local open_clip model (--provider openclip) ---------------------------------------------
+#: --device: auto = CUDA when torch sees a GPU, else the CPU
+OPENCLIP_DEVICE = "auto"
+#: images per forward pass on a CPU and on a CUDA device
+OPENCLIP_CPU_BATCH, OPENCLIP_CUDA_BATCH = 16, 64
 
 # -- OpenAI-compatible text embeddings (search --via-reports) -----------------------------------
 TEXT_URL = "https://api.openai.com/v1"

@@ -35,8 +35,12 @@ class Recorder:
     def __init__(self, spec: TableSpec = IMAGES, table_exists: bool = False, dimension: int = 4,
                  columns=None, key=None, index_exists: bool = False,
                  stored: Optional[List[Tuple[str, str]]] = None, zversion: str = ZVERSION,
-                 index_key=(), catalog_name=("VectorSearch", "MIMICCXRImages")):
+                 index_key=(), catalog_name=("VectorSearch", "MIMICCXRImages"),
+                 reports_table: Optional[str] = None):
+        """``reports_table``: the name of a dicomvec reports table that exists beside the
+        described one (catalog queries naming it answer for it: a foreign key's target)."""
         self.spec = spec
+        self.reports_table = reports_table
         self.catalog_name = catalog_name
         self.table_exists = table_exists
         self.columns = columns if columns is not None else spec_columns(spec, dimension)
@@ -73,8 +77,19 @@ class Recorder:
             if sql.startswith(prefix) and errors:
                 raise errors.pop(0)
 
+    def _names_reports_table(self, sql: str, params) -> bool:
+        return bool(self.reports_table and "INFORMATION_SCHEMA" in sql and params
+                    and any(str(p).lower() == self.reports_table.lower() for p in params))
+
     def answer(self, sql: str, params) -> List[tuple]:
         self._maybe_fail(sql)
+        if self._names_reports_table(sql, params):
+            from dicomvec.io.stores.tables import REPORTS
+            if "INFORMATION_SCHEMA.COLUMNS" in sql:
+                return list(spec_columns(REPORTS, 4))
+            if "KEY_COLUMN_USAGE" in sql or "PRIMARY_KEY = 1" in sql:
+                return [(k,) for k in REPORTS.key]
+            return []
         if "INFORMATION_SCHEMA.COLUMNS" in sql:
             return list(self.columns) if self.table_exists else []
         if "KEY_COLUMN_USAGE" in sql:

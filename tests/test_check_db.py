@@ -60,7 +60,8 @@ def test_wrong_password_is_one_clear_cross(postgres_server, pg_url, capsys, monk
     assert code == 1
     (cross,) = lines(out, "✗")
     assert cross.startswith("✗ connect") and "password authentication failed" in cross
-    assert "wrong-pw" not in out and len(out.splitlines()) == 2  # nothing runs unconnected
+    assert out.startswith("model: any (1024-d vectors), table ")  # what it would check
+    assert "wrong-pw" not in out and len(out.splitlines()) == 3  # nothing runs unconnected
     # a writing command stops at once with one line, exit 2 (no retries, no dead letters)
     assert main(["init-db", "--sink", url]) == 2
     err = capsys.readouterr().err.strip()
@@ -85,12 +86,22 @@ def test_missing_table_and_wrong_dimension_on_postgres(pg_url, capsys):
     assert any("NoSuchTable does not exist: run `dicomvec init-db" in c
                for c in lines(out, "✗ images table")), out
 
+    # 512-d vectors get a table of their own: the 1024-d one is not made by it
     assert main(["init-db", "--sink", pg_url, "--dimension", "512"]) == 0
+    assert "VectorSearch.MIMICCXRImages512 ready" in capsys.readouterr().out
+    code, out = check(capsys, "--sink", pg_url, "--dimension", "512")
+    assert code == 0 and out.startswith(
+        "model: any (512-d vectors), table VectorSearch.MIMICCXRImages512\n"), out
     code, out = check(capsys, "--sink", pg_url)  # expects 1024 (NV-CLIP) by default
+    assert code == 1 and "MIMICCXRImages does not exist" in lines(out, "✗ images table")[0]
+
+    # a 512-d table under the 1024-d name (made by naming it): named as not ours
+    assert main(["init-db", "--sink", pg_url, "--dimension", "512",
+                 "--table", "MIMICCXRImages"]) == 0
+    code, out = check(capsys, "--sink", pg_url)
     assert code == 1
     (table_line,) = lines(out, "✗ images table")
     assert "Vector is 512-d, we write 1024-d" in table_line and "--sink-table" in table_line
-    assert check(capsys, "--sink", pg_url, "--dimension", "512")[0] == 0
 
 
 def test_sqlite_good_missing_wrong_dimension_and_zero_vectors(tmp_path, capsys):
@@ -104,8 +115,13 @@ def test_sqlite_good_missing_wrong_dimension_and_zero_vectors(tmp_path, capsys):
     assert code == 0 and "– HNSW index       none on SQLite: an IVF index" in out
     assert main(["check-iris", "--sink", url]) == 0  # the alias
     capsys.readouterr()
-    code, out = check(capsys, "--sink", url, "--dimension", "768")
-    assert code == 1 and "Vector is 1024-d, we write 768-d" in out
+    code, out = check(capsys, "--sink", url, "--dimension", "768")  # its own table: not yet
+    assert code == 1 and "MIMICCXRImages768 does not exist" in out
+    code, out = check(capsys, "--sink", url, "--dimension", "768", "--table", "MIMICCXRImages")
+    (table_line,) = lines(out, "✗ images table")
+    assert code == 1 and "Vector is 1024-d, we write 768-d" in table_line
+    assert "leave --sink-table (init-db, check-db, migrate: --table) out" in table_line
+    assert "their own table MIMICCXRImages768" in table_line
 
     with sqlite3.connect(f"{tmp_path}/db.sqlite") as conn:  # another tool writes zeros
         conn.execute("UPDATE MIMICCXRImages SET Vector = zeroblob(4096) WHERE ImageID IN "

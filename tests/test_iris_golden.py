@@ -100,6 +100,20 @@ def scenario(monkeypatch):
     statements = []
     for spec_store in (VectorStore(URL), VectorStore(URL, spec=REPORTS)):
         statements += plan(spec_store, DIM)[0]
+
+    # a 512-d model beside NV-CLIP: tables of its own length, no DDL by the user (issue 20)
+    sink512 = SinkConfig.for_dimension(512, URL, "VectorSearch")
+    use("512-d model: reports table of its length", Recorder(spec=REPORTS, dimension=512))
+    sink512.reports().init_schema(512)
+    use("512-d model: images table, foreign key to the reports table of its length",
+        Recorder(dimension=512, reports_table="MIMICCXRReports512"))
+    sink512.images().init_schema(512, with_report_fk=True)
+    use("512-d model: resume lookup and search filtered on the model's store_key",
+        Recorder(table_exists=True, dimension=512,
+                 catalog_name=("VectorSearch", "MIMICCXRImages512")))
+    store = sink512.images(dimension=512)
+    store.existing_ids(["img-00001"], "openclip:biomedclip", "v1")
+    store.nearest(unit(5, 512), k=3, provider="openclip:biomedclip")
     return steps, checks, statements
 
 
@@ -141,3 +155,14 @@ def test_golden_file_holds_the_reviewed_forms():
     assert "ALTER TABLE VectorSearch.MIMICCXRImages ADD COLUMN PreprocessVersion " \
         "VARCHAR(20);" in golden
     assert "ALTER TABLE VectorSearch.MIMICCXRImages ALTER COLUMN ImageID VARCHAR(64);" in golden
+
+
+def test_golden_file_holds_a_table_per_vector_length():
+    """Issue 20: a 512-d model gets MIMICCXRImages512, whose foreign key points at the reports
+    table of the same length, and its reads filter on the model's store_key."""
+    golden = GOLDEN.read_text()
+    assert "CREATE TABLE VectorSearch.MIMICCXRImages512 (" in golden
+    assert "  Vector VECTOR(DOUBLE, 512) NOT NULL," in golden
+    assert "FOREIGN KEY (StudyID) REFERENCES VectorSearch.MIMICCXRReports512(StudyID)" in golden
+    assert ("SELECT ImageID FROM VectorSearch.MIMICCXRImages512 WHERE Provider = ? AND "
+            "ImageID IN (?)") in golden

@@ -89,6 +89,8 @@ def test_clean_run_stores_every_good_image_with_its_own_vector(
     assert summary.stored == GOOD_FILES and summary.rows_in_store == GOOD_FILES
     assert summary.dead_lettered["embed"] == 0 and summary.dead_lettered["decode"] == 1
     assert summary.provider == "nvclip" and summary.embedding_model == "nvidia/nvclip"
+    port = nvclip_server.url.split(":")[2].split("/")[0]
+    assert f"  pixels sent to       self-hosted NIM at 127.0.0.1:{port}" in summary.render()
     assert summary.provider_stats["images_embedded"] == GOOD_FILES
     assert max(nvclip_server.batch_sizes()) <= 4
     check_own_vectors(stored_vectors(tmp_path), nvclip_server)

@@ -26,6 +26,7 @@ def test_real_files_store_five_and_dead_letter_the_corrupt_one(real_cxr_dir, tmp
     assert summary.stored == 5
     assert summary.dead_lettered == {"read": 0, "decode": 1, "normalize": 0, "resize": 0,
                                      "embed": 0, "write": 0}
+    assert "  pixels sent to       nowhere: computed on this machine" in summary.render()
     rows = read_dead_letters(str(tmp_path / "dead_letter"), "first")
     assert len(rows) == 1
     row = rows[0]

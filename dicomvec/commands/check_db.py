@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import argparse
 
-from dicomvec.commands.init_db import (DEFAULT_DIMENSION, add_store_command, dimension_from,
-                                       sink_from)
+from dicomvec.commands.init_db import (BY_LENGTH, add_size_arguments, add_store_command,
+                                       length_of, provider_from, sink_from)
 from dicomvec.defaults import REPORTS_TABLE
 
 
 def add_table_arguments(parser: argparse.ArgumentParser) -> None:
     """``--reports-table`` and the vector length (``--dimension`` / ``--provider``)."""
-    parser.add_argument("--reports-table", default=REPORTS_TABLE,
-                        help="reports table name, in --schema (default %(default)s)")
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--dimension", type=int,
-                      help=f"expected vector length (default {DEFAULT_DIMENSION})")
-    size.add_argument("--provider", help="take the expected vector length from this provider")
+    parser.add_argument("--reports-table", default=None,
+                        help="reports table name, in --schema ("
+                             + BY_LENGTH.format(name=REPORTS_TABLE) + ")")
+    add_size_arguments(parser, expected=True)
+
+
+def model_line(provider, dimension: int, sink) -> str:
+    """Which model's rows and which table a command looks at: ``model: <EmbeddingModel>
+    (<store_key>), table <schema.table>`` (``provider`` None: any model of that length)."""
+    table = sink.images().dialect.qualified_table
+    if provider is None:
+        return f"model: any ({dimension}-d vectors), table {table}"
+    return f"model: {provider.model} ({provider.store_key}), table {table}"
 
 
 def register(subparsers) -> None:
@@ -34,8 +41,11 @@ def register(subparsers) -> None:
 
 def run(args, extra=None) -> int:
     from dicomvec.io.stores.health import run_checks
-    dimension = dimension_from(args)
-    checks = run_checks(sink_from(args), dimension)
+    provider = provider_from(args, extra or ())
+    dimension = length_of(args, provider)
+    sink = sink_from(args, dimension)
+    print(model_line(provider, dimension, sink))
+    checks = run_checks(sink, dimension, provider.store_key if provider else None)
     for check in checks:
         print(check.line())
     failed = [c for c in checks if c.ok is False]

@@ -1,5 +1,8 @@
 """``dicomvec create-index --sink URL``: build the HNSW vector index after a bulk load.
 
+The images table of --dimension / --provider's vector length (MIMICCXRImages for 1024-d,
+MIMICCXRImages<d> otherwise), or --table.
+
 IRIS 2025.1+: ``CREATE INDEX ... AS HNSW(Distance='Cosine')`` (older servers get a clear
 message; search still works as an exact scan). PostgreSQL: pgvector ``USING hnsw
 (Vector vector_cosine_ops)``. SQLite: the IVF index files beside the database, one per provider
@@ -11,22 +14,25 @@ from __future__ import annotations
 
 import time
 
-from dicomvec.commands.init_db import add_store_command, database_command, sink_from
+from dicomvec.commands.init_db import (add_size_arguments, add_store_command, database_command,
+                                       dimension_from, sink_from)
 
 
 def register(subparsers) -> None:
-    add_store_command(subparsers, "create-index", "build the HNSW vector index (after a bulk "
-                      "load)", __doc__, run)
+    add_size_arguments(add_store_command(
+        subparsers, "create-index", "build the HNSW vector index (after a bulk load)", __doc__,
+        run))
 
 
 def run(args, extra=None) -> int:
-    return database_command("create-index", args, lambda: _create(args))
+    dimension = dimension_from(args, extra or ())
+    return database_command("create-index", args, lambda: _create(args, dimension))
 
 
-def _create(args) -> int:
+def _create(args, dimension: int) -> int:
     from dicomvec.io.stores.dialects import redact_url
     started = time.monotonic()
-    with sink_from(args).images() as store:  # database errors (old IRIS, ...): one line
+    with sink_from(args, dimension).images() as store:  # database errors (old IRIS, ...): one line
         statements = store.dialect.create_index_statements()
         side = store.create_index()
         rows = store.count()

@@ -7,7 +7,9 @@ Dry run by default; --apply runs the statements. Idempotent: an up-to-date table
 A table that is not a dicomvec table (another key or vector length) is left alone and named.
 Rows keep their data; rows from before PreprocessVersion existed count as already stored by
 `run` (--force re-embeds them). Exit status 0 when nothing is left to do (or, dry run, the plan
-is printed), 1 when the database refuses, 2 for a bad URL or option.
+is printed), 1 when the database refuses, 2 for a bad URL or option. The tables are those of
+--dimension / --provider's vector length (MIMICCXRImages and MIMICCXRReports for 1024-d,
+MIMICCXRImages<d> and MIMICCXRReports<d> otherwise), or --table / --reports-table.
 """
 from __future__ import annotations
 
@@ -45,12 +47,12 @@ def plan(store, dimension: int):
 
 
 def run(args, extra=None) -> int:
-    dimension = dimension_from(args)
+    dimension = dimension_from(args, extra or ())
     return database_command("migrate", args, lambda: _migrate(args, dimension))
 
 
 def _migrate(args, dimension: int) -> int:
-    sink = sink_from(args)
+    sink = sink_from(args, dimension)
     pending = 0
     for store in (sink.images(), sink.reports()):
         with store:

@@ -39,7 +39,7 @@ logging: -v shows Beam's own warnings, -vv its INFO log too; --log-level LEVEL s
 """
 
 _SYNONYMS = {  # checked in this order; the first word found in the option's name decides
-    "provider": ("provider", "nvclip", "model", "batch_size", "openai", "api", "embed", "cost"),
+    "provider": ("provider", "nvclip", "openclip", "device", "model", "batch_size", "openai", "api", "embed", "cost"),
     "sink": ("sink", "dead_letter", "table", "schema", "replace", "store", "database", "db_"),
     "input": ("input", "image", "normalization", "run_id", "force", "progress", "pattern"),
 }

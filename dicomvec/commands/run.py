@@ -8,6 +8,11 @@ Before anything is created the job checks that --input matches files (a director
 file below it), that the sink and the dead-letter folder are writable and that the provider has
 its credentials; a problem is one line on stderr and exit status 2.
 
+Where the pixels go: thumbnail and openclip compute on the workers (nowhere); nvclip sends each
+image to --nvclip-url: your self-hosted NIM, or NVIDIA's hosted API, a third-party service, which
+PhysioNet's credentialed data use agreement (MIMIC-CXR) does not allow: a notice says so before
+the run (docs/privacy.md). The summary's "pixels sent to" line repeats it.
+
 An existing images table must be shaped like dicomvec's; an older dicomvec table must be
 upgraded first (`dicomvec migrate`), another tool's table is never written to.
 """

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     from dicomvec.commands.pipeline_flags import add_help_flags
     add_help_flags(parser, beam=False)
     query = parser.add_argument_group("query (exactly one)")
-    query.add_argument("--text", help="free-text query (semantic providers only, e.g. nvclip)")
+    query.add_argument("--text", help="free-text query (semantic providers only: openclip, nvclip)")
     query.add_argument("--image", help="DICOM file to find similar images (or reports) for")
     query.add_argument("--like", metavar="IMAGE_ID",
                        help="a stored image's ImageID: search with its stored vector (of "
@@ -139,11 +139,12 @@ def _beam_options(extra, prog: str):
 
 
 def reports_request(request, args, options):
-    """``request`` with the reports table (``options.reports_table``, ``--reports-schema``) and
+    """``request`` with the reports table (``--reports-table`` or the one of the provider's
+    vector length, ``--reports-schema``) and
     ``--via-reports``, and the ``OpenAISettings`` for it (None without it)."""
     import dataclasses
     request = dataclasses.replace(request, via_reports=args.via_reports,
-                                  reports_table=options.reports_table,
+                                  reports_table=options.sink_config().reports_table,
                                   reports_schema=args.reports_schema)
     if not args.via_reports:
         return request, None
@@ -174,6 +175,8 @@ def run(args, extra) -> int:
         raise UserError("--contact-sheet shows image hits; it needs --target images")
     if args.columns < 1:
         raise UserError("--columns must be at least 1")
+    preflight.announce_destination(options.provider_config(),
+                                   "the query image's pixels" if args.image else "")
     result = run_search(request, options, text_settings)
     print(output.to_json(result) if args.json else output.to_text(result))
     if args.contact_sheet:

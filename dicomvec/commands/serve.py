@@ -102,13 +102,15 @@ def run(args, extra) -> int:
                              cache_bytes=int(args.cache_mb * (1 << 20)))
     app = create_app(settings)
     server.app = app
+    preflight.announce_destination(options.provider_config(), "uploaded query images' pixels")
     url = f"http://{shown}:{port}/"
     print(f"dicomvec serve: {url}" + (f"?token={token}" if token else ""), flush=True)
     if token:
         print("  the token is required for every request (it is patient data): keep the URL "
               "private", flush=True)
-    print(f"  {options.sink_table} @ {options.sink_config().redacted}, provider "
-          f"{options.provider}; Ctrl-C stops", flush=True)
+    sink = options.sink_config()
+    print(f"  {sink.table} @ {sink.redacted}, provider {options.provider}; Ctrl-C stops",
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -21,6 +21,11 @@ from dicomvec.defaults import IMAGE_FORMAT, IMAGE_SIZE, MAX_BASE64_CHARS  # noqa
 PNG_FAST_LEVEL = 1
 JPEG_QUALITY = 95
 
+#: an input format a provider may ask for instead of PNG/JPEG: the fitted uint8 gray pixels
+#: as they are (row-major bytes), labelled ``image/x-dicomvec-gray8;w=W;h=H``
+RAW_GRAY = "raw-gray"
+RAW_GRAY_MIME = "image/x-dicomvec-gray8"
+
 _FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"),
             "jpg": ("JPEG", "image/jpeg")}
 
@@ -73,6 +78,9 @@ def fit_and_encode(gray: np.ndarray, size: int = IMAGE_SIZE, image_format: str =
                    rgb: bool = True) -> EncodedPixels:
     """2-D uint8 → ``EncodedPixels`` at size×size. Raises ValueError if the base64 would reach
     ``MAX_BASE64_CHARS`` or the format is unknown."""
+    if image_format == RAW_GRAY:
+        pixels = fit_to_square(gray, size)
+        return EncodedPixels(pixels=pixels, data=pixels.tobytes(), mime=raw_gray_mime(pixels))
     try:
         pil_format, mime = _FORMATS[image_format.lower()]
     except KeyError:
@@ -90,6 +98,28 @@ def fit_and_encode(gray: np.ndarray, size: int = IMAGE_SIZE, image_format: str =
             f"encoded {image_format} image is {encoded_len} base64 characters, over the "
             f"{MAX_BASE64_CHARS} inline limit; use a smaller --image-size or jpeg")
     return EncodedPixels(pixels=pixels, data=data, mime=mime)
+
+
+def raw_gray_mime(pixels: np.ndarray) -> str:
+    h, w = pixels.shape
+    return f"{RAW_GRAY_MIME};w={w};h={h}"
+
+
+def is_raw_gray(mime: str) -> bool:
+    return (mime or "").split(";", 1)[0].strip() == RAW_GRAY_MIME
+
+
+def decode_raw_gray(data: bytes, mime: str) -> np.ndarray:
+    """``image/x-dicomvec-gray8;w=W;h=H`` bytes → (H, W) uint8. Raises ValueError when the
+    label lacks a size or the byte count does not match it."""
+    params = dict(part.strip().split("=", 1) for part in mime.split(";")[1:] if "=" in part)
+    try:
+        w, h = int(params["w"]), int(params["h"])
+    except (KeyError, ValueError):
+        raise ValueError(f"raw gray image without a valid size in {mime!r}") from None
+    if w < 1 or h < 1 or len(data or b"") != w * h:
+        raise ValueError(f"raw gray image of {len(data or b'')} bytes does not match {w}×{h}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(h, w)
 
 
 def data_url(data: bytes, mime: str) -> str:

@@ -77,8 +77,8 @@ def storage_settings(options) -> Dict[str, object]:
     and the GCP options of Beam's GCS client (``--project``, ...), as one dict."""
     from apache_beam.options.pipeline_options import GoogleCloudOptions
     gcp = options.view_as(GoogleCloudOptions)
-    from dicomvec.pipeline.options import DicomvecOptions
-    emulator = (options.view_as(DicomvecOptions).gcs_emulator_host
+    # dicomvec's --gcs_emulator_host, read by name: io/ does not import the pipeline's options
+    emulator = (options.get_all_options().get("gcs_emulator_host")
                 or os.environ.get(EMULATOR_VARIABLE) or None)
     return {**s3_settings(options),
             **{name: getattr(gcp, name, None) for name in GCS_OPTION_NAMES},

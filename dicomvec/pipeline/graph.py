@@ -79,26 +79,29 @@ def build_ingest(pipeline: beam.Pipeline, options: DicomvecOptions, run_id: str,
                                                    options.read_ahead(), ignore_non_dicom),
                     failures)
     unique = records if streaming else records | "OnePerImageID" >> OnePerImageID()
-    dimension = create_provider(options.provider_config()).dimension
-    sink = options.sink_config()
+    provider = create_provider(options.provider_config())
+    dimension = provider.dimension
+    image_size, image_format = options.model_input(provider)
+    preprocess_version = options.preprocess_version(provider)
+    sink = options.sink_config(dimension)
     if not options.force:
         unique = unique | "SkipStored" >> SkipStored(
-            sink, options.provider, options.preprocess_version(),
+            sink, provider.store_key, preprocess_version,
             valid_dimension=dimension if options.replace_invalid else None)
     decoded = stage(unique, "Decode",
-                    DecodePixels(options.image_size, storage_settings(options),
+                    DecodePixels(image_size, storage_settings(options),
                                  options.read_ahead()),
                      failures)
     normalized = stage(decoded, "Normalize", NormalizePixels(options.normalization), failures)
     encoded = stage(normalized, "Resize",
-                     ResizeAndEncode(options.image_size, options.image_format), failures)
+                     ResizeAndEncode(image_size, image_format), failures)
     if streaming:  # copies arrive at any time: the first one that got this far is kept
         encoded = encoded | "OnePerImageID" >> KeepFirstWorkingCopy()
     batch_wait = (options.batch_wait or options.watch_interval / 2) if streaming else None
     batches = encoded | "Batch" >> BatchForEmbedding(options.batch_size, batch_wait,
                                                      batching_shards(pipeline.options))
     embedded = stage(batches, "Embed", EmbedBatch(options.provider_config()), failures)
-    write = WriteToStore(sink, partial(to_row, preprocess_version=options.preprocess_version()),
+    write = WriteToStore(sink, partial(to_row, preprocess_version=preprocess_version),
                          dimension=dimension, progress_every=options.progress_every)
     stored = stage(embedded, "Write", write, failures)
     (failures

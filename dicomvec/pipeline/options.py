@@ -28,14 +28,22 @@ class DicomvecFlags:
                                  "iris://USER@HOST:1972/NAMESPACE")
         parser.add_argument("--sink_schema", "--sink-schema", default=D.SCHEMA,
                             help="Schema of the images table (ignored by SQLite)")
-        parser.add_argument("--sink_table", "--sink-table", default=D.IMAGES_TABLE,
-                            help="Images table name")
+        parser.add_argument("--sink_table", "--sink-table", default=None,
+                            help=f"Images table name (default: from the provider's vector "
+                                 f"length: {D.IMAGES_TABLE} for 1024-d, {D.IMAGES_TABLE}<d> "
+                                 f"for any other length d; created when missing)")
         parser.add_argument("--dead_letter", "--dead-letter", default=D.DEAD_LETTER,
                             help="Directory for Parquet dead letters (one sub-folder per run)")
         parser.add_argument("--provider", default=D.PROVIDER,
-                            help="Embedding provider: thumbnail (offline, NON-semantic) or nvclip")
-        parser.add_argument("--image_size", "--image-size", type=int, default=D.IMAGE_SIZE,
-                            help="Model input size S: images fit inside S×S and are padded")
+                            help="Embedding provider, and where image pixels go: thumbnail "
+                                 "(NON-semantic; nowhere: computed here), openclip (a local "
+                                 "model; nowhere), nvclip (NV-CLIP: a self-hosted NIM at "
+                                 "--nvclip-url, or NVIDIA's hosted API, a third party: see "
+                                 "docs/privacy.md)")
+        parser.add_argument("--image_size", "--image-size", type=int, default=None,
+                            help="Model input size S: images fit inside S×S and are padded "
+                                 f"(default: {D.IMAGE_SIZE}) — with --provider openclip the "
+                                 "default is the model's own input size")
         parser.add_argument("--image_format", "--image-format", default=D.IMAGE_FORMAT,
                             choices=["png", "jpeg"], help="Encoding of the model input")
         parser.add_argument("--normalization", default=D.NORMALIZATION,
@@ -58,9 +66,11 @@ class DicomvecFlags:
                             help="Re-embed images whose stored row has a zero or wrong-length "
                                  "vector (rows written by other tools; `dicomvec check-db` "
                                  "lists them)")
-        parser.add_argument("--reports_table", "--reports-table", default=D.REPORTS_TABLE,
-                            help="Reports table name (in --sink-schema): `dicomvec reports` "
-                                 "writes it, `search` reads it")
+        parser.add_argument("--reports_table", "--reports-table", default=None,
+                            help=f"Reports table name (in --sink-schema): `dicomvec reports` "
+                                 f"writes it, `search` reads it (default: from the provider's "
+                                 f"vector length: {D.REPORTS_TABLE} for 1024-d, "
+                                 f"{D.REPORTS_TABLE}<d> for any other length d)")
         # object storage (s3://, gs://): read-ahead per worker
         parser.add_argument("--prefetch_objects", "--prefetch-objects", type=int, default=DEFAULT_PREFETCH_OBJECTS,
                             help="object storage input: objects fetched ahead of the one being "
@@ -118,26 +128,60 @@ class DicomvecFlags:
                             default=D.NVCLIP_MAX_ATTEMPTS,
                             help="attempts per NV-CLIP request (1 = never retry)")
 
-    def preprocess_version(self) -> str:
+        # a local open_clip model (torch in the worker; pixels never leave the machine)
+        parser.add_argument("--openclip_model", "--openclip-model", default=None,
+                            help="openclip: a model folder as published on the hub "
+                                 "(open_clip_config.json + open_clip_pytorch_model.bin or "
+                                 ".safetensors), an OpenAI-CLIP checkpoint file (.pt), or "
+                                 "hf-hub:NAME from the HuggingFace cache (offline: "
+                                 "HF_HUB_OFFLINE=1)")
+        parser.add_argument("--device", default=D.OPENCLIP_DEVICE,
+                            choices=["auto", "cpu", "cuda"],
+                            help="openclip: where the model runs (auto: cuda if available); "
+                                 f"images per forward pass: {D.OPENCLIP_CPU_BATCH} on a CPU, "
+                                 f"{D.OPENCLIP_CUDA_BATCH} on CUDA")
+
+    def model_input(self, provider) -> tuple:
+        """(size, format) of the model input for ``provider``: ``--image-size``, else the
+        model's own input size, else 224; the provider's own input format (``raw-gray``) when it
+        asks for one, else ``--image-format``."""
+        size = self.image_size or getattr(provider, "input_size", None) or D.IMAGE_SIZE
+        return int(size), getattr(provider, "input_format", None) or self.image_format
+
+    def preprocess_version(self, provider=None) -> str:
         """What made the model input, stored per row (≤ 20 chars): code version, normalization,
-        size and format. A resumed run skips only rows made the same way."""
+        size and format (``model_input(provider)``). A resumed run skips only rows made the
+        same way."""
         method = {"standard": "std", "mimic-jpg": "mjpg"}.get(self.normalization,
                                                               self.normalization)
-        return f"{PREPROCESS_VERSION}-{method}-{self.image_size}-{self.image_format}"[:20]
+        size, image_format = self.model_input(provider)
+        image_format = {"raw-gray": "raw"}.get(image_format, image_format)
+        return f"{PREPROCESS_VERSION}-{method}-{size}-{image_format}"[:20]
 
     def read_ahead(self):
         """(objects, bytes) of the object-storage read-ahead window."""
         return max(1, int(self.prefetch_objects)), max(1, int(self.prefetch_mb * 1024 * 1024))
 
-    def sink_config(self):
-        """Where vectors go (``SinkConfig``), for the driver and the workers."""
+    def sink_config(self, dimension=None):
+        """Where vectors go (``SinkConfig``), for the driver and the workers: the tables named
+        by ``--sink-table`` / ``--reports-table``, or else the tables of the provider's vector
+        length (``dimension``, when the caller has the provider at hand)."""
         from dicomvec.io.stores.base import SinkConfig
-        return SinkConfig(self.sink, self.sink_schema, self.sink_table, self.reports_table)
+        if dimension is None and not (self.sink_table and self.reports_table):
+            dimension = provider_dimension(self.provider_config())
+        return SinkConfig.for_dimension(dimension or D.DIMENSION, self.sink, self.sink_schema,
+                                        self.sink_table, self.reports_table)
 
     def provider_config(self):
-        """The provider's name and settings (no secrets) for workers to build it from."""
+        """The provider's name and settings (no secrets) for workers to build it from: for
+        openclip its --openclip-* flags and --device, for the others the --nvclip-* flags."""
         from dicomvec.io.providers.base import ProviderConfig
-        return ProviderConfig(name=self.provider, settings={
+        from dicomvec.io.providers.registry import provider_target
+        target = provider_target(self.provider)  # workers build what the driver registered
+        if self.provider == "openclip":
+            return ProviderConfig(name=self.provider, target=target, settings={
+                "model": self.openclip_model, "device": self.device})
+        return ProviderConfig(name=self.provider, target=target, settings={
             "url": self.nvclip_url,
             "model": self.nvclip_model,
             "concurrency": self.nvclip_concurrency,
@@ -155,6 +199,19 @@ class FlagValues(DicomvecFlags):
 
     def __init__(self, **values):
         self.__dict__.update(values)
+
+
+_DIMENSIONS: dict = {}
+
+
+def provider_dimension(config) -> int:
+    """The vector length of the provider ``config`` builds (asked once per process and
+    configuration: the search page asks for every request)."""
+    key = (config.name, config.target, repr(sorted(config.settings.items())))
+    if key not in _DIMENSIONS:
+        from dicomvec.io.providers import create_provider
+        _DIMENSIONS[key] = int(create_provider(config).dimension)
+    return _DIMENSIONS[key]
 
 
 def __getattr__(name: str):

@@ -12,7 +12,8 @@ given as ``--input`` becomes ``DIR/**``, every file below it), or a ``PreflightE
 * dead letters: the folder is writable, or can be made (same rule);
 * ``--job_endpoint`` (a portable runner's job service): it answers within a few seconds;
 * provider: its credentials are present (``EmbeddingProvider.preflight``; e.g. nvclip's
-  ``NVIDIA_API_KEY`` for the hosted API). No request is sent.
+  ``NVIDIA_API_KEY`` for the hosted API). No request is sent. When the job would send the
+  archive's data to a hosted third-party service, one notice says so on stderr (not an error).
 """
 from __future__ import annotations
 
@@ -102,9 +103,30 @@ def require_dead_letter_folder(path: str) -> None:
 
 
 def check_provider(config) -> None:
-    """The provider can be built and has its credentials (no request is sent)."""
+    """The provider can be built and has its credentials (no request is sent), and its
+    ``store_key`` fits the Provider column."""
+    from dicomvec.defaults import PROVIDER_KEY_LENGTH
     from dicomvec.io.providers import create_provider
-    create_provider(config).preflight()  # unknown name: ValueError
+    provider = create_provider(config)  # unknown name: ValueError
+    provider.preflight()
+    if not provider.store_key or len(provider.store_key) > PROVIDER_KEY_LENGTH:
+        raise PreflightError(f"provider {provider.name!r}: its store key {provider.store_key!r} "
+                             f"must be 1 to {PROVIDER_KEY_LENGTH} characters (build it with "
+                             "store_key_for)")
+
+
+def announce_destination(config, sends: str) -> None:
+    """Once every check has passed: when ``sends`` (what of the archive the command sends
+    through the provider: "image pixels", "report texts"; '' for nothing, e.g. a text query)
+    goes to a hosted third-party service, print the privacy notice on stderr (not an error,
+    no prompt). Nothing is printed for a local model or a self-hosted NIM."""
+    import sys
+
+    from dicomvec.io.providers import create_provider
+    from dicomvec.io.providers.privacy import third_party_notice
+    notice = third_party_notice(create_provider(config), sends)
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
 
 
 def check_runner(options) -> None:
@@ -152,9 +174,11 @@ def check_job_endpoint(options, timeout: Optional[float] = None) -> None:
 
 
 def check_job(options, input_pattern: bool = True, sink_must_exist: bool = False,
-              dead_letters: bool = True, require_match: bool = True) -> Optional[str]:
+              dead_letters: bool = True, require_match: bool = True,
+              sends: str = "image pixels") -> Optional[str]:
     """Every check for a job over ``options`` (``DicomvecOptions``), cheapest first; returns the
-    input pattern to use (None when ``input_pattern`` is False)."""
+    input pattern to use (None when ``input_pattern`` is False). ``sends``: what the job sends
+    to its provider (for ``announce_destination``'s privacy notice)."""
     used = resolve_input(options.input, require_match=require_match) if input_pattern else None
     check_runner(options)
     check_provider(options.provider_config())
@@ -167,4 +191,5 @@ def check_job(options, input_pattern: bool = True, sink_must_exist: bool = False
     problem = flink_cluster_problem(options)
     if problem:
         raise PreflightError(problem)
+    announce_destination(options.provider_config(), sends)
     return used

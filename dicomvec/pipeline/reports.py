@@ -84,6 +84,7 @@ class ReportsSummary(JobSummary):
             self.dead_letter_line(),
             f"  wall time            {self.wall_time_s:.1f} s",
             f"  provider             {self.provider} ({self.embedding_model})",
+            f"  texts sent to        {self.destination}",
             f"  embedded text        IMPRESSION, else FINDINGS, else the report's tail; at most "
             f"~{TOKEN_BUDGET} of CLIP's {CONTEXT_TOKENS} tokens",
         ]
@@ -100,7 +101,7 @@ def run_reports(argv: List[str]) -> ReportsSummary:
     if not dv.input:
         raise preflight.NoInputFilesError("--input is required: a report file pattern such as "
                                           "'/data/mimic-cxr/files/**/s*.txt'")
-    dv.input = preflight.check_job(dv)
+    dv.input = preflight.check_job(dv, sends="report texts")
     check_s3_paths([dv.dead_letter], options)
     matched = len(match_input(dv.input, options))
     configure_local_engine(options)
@@ -110,7 +111,7 @@ def run_reports(argv: List[str]) -> ReportsSummary:
         log.warning("provider %r has no text tower: reports are stored as text only (no "
                     "vectors); use a semantic provider such as nvclip for text search",
                     provider.name)
-    sink = dv.sink_config()
+    sink = dv.sink_config(provider.dimension)
     with sink.reports() as store:
         store.init_schema(provider.dimension)  # refuses a table that is not ours (exit 2)
 
@@ -119,7 +120,7 @@ def run_reports(argv: List[str]) -> ReportsSummary:
     counters = job.counters
     with sink.reports() as store:
         rows = store.count()
-        with_vectors = store.count(provider.name)
+        with_vectors = store.count(provider.store_key)
     dead_letter_dir = generation_dir(dv.dead_letter, run_id)
     return ReportsSummary(
         run_id=run_id,
@@ -132,12 +133,13 @@ def run_reports(argv: List[str]) -> ReportsSummary:
         wall_time_s=job.wall_time_s,
         rows_in_table=rows,
         vectors_in_table=with_vectors,
-        table=dv.reports_table,
+        table=sink.reports_table,
         sink=sink.redacted,
         dead_letter_dir=dead_letter_dir,
         provider=provider.name,
         embedding_model=provider.model,
         semantic=provider.semantic,
+        destination=provider.destination,
         provider_stats=C.REPORTS.provider_stats(counters),
         accounting=check_accounting(matched, counters, dead_letter_dir, names=C.REPORTS),
     )

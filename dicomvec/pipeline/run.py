@@ -59,6 +59,8 @@ class JobSummary:
     semantic: bool
     provider_stats: Dict[str, int] = dataclasses.field(default_factory=dict)
     accounting: Optional[Accounting] = None  # do the counts add up? (pipeline/accounting.py)
+    #: where the provider sent what it embedded (``EmbeddingProvider.destination``)
+    destination: str = ""
 
     @property
     def dead_lettered_total(self) -> int:
@@ -92,6 +94,8 @@ class RunSummary(JobSummary):
     skipped_existing: int
     rows_in_store: int
     cost_line: str = ""
+    #: the images table written (its name follows the vector length unless --sink-table)
+    table: str = ""
     #: files a folder input skipped as plainly not DICOM; None: the input was not a folder
     not_dicom_ignored: Optional[int] = None
 
@@ -116,13 +120,15 @@ class RunSummary(JobSummary):
             self.dead_letter_line(),
             f"  wall time            {self.wall_time_s:.1f} s  ({self.images_per_s:.2f} images/s)",
             f"  provider             {self.provider} ({self.embedding_model})",
+            f"  pixels sent to       {self.destination}",
         ]
         if not self.semantic:
             lines.append("                       NOTE: non-semantic descriptor, not CLIP: "
                          "image-to-image and dry runs only")
         lines += [f"  {self.cost_line}"] if self.cost_line else self.provider_lines()
         rows = self.rows_in_store if self.rows_in_store >= 0 else "unknown (unreachable)"
-        return "\n".join(lines + [self.tail(f"  rows in store        {rows}  ({self.sink})")])
+        where = f"{self.sink}, table {self.table}" if self.table else self.sink
+        return "\n".join(lines + [self.tail(f"  rows in store        {rows}  ({where})")])
 
 
 def list_input(pattern: Optional[str],
@@ -140,12 +146,12 @@ def list_input(pattern: Optional[str],
     return listed, skipped
 
 
-def rows_in_store(sink: SinkConfig, provider_name: str) -> int:
+def rows_in_store(sink: SinkConfig, store_key: str) -> int:
     """Rows now stored for the provider; -1 when the sink cannot be reached any more (the
     summary must still be printed: the dead letters say what was not written)."""
     try:
         with sink.images(max_attempts=2) as store:
-            return store.count(provider_name)
+            return store.count(store_key)
     except Exception as exc:  # noqa: BLE001 - a summary, not a reason to lose the run's report
         log.error("cannot count the rows in %s after the run: %s: %s", sink.redacted,
                   type(exc).__name__, str(exc).strip()[:200])
@@ -310,18 +316,18 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
             log.info("--input %s is a folder: reading every file below it (pattern %s); files "
                      "plainly not DICOM are ignored", dv.input, prefix)
             dv.input, folder_input = prefix, True
+    provider = create_provider(dv.provider_config())
+    sink = dv.sink_config(provider.dimension)
+    with sink.images() as store:  # a table of another shape: one line, before the engine's log
+        store.init_schema(provider.dimension)
+    if not provider.semantic:
+        log.warning("provider %r is a NON-SEMANTIC descriptor (%s), not CLIP: use it for dry "
+                    "runs and image-to-image lookups only", provider.name, provider.model)
     configure_local_engine(options)
     if streaming:
         unreadable = []  # the watch lists the pattern itself, again and again
     expected = None if streaming else len(listed) + len(unreadable)
     run_id = dv.run_id or default_run_id()
-    provider = create_provider(dv.provider_config())
-    if not provider.semantic:
-        log.warning("provider %r is a NON-SEMANTIC descriptor (%s), not CLIP: use it for dry "
-                    "runs and image-to-image lookups only", provider.name, provider.model)
-    sink = dv.sink_config()
-    with sink.images() as store:
-        store.init_schema(provider.dimension)
 
     job = run_job(options, run_id, lambda pipeline: build_ingest(
         pipeline, dv, run_id, paths=paths, streaming=streaming, unreadable=unreadable,
@@ -335,12 +341,14 @@ def run_ingest(argv: List[str], paths: Optional[List[str]] = None) -> RunSummary
         stored=counters.get(C.STORED, 0),
         dead_lettered=C.IMAGES.dead_lettered(counters),
         wall_time_s=job.wall_time_s,
-        rows_in_store=rows_in_store(sink, provider.name),
+        rows_in_store=rows_in_store(sink, provider.store_key),
         sink=sink.redacted,
+        table=sink.table,
         dead_letter_dir=generation_dir(dv.dead_letter, run_id),
         provider=provider.name,
         embedding_model=provider.model,
         semantic=provider.semantic,
+        destination=provider.destination,
         provider_stats=C.IMAGES.provider_stats(counters),
         not_dicom_ignored=counters.get(C.NOT_DICOM_IGNORED, 0) if folder_input else None,
     )

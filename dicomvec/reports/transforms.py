@@ -128,7 +128,7 @@ class ReportInputs(ImageInputs):
 
     def embedded(self, provider, report: Report, vector) -> ReportRow:
         return dataclasses.replace(text_only_row(report), Vector=vector,
-                                   EmbeddingModel=provider.model, Provider=provider.name)
+                                   EmbeddingModel=provider.model, Provider=provider.store_key)
 
     def unsupported(self, batch: List[Report], exc: BaseException) -> Optional[list]:
         if not isinstance(exc, TextNotSupportedError):

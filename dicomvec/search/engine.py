@@ -14,7 +14,7 @@ from dicomvec.errors import UserError
 from dicomvec.io.providers import TextNotSupportedError, create_provider
 from dicomvec.io.stores import Hit
 from dicomvec.io.stores.dialects import redact_url
-from dicomvec.io.stores.tables import REPORTS, ReportHit
+from dicomvec.io.stores.tables import ReportHit
 from dicomvec.search.queries import embed_query_image, embed_query_text, image_record
 from dicomvec.search.reports_table import inspect_reports
 from dicomvec.search.results import ImageResult, ReportResult, SearchRequest, SearchResult
@@ -27,9 +27,9 @@ _NO_TABLE = ("no such table", "does not exist", "not found", "undefined table")
 
 
 @contextlib.contextmanager
-def _store_errors(table: str, sink: str):
+def _store_errors(table: str, sink: str, fills: str = "run"):
     """A database error while searching ``table`` becomes one ``UserError`` line; it suggests
-    filling the table only when the error says the table is missing."""
+    filling the table (``dicomvec <fills>``) only when the error says the table is missing."""
     try:
         yield
     except UserError:
@@ -38,7 +38,7 @@ def _store_errors(table: str, sink: str):
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         hint = ""
         if any(words in message.lower() for words in _NO_TABLE):
-            hint = f" (run `dicomvec {'reports' if table == REPORTS.table else 'run'}` first?)"
+            hint = f" (run `dicomvec {fills}` first?)"
         raise UserError(f"cannot search {table} at {redact_url(sink)}: {type(exc).__name__}: "
                         f"{message}{hint}") from None
 
@@ -50,24 +50,26 @@ def _same_subject(report: Optional[ReportHit], hit: Hit) -> Optional[ReportHit]:
     return report
 
 
-def stored_vector(request: SearchRequest, options, provider_name: str):
-    """The vector stored for ``request.like`` (an ImageID) by ``provider_name``: "more like
-    this" queries by what was stored, so it needs neither the provider nor the file."""
-    options.sink_config().images().dialect.check_reachable(must_exist=True)
-    with _store_errors(options.sink_table, options.sink), \
-            options.sink_config().images() as store:
-        found = store.vectors([request.like], provider_name)
+def stored_vector(request: SearchRequest, options, provider):
+    """The vector stored for ``request.like`` (an ImageID) under ``provider``'s store key, in
+    the images table of its vector length: "more like this" queries by what was stored, so it
+    needs neither the model nor the file."""
+    sink = options.sink_config(provider.dimension)
+    sink.images().dialect.check_reachable(must_exist=True)
+    with _store_errors(sink.table, options.sink), sink.images() as store:
+        found = store.vectors([request.like], provider.store_key)
+        table = store.dialect.qualified_table
     if request.like not in found:
-        raise UserError(f"no stored image {request.like!r} with a {provider_name} vector in "
-                        f"{options.sink_table}")
+        raise UserError(f"no stored image {request.like!r} with a {provider.store_key} vector "
+                        f"in {table}")
     return found[request.like]
 
 
 def query_vector(request: SearchRequest, options, provider):
     if request.text:
         return embed_query_text(provider, request.text)
-    record = image_record(request.image, options.image_size, options.normalization,
-                          options.image_format)
+    size, image_format = options.model_input(provider)
+    record = image_record(request.image, size, options.normalization, image_format)
     return embed_query_image(provider, record)
 
 
@@ -81,8 +83,16 @@ def _reports_are_ours(request: SearchRequest, options) -> bool:
 
 
 def _nearest_images(request: SearchRequest, options, vector, provider, k: int) -> List[Hit]:
-    with _store_errors(options.sink_table, options.sink), options.sink_config().images() as store:
-        return store.nearest(vector, k, provider.name, request.view)
+    """The images table of the provider's vector length, its rows of the provider's
+    ``store_key`` only."""
+    sink = options.sink_config(provider.dimension)
+    with _store_errors(sink.table, options.sink), sink.images() as store:
+        return store.nearest(vector, k, provider.store_key, request.view)
+
+
+def _qualified(store) -> str:
+    """``schema.table`` of ``store`` (no connection is made)."""
+    return store.dialect.qualified_table
 
 
 def run_search(request: SearchRequest, options, text_settings=None) -> SearchResult:
@@ -97,43 +107,48 @@ def run_search(request: SearchRequest, options, text_settings=None) -> SearchRes
     if request.target == "reports" and not provider.semantic and not foreign_reports:
         raise TextNotSupportedError(
             f"searching reports needs a semantic model: the {provider.name!r} provider is a "
-            "non-semantic image descriptor and stores no report vectors; use --provider nvclip")
+            "non-semantic image descriptor and stores no report vectors; use --provider "
+            "openclip (a local model) or nvclip")
     if request.like:
-        vector = stored_vector(request, options, provider.name)
+        vector = stored_vector(request, options, provider)
     else:
         provider.setup()
         try:
             vector = query_vector(request, options, provider)
         finally:
             provider.teardown()
+    sink = options.sink_config(provider.dimension)
     # a missing database is an error, never created
-    options.sink_config().images().dialect.check_reachable(must_exist=True)
+    sink.images().dialect.check_reachable(must_exist=True)
+    images_table = _qualified(sink.images())
+    reports_store = open_reports(options, request.reports_table, request.reports_schema)
+    reports_table = _qualified(reports_store)
+    searched = dict(provider=provider.name, embedding_model=provider.model,
+                    semantic=provider.semantic, sink=redact_url(options.sink),
+                    store_key=provider.store_key)
 
     if foreign_reports:  # another tool's reports: rank each study's report by its images
         hits = _nearest_images(request, options, vector, provider, 4 * request.k)
         results = reports_via_images(request, hits, options)
-        table = request.reports_table or REPORTS.table
-        return SearchResult(request=request, provider=provider.name,
-                            embedding_model=provider.model, semantic=provider.semantic,
-                            sink=redact_url(options.sink), table=table, results=results,
+        return SearchResult(request=request, **searched, table=reports_store.dialect.table,
+                            qualified_table=reports_table, results=results,
                             via={"ranking": "each study's report by its best image hit (the "
                                             "reports table has no vectors of this provider)"})
     if request.target == "reports":
-        table = request.reports_table or REPORTS.table
-        with _store_errors(table, options.sink), open_reports(
+        table, qualified = reports_store.dialect.table, reports_table
+        with _store_errors(table, options.sink, "reports"), open_reports(
                 options, request.reports_table, request.reports_schema) as store:
-            hits = store.nearest(vector, request.k, provider.name)
+            hits = store.nearest(vector, request.k, provider.store_key)
         results = [ReportResult(rank, hit) for rank, hit in enumerate(hits, start=1)]
     else:
-        table = options.sink_table
+        table, qualified = sink.table, images_table
         hits = _nearest_images(request, options, vector, provider, request.k)
         reports = {}
         if request.with_reports and hits:
-            with _store_errors(request.reports_table or REPORTS.table, options.sink):
+            with _store_errors(reports_store.dialect.table, options.sink, "reports"):
                 reports = reports_for(options, request, [hit.StudyID for hit in hits])
         results = [ImageResult(rank, hit, _same_subject(reports.get(hit.StudyID), hit),
                                request.with_reports)
                    for rank, hit in enumerate(hits, start=1)]
-    return SearchResult(request=request, provider=provider.name,
-                        embedding_model=provider.model, semantic=provider.semantic,
-                        sink=redact_url(options.sink), table=table, results=results)
+    return SearchResult(request=request, **searched, table=table, qualified_table=qualified,
+                        results=results)

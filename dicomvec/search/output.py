@@ -19,6 +19,9 @@ def _query_line(result: SearchResult) -> str:
             f"  |  {result.table} @ {result.sink}  |  k={request.k}")
     if request.view:
         line += f"  |  view={request.view.upper()}"
+    if result.store_key:
+        line += (f"\nmodel: {result.embedding_model} ({result.store_key}), table "
+                 f"{result.qualified_table or result.table}")
     if not result.semantic:
         line += "\nNOTE: non-semantic descriptor, not CLIP: scores measure pixel likeness only"
     via = result.via or {}
@@ -49,7 +52,8 @@ def to_text(result: SearchResult) -> str:
                      + (f" (view {result.request.view})" if result.request.view else ""))
         return "\n".join(lines)
     if not result.results:
-        lines.append(f"no results: {result.table} has no rows with a {result.provider} vector"
+        lines.append(f"no results: {result.table} has no rows with a "
+                     f"{result.store_key or result.provider} vector"
                      + (f" and view {result.request.view.upper()}" if result.request.view
                         else ""))
         return "\n".join(lines)

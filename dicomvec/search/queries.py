@@ -63,5 +63,5 @@ def embed_query_text(provider: EmbeddingProvider, text: str) -> np.ndarray:
     if not provider.semantic:
         raise TextNotSupportedError(
             f"text search needs a semantic model: the {provider.name!r} provider is a "
-            "non-semantic image descriptor with no text embedding; use --provider nvclip")
+            "non-semantic image descriptor with no text embedding; use --provider openclip (a local model) or nvclip")
     return _unit(provider.embed_texts([text.strip()])[0], "query text")

@@ -105,6 +105,10 @@ class SearchResult:
     results: List[Union[ImageResult, ReportResult]]
     #: how a search through another tool's reports ran (table, vector storage, ranking)
     via: Optional[dict] = None
+    #: the Provider value the search filtered on (the provider's ``store_key``; "": none)
+    store_key: str = ""
+    #: ``schema.table`` searched (``table``: its name alone, as ``--sink-table`` spells it)
+    qualified_table: str = ""
 
     def to_dict(self) -> dict:
         extra = {"via_reports": self.via} if self.via else {}
@@ -115,6 +119,8 @@ class SearchResult:
             "target": self.request.target,
             "table": self.table,
             "provider": self.provider,
+            "store_key": self.store_key,
+            "qualified_table": self.qualified_table,
             "embedding_model": self.embedding_model,
             "semantic": self.semantic,
             "sink": self.sink,

@@ -36,7 +36,7 @@ def open_reports(options, table: Optional[str] = None, schema: Optional[str] = N
                  ) -> VectorStore:
     """A (read) store on the reports table ``schema.table`` (defaults: the sink schema and
     ``MIMICCXRReports``)."""
-    name = table or options.reports_table
+    name = table or options.sink_config().reports_table
     spec = REPORTS if name == REPORTS.table else \
         dataclasses.replace(REPORTS, table=validate_identifier(name))
     store = options.sink_config().reports(table=name, schema=schema, spec=spec)
@@ -130,7 +130,7 @@ def search_via_reports(request, options, settings):
     return SearchResult(request=request, provider="openai-compatible",
                         embedding_model=settings.model, semantic=True,
                         sink=redact_url(options.sink),
-                        table=options.sink_table if request.target == "images"
+                        table=options.sink_config().table if request.target == "images"
                         else table.qualified, results=results, via=via)
 
 

@@ -104,7 +104,8 @@ def create_app(settings: ServeSettings) -> Flask:
     def common():
         return {"provider": provider, "text": text_mode(), "max_k": MAX_K,
                 "targets": SEARCH_TARGETS, "sink": options.sink_config().redacted,
-                "table": options.sink_table, "max_upload_mb": settings.max_upload / (1 << 20),
+                "table": options.sink_config().table,
+                "max_upload_mb": settings.max_upload / (1 << 20),
                 "summary": _summary}
 
     # -- access -----------------------------------------------------------------------------
@@ -173,10 +174,11 @@ def create_app(settings: ServeSettings) -> Flask:
         view = _view(request.args.get("view"))
         images, problem = [], None
         try:
-            images = browse.archive_page(options, provider.name, GLIMPSE, view)
+            images = browse.archive_page(options, provider.store_key, GLIMPSE, view)
             counts = browse.archive_counts(options)
         except Exception as exc:
-            problem, counts = f"cannot read {options.sink_table}: {first_line(exc)}", {}
+            problem, counts = (f"cannot read {options.sink_config().table}: "
+                               f"{first_line(exc)}", {})
         return render_template("index.html", images=images, counts=counts, problem=problem,
                                form=_form(view=view), views=_views())
 
@@ -204,7 +206,7 @@ def create_app(settings: ServeSettings) -> Flask:
                 query = {"kind": "upload", "name": os.path.basename(upload.filename)[:200],
                          "picture": _data_url(renderer.render_path(upload_path, SIZES["thumb"]))}
             elif like:
-                info = browse.image_info(options, like, provider.name)
+                info = browse.image_info(options, like, provider.store_key)
                 if info is None:
                     raise PageError(f"no stored image {like!r} with a {provider.name} vector",
                                     404)
@@ -240,7 +242,7 @@ def create_app(settings: ServeSettings) -> Flask:
 
     @app.get("/image/<image_id>")
     def image(image_id: str):
-        info = browse.image_info(options, image_id, provider.name)
+        info = browse.image_info(options, image_id, provider.store_key)
         if info is None:
             raise PageError(f"no stored image {image_id!r} with a {provider.name} vector", 404)
         fields, unreadable = header_fields(info.ImagePath)
@@ -265,7 +267,7 @@ def create_app(settings: ServeSettings) -> Flask:
         size = SIZES.get(request.args.get("size", "thumb"))
         if size is None:
             raise PageError(f"size must be one of {', '.join(SIZES)}")
-        info = browse.image_info(options, image_id, provider.name)
+        info = browse.image_info(options, image_id, provider.store_key)
         if info is None:
             response = Response(renderer.placeholder(size), status=404, mimetype="image/png")
             response.headers["X-Dicomvec-Placeholder"] = "unknown image"
@@ -279,7 +281,7 @@ def create_app(settings: ServeSettings) -> Flask:
 
     def _views():
         try:
-            stored = browse.views(options, provider.name)
+            stored = browse.views(options, provider.store_key)
         except Exception:
             stored = []
         return list(dict.fromkeys([*COMMON_VIEWS, *stored]))

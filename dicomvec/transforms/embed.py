@@ -83,7 +83,7 @@ class ImageInputs:
         return provider.submit_images([EncodedImage(r.encoded, r.mime) for r in batch])
 
     def embedded(self, provider, record: ImageRecord, vector):
-        return record.evolve(vector=vector, encoded=None, provider=provider.name,
+        return record.evolve(vector=vector, encoded=None, provider=provider.store_key,
                              embedding_model=provider.model)
 
     def refused(self, item, result) -> Failure:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import abc
 import concurrent.futures as cf
 import dataclasses
+import hashlib
 from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from dicomvec.defaults import PROVIDER_KEY_LENGTH
 
 
 class FatalProviderError(RuntimeError):
@@ -59,10 +62,14 @@ class EmbeddingResult:
 @dataclasses.dataclass(frozen=True)
 class ProviderConfig:
     """Provider settings taken from pipeline options (never the API key: that is read from the
-    environment inside the worker)."""
+    environment inside the worker). ``target``: the provider's class as ``module:Class``, as
+    the launching process's registry resolved ``name`` ("": look ``name`` up where it is
+    built), so a worker process builds the class registered in the driver
+    (``register_provider``) as long as it can import its module."""
 
     name: str
     settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    target: str = ""
 
 
 def unit_vector(values: Sequence[float] | np.ndarray, dimension: int) -> np.ndarray:
@@ -84,12 +91,15 @@ class EmbeddingProvider(abc.ABC):
     Lifecycle follows a DoFn's: ``setup()`` once per worker instance, ``teardown()`` at the end.
     """
 
-    #: registry name, also stored in the Provider column
+    #: registry name (``--provider``, counters, messages); see ``store_key`` for the rows
     name: ClassVar[str] = ""
     #: False for descriptors with no meaning (no text search, not CLIP)
     semantic: ClassVar[bool] = True
     #: largest batch one call may take
     max_batch_size: ClassVar[int] = 64
+    #: the model input the provider wants from the pipeline instead of ``--image-format``
+    #: (``"raw-gray"``: the fitted uint8 gray pixels, no PNG round trip); None: the flag's
+    input_format: ClassVar[Optional[str]] = None
 
     def __init__(self, config: ProviderConfig):
         self.config = config
@@ -103,6 +113,34 @@ class EmbeddingProvider(abc.ABC):
     @abc.abstractmethod
     def dimension(self) -> int:
         """Vector length."""
+
+    @property
+    def store_key(self) -> str:
+        """What this provider's rows carry in the Provider column, and the value every
+        provider filter compares with (resume, search, counts, check-db, reprocess,
+        ``--replace-invalid``, serve): vectors of two models never mix, even in one table of
+        their length. Default: ``name``; a provider that runs several models returns one key
+        per model (``store_key_for(name, model id)``), at most ``PROVIDER_KEY_LENGTH``
+        characters."""
+        return self.name
+
+    @property
+    def destination(self) -> str:
+        """Where what this provider embeds (image pixels, report texts) is sent, in words for
+        the run summary and ``--help``: ``nowhere: ...`` for a provider computing on the worker
+        itself."""
+        return "nowhere: computed on this machine"
+
+    @property
+    def third_party(self) -> bool:
+        """True when inputs leave the user's machines for a service someone else runs (a hosted
+        API): the commands then print ``privacy.third_party_notice`` before they start."""
+        return False
+
+    @property
+    def input_size(self) -> Optional[int]:
+        """The model's own input side in pixels (the default of ``--image-size``); None: any."""
+        return None
 
     def preflight(self) -> None:
         """Before a job starts, in the launching process: raise ``FatalProviderError`` when no
@@ -126,7 +164,7 @@ class EmbeddingProvider(abc.ABC):
         """One result per text, in input order."""
         raise TextNotSupportedError(
             f"the {self.name!r} provider has no text embedding; use a semantic provider "
-            "such as nvclip for text queries")
+            "such as openclip (a local model) or nvclip for text queries")
 
     def stats(self) -> Dict[str, float]:
         """Counters for the end-of-run summary (requests, retries, ...)."""
@@ -135,6 +173,17 @@ class EmbeddingProvider(abc.ABC):
     def cost_line(self, stats: Dict[str, float]) -> str:
         """The summary's line on what the run cost, from summed ``stats`` ('': none)."""
         return ""
+
+
+def store_key_for(name: str, model_id: str) -> str:
+    """``name:model_id`` when it fits the Provider column (``PROVIDER_KEY_LENGTH``), else its
+    head and a digest of the whole (``name:…head~<12 hex>``): the same model always gets the
+    same key, two models never share one."""
+    key = f"{name}:{model_id}"
+    if len(key) <= PROVIDER_KEY_LENGTH:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+    return key[:PROVIDER_KEY_LENGTH - len(digest) - 1] + "~" + digest
 
 
 def finished_future(call) -> cf.Future:

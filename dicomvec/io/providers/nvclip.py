@@ -266,6 +266,18 @@ class NVClipProvider(EmbeddingProvider):
     def dimension(self) -> int:
         return self.settings.dimension
 
+    @property
+    def destination(self) -> str:
+        where = urlparse(self.settings.url)
+        if self.settings.hosted:
+            return f"NVIDIA hosted API ({where.hostname}), a third-party service"
+        port = where.port or (443 if where.scheme == "https" else 80)
+        return f"self-hosted NIM at {where.hostname}:{port}"
+
+    @property
+    def third_party(self) -> bool:
+        return self.settings.hosted
+
     # -- lifecycle --------------------------------------------------------------------------
     def preflight(self) -> None:
         self._api_key()

@@ -32,6 +32,10 @@ class ThumbnailProvider(EmbeddingProvider):
     def dimension(self) -> int:
         return GRID * GRID
 
+    @property
+    def destination(self) -> str:
+        return "nowhere: computed on this machine (thumbnail descriptor)"
+
     def describe(self, image: EncodedImage) -> np.ndarray:
         """Encoded image → 1024-d unit vector. Raises ValueError for a constant image."""
         with Image.open(io.BytesIO(image.data)) as im:

@@ -43,12 +43,16 @@ class VectorStore:
 
     def __init__(self, url: str, schema: str = defaults.SCHEMA, table: Optional[str] = None,
                  max_attempts: int = 4, retry_delay_s: float = 0.5,
-                 dimension: Optional[int] = None, spec: Optional[TableSpec] = None):
+                 dimension: Optional[int] = None, spec: Optional[TableSpec] = None,
+                 table_given: Optional[bool] = None):
         """``dimension``: the table's vector length, when known (IRIS needs it as a literal in
         ``TO_VECTOR``); otherwise it comes from ``init_schema``, the catalog, or the batch.
         ``spec``: a ``tables.TableSpec`` for a table other than the images table (``REPORTS``);
-        ``table``: the table's name (default: the spec's, MIMICCXRImages / MIMICCXRReports)."""
+        ``table``: the table's name (default: the spec's, MIMICCXRImages / MIMICCXRReports);
+        ``table_given``: the user named it (a table of another vector length is then refused
+        with the advice to leave the option out; None: not known)."""
         self.url = url
+        self.table_given = table_given
         self.spec = spec or IMAGES
         self.dialect: Dialect = dialect_for_url(url, schema=schema, spec=self.spec,
                                                 table=table or None)
@@ -142,7 +146,8 @@ class VectorStore:
             if shape is not None:
                 schema_check.check_shape(self.spec, shape, dimension,
                                          self.dialect.qualified_table, redact_url(self.url),
-                                         self.dialect.enforces_varchar_length)
+                                         self.dialect.enforces_varchar_length,
+                                         table_given=self.table_given)
                 self._shape_checked = True
                 return False
             add_fk = (with_report_fk and self.spec.foreign_key is not None
@@ -433,27 +438,55 @@ def vector_problem(vector, dimension: int) -> Optional[str]:
 @dataclasses.dataclass(frozen=True)
 class SinkConfig:
     """Where vectors go, as one value (like ``ProviderConfig``): the database URL, the schema
-    and the tables' names. Travels to the workers; each opens its own ``VectorStore``."""
+    and the tables' names. Travels to the workers; each opens its own ``VectorStore``.
+
+    ``table_given`` / ``reports_table_given``: the user named the table (``--sink-table``,
+    ``--table``, ``--reports-table``); False when the name comes from the vector length
+    (``for_dimension``: ``defaults.images_table`` / ``defaults.reports_table``)."""
 
     url: str = defaults.SINK_URL
     schema: str = defaults.SCHEMA
     table: str = defaults.IMAGES_TABLE
     reports_table: str = defaults.REPORTS_TABLE
+    table_given: bool = True
+    reports_table_given: bool = True
+
+    @classmethod
+    def for_dimension(cls, dimension: int, url: str = defaults.SINK_URL,
+                      schema: str = defaults.SCHEMA, table: Optional[str] = None,
+                      reports_table: Optional[str] = None) -> "SinkConfig":
+        """The sink of ``dimension``-long vectors: the tables named by the user, or else the
+        tables of that length (``MIMICCXRImages`` / ``MIMICCXRReports`` for 1024-d,
+        ``MIMICCXRImages<d>`` / ``MIMICCXRReports<d>`` for any other d)."""
+        return cls(url, schema or defaults.SCHEMA, table or defaults.images_table(dimension),
+                   reports_table or defaults.reports_table(dimension),
+                   table_given=bool(table), reports_table_given=bool(reports_table))
 
     @property
     def redacted(self) -> str:
         """The URL with any password replaced, for messages."""
         return redact_url(self.url)
 
+    @property
+    def images_spec(self) -> TableSpec:
+        """``IMAGES``, its optional foreign key pointing at this sink's reports table (the
+        reports table of the same vector length)."""
+        column, target = IMAGES.foreign_key
+        if target == self.reports_table:
+            return IMAGES
+        return dataclasses.replace(IMAGES, foreign_key=(column, self.reports_table))
+
     def images(self, **kwargs) -> VectorStore:
         """A store on the images table (connects on first use)."""
-        return VectorStore(self.url, schema=self.schema, table=self.table, **kwargs)
+        return VectorStore(self.url, schema=self.schema, table=self.table, spec=self.images_spec,
+                           table_given=self.table_given, **kwargs)
 
     def reports(self, table: Optional[str] = None, schema: Optional[str] = None,
                 spec: TableSpec = REPORTS, **kwargs) -> VectorStore:
         """A store on the reports table (``table``/``schema``: another one than configured)."""
         return VectorStore(self.url, schema=schema or self.schema,
-                           table=table or self.reports_table, spec=spec, **kwargs)
+                           table=table or self.reports_table, spec=spec,
+                           table_given=bool(table) or self.reports_table_given, **kwargs)
 
     def store(self, spec: TableSpec = IMAGES, **kwargs) -> VectorStore:
         """A store on the table of ``spec`` (``IMAGES`` or ``REPORTS``)."""

@@ -100,7 +100,8 @@ class Dialect(abc.ABC):
 
     @property
     def reports_table(self) -> str:
-        return self.qualify(REPORTS_TABLE)
+        """The table the spec's optional foreign key points at (qualified)."""
+        return self.qualify(self.spec.foreign_key[1] if self.spec.foreign_key else REPORTS_TABLE)
 
     # -- connection ------------------------------------------------------------------------
     @abc.abstractmethod

@@ -40,12 +40,14 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
-def run_checks(sink: SinkConfig, dimension: int) -> List[Check]:
-    """Every check, in order (see the module docstring)."""
+def run_checks(sink: SinkConfig, dimension: int,
+               store_key: Optional[str] = None) -> List[Check]:
+    """Every check, in order (see the module docstring); ``store_key``: the model whose rows
+    the ``rows`` check counts apart (a provider's ``store_key``; None: none)."""
     checks: List[Check] = []
     store = sink.images(max_attempts=1)
     try:
-        _run(store, sink, dimension, checks)
+        _run(store, sink, dimension, checks, store_key)
     finally:
         store.close()
     return checks
@@ -60,7 +62,8 @@ def _attempt(checks: List[Check], name: str, store, action) -> None:
         checks.append(Check(name, False, _one_line(exc)))
 
 
-def _run(store: VectorStore, sink: SinkConfig, dimension: int, checks: List[Check]) -> None:
+def _run(store: VectorStore, sink: SinkConfig, dimension: int, checks: List[Check],
+         store_key: Optional[str] = None) -> None:
     dialect = store.dialect
     expected = dimension
     try:
@@ -91,7 +94,8 @@ def _run(store: VectorStore, sink: SinkConfig, dimension: int, checks: List[Chec
     def images_table():
         shape["images"] = store.shape()
         checks.append(_table_check("images table", IMAGES, dialect, shape["images"], dimension,
-                                   sink.redacted, missing_ok=False))
+                                   sink.redacted, missing_ok=False,
+                                   table_given=sink.table_given))
     _attempt(checks, "images table", store, images_table)
 
     _attempt(checks, "create rights", store, lambda: checks.append(_create_rights(store)))
@@ -102,7 +106,10 @@ def _run(store: VectorStore, sink: SinkConfig, dimension: int, checks: List[Chec
             total = sum(counts.values())
             listed = ", ".join(f"{p if p is not None else 'NULL'} {n}"
                                for p, n in counts.items())
-            checks.append(Check("rows", True, f"{total} ({listed})" if total else "0 (empty)"))
+            detail = f"{total} ({listed})" if total else "0 (empty)"
+            if store_key is not None:
+                detail += f"; {counts.get(store_key, 0)} of this model ({store_key})"
+            checks.append(Check("rows", True, detail))
         _attempt(checks, "rows", store, rows)
 
         def invalid():
@@ -126,7 +133,8 @@ def _run(store: VectorStore, sink: SinkConfig, dimension: int, checks: List[Chec
         finally:
             reports_store.close()
         checks.append(_table_check("reports table", REPORTS, reports_store.dialect, found,
-                                   dimension, sink.redacted, missing_ok=True))
+                                   dimension, sink.redacted, missing_ok=True,
+                                   table_given=sink.reports_table_given))
     _attempt(checks, "reports table", store, reports)
 
     if shape["images"] is not None:
@@ -134,7 +142,7 @@ def _run(store: VectorStore, sink: SinkConfig, dimension: int, checks: List[Chec
 
 
 def _table_check(name: str, spec, dialect, shape, dimension: int, url: str,
-                 missing_ok: bool) -> Check:
+                 missing_ok: bool, table_given: Optional[bool] = None) -> Check:
     table = dialect.qualified_table
     if shape is None:
         if missing_ok:
@@ -149,7 +157,7 @@ def _table_check(name: str, spec, dialect, shape, dimension: int, url: str,
                                  + (f"{shape.dimension}-d vectors" if shape.dimension else
                                     "vector length not declared (no rows yet)"))
     error = schema_check.mismatch_error(spec, table, url, differences,
-                                        before_write=False)
+                                        before_write=False, table_given=table_given)
     if spec is REPORTS and not isinstance(error, schema_check.NeedsMigrationError):
         # another tool's reports table: dicomvec only reads it; never a failure by itself
         return Check(name, None, f"{error} (search reads it as-is)")

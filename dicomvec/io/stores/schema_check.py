@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Optional, Sequence
 
+from dicomvec import defaults
 from dicomvec.io.stores.tables import IMAGES, VECTOR, TableShape, TableSpec, declared_length
 
 
@@ -40,6 +41,8 @@ class Difference:
     migratable: bool
     kind: str = ""
     column: Optional[str] = None
+    #: the vector length we write (a ``dimension`` difference)
+    wanted: Optional[int] = None
 
 
 def compare(spec: TableSpec, shape: TableShape, dimension: Optional[int],
@@ -73,7 +76,7 @@ def compare(spec: TableSpec, shape: TableShape, dimension: Optional[int],
     if dimension and shape.dimension and shape.dimension != dimension:
         differences.append(Difference(
             f"{spec.vector} is {shape.dimension}-d, we write {dimension}-d", migratable=False,
-            kind="dimension", column=spec.vector))
+            kind="dimension", column=spec.vector, wanted=int(dimension)))
     for column in shape.columns:
         if column.name.lower() not in wanted and not column.nullable and not column.has_default:
             differences.append(Difference(
@@ -86,14 +89,35 @@ def table_option(spec: TableSpec) -> str:
     return "--sink-table" if spec.table == IMAGES.table else "--reports-table"
 
 
+def _default_of_length(what: str, qualified_table: str,
+                       differences: Sequence[Difference]) -> Optional[str]:
+    """The default table of the length we write, when ``qualified_table`` is ours but for its
+    vector length and is not that default itself; else None."""
+    lengths = [d.wanted for d in differences if d.kind == "dimension"]
+    if not lengths or not all(d.kind == "dimension" or d.migratable for d in differences):
+        return None
+    default = (defaults.images_table if what == "images" else defaults.reports_table)(lengths[0])
+    return None if default.lower() == qualified_table.rsplit(".", 1)[-1].lower() else default
+
+
 def mismatch_error(spec: TableSpec, qualified_table: str, sink: str,
                    differences: Sequence[Difference],
-                   before_write: bool = True) -> SchemaMismatchError:
-    """One line: what differs and the way out (``before_write``: a write was refused)."""
+                   before_write: bool = True,
+                   table_given: Optional[bool] = None) -> SchemaMismatchError:
+    """One line: what differs and the way out (``before_write``: a write was refused;
+    ``table_given``: the user named the table, so a table of another vector length is a
+    name to leave out: each length has its default table)."""
     what = "images" if spec.table == IMAGES.table else "reports"
     listed = "; ".join(d.text for d in differences)
     option = table_option(spec)
     refused = "; nothing was written" if before_write else ""
+    default = _default_of_length(what, qualified_table, differences) if table_given else None
+    if default:
+        also = " (init-db, check-db, migrate: --table)" if what == "images" else ""
+        return SchemaMismatchError(
+            f"{qualified_table} holds vectors of another length ({listed}){refused}: leave "
+            f"{option}{also} out, and these vectors go to their own table {default} "
+            f"(created when missing)")
     if all(d.migratable for d in differences):
         return NeedsMigrationError(
             f"{qualified_table} was made by an older dicomvec and needs migrating ({listed})"
@@ -108,14 +132,16 @@ def mismatch_error(spec: TableSpec, qualified_table: str, sink: str,
 
 
 def check_shape(spec: TableSpec, shape: Optional[TableShape], dimension: Optional[int],
-                qualified_table: str, sink: str, enforces_varchar_length: bool = True) -> None:
+                qualified_table: str, sink: str, enforces_varchar_length: bool = True,
+                table_given: Optional[bool] = None) -> None:
     """Raise ``SchemaMismatchError`` / ``NeedsMigrationError`` when an existing table
     (``shape`` not None) differs from ``spec``."""
     if shape is None:
         return
     differences = compare(spec, shape, dimension, enforces_varchar_length)
     if differences:
-        raise mismatch_error(spec, qualified_table, sink, differences)
+        raise mismatch_error(spec, qualified_table, sink, differences,
+                             table_given=table_given)
 
 
 def check_table_writable(store, dimension: Optional[int] = None) -> Optional[TableShape]:
@@ -126,7 +152,8 @@ def check_table_writable(store, dimension: Optional[int] = None) -> Optional[Tab
     shape = store.shape()
     check_shape(store.spec, shape, dimension or store.dimension,
                 store.dialect.qualified_table, redact_url(store.url),
-                store.dialect.enforces_varchar_length)
+                store.dialect.enforces_varchar_length,
+                table_given=store.table_given)
     return shape
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -83,7 +84,13 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    """``name`` as a file name part: unchanged when it is one already (``thumbnail``), else
+    with ``_`` for each other character and a digest of the name, so two store keys
+    (``openclip:a/b``, ``openclip:a_b``) never share a folder."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    if safe == name:
+        return name
+    return f"{safe[:80]}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:12]}"
 
 
 def n_lists_for(rows: int) -> int:

@@ -9,6 +9,13 @@ idempotent upsert, reconnect-and-retry and bisection of bad rows.
 The images table, ``VectorSearch.MIMICCXRImages`` (``IMAGES``): one row per (ImageID, Provider);
 ``FOREIGN KEY (StudyID) REFERENCES`` the reports table when asked for and that table exists.
 
+One table per vector length: 1024-d vectors (NV-CLIP, thumbnail) go to ``MIMICCXRImages`` /
+``MIMICCXRReports``, d-long vectors of any other length to ``MIMICCXRImages<d>`` /
+``MIMICCXRReports<d>`` (``defaults.images_table``, ``SinkConfig.for_dimension``), each images
+table's foreign key pointing at the reports table of its length. Inside a table, rows are keyed by
+the provider's ``store_key`` (Provider column: ``thumbnail``, ``nvclip``, ``openclip:<model>``),
+and every read filters on it, so two models of one length never mix.
+
 The reports table, ``VectorSearch.MIMICCXRReports`` (``REPORTS``):
 
 =============  =================================================================
@@ -40,12 +47,14 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 # REPORTS_TABLE: the table the images table's optional foreign key points at (same schema)
-from dicomvec.defaults import IMAGES_TABLE, REPORTS_TABLE
+from dicomvec.defaults import IMAGES_TABLE, PROVIDER_KEY_LENGTH, REPORTS_TABLE
 
 #: portable column types; ``TEXT`` and ``VECTOR`` are rendered per database by the dialect
 ID = "VARCHAR(64)"  # DICOM UIDs and MIMIC IDs (a UID can be 64 characters)
 NAME = "VARCHAR(100)"
 PATH = "VARCHAR(500)"
+#: the Provider column: a provider's ``store_key``
+PROVIDER = f"VARCHAR({PROVIDER_KEY_LENGTH})"
 TEXT = "TEXT"
 VECTOR = "VECTOR"
 TIMESTAMP = "TIMESTAMP DEFAULT CURRENT_TIMESTAMP"
@@ -170,7 +179,7 @@ IMAGES = TableSpec(
              Column("ImageID", ID, nullable=False), Column("ImagePath", PATH),
              Column("DicomFile", "VARCHAR(255)"), Column("ViewPosition", "VARCHAR(20)"),
              Column("Vector", VECTOR, nullable=False), Column("EmbeddingModel", NAME),
-             Column("Provider", "VARCHAR(50)", nullable=False),
+             Column("Provider", PROVIDER, nullable=False),
              Column("PreprocessVersion", "VARCHAR(20)"), Column("CreatedAt", TIMESTAMP)),
     key=("ImageID", "Provider"),
     row_type=ImageRow,
@@ -184,7 +193,7 @@ REPORTS = TableSpec(
     columns=(Column("SubjectID", ID, nullable=False), Column("StudyID", ID, nullable=False),
              Column("ReportPath", PATH), Column("Findings", TEXT), Column("Impression", TEXT),
              Column("EmbeddedText", TEXT), Column("Vector", VECTOR),
-             Column("EmbeddingModel", NAME), Column("Provider", "VARCHAR(50)"),
+             Column("EmbeddingModel", NAME), Column("Provider", PROVIDER),
              Column("CreatedAt", TIMESTAMP)),
     key=("StudyID",),
     row_type=ReportRow,
