@@ -175,6 +175,7 @@ def run(args, extra) -> int:
         raise UserError("--contact-sheet shows image hits; it needs --target images")
     if args.columns < 1:
         raise UserError("--columns must be at least 1")
+    from dicomvec.pipeline import preflight
     preflight.announce_destination(options.provider_config(),
                                    "the query image's pixels" if args.image else "")
     result = run_search(request, options, text_settings)

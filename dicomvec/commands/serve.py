@@ -102,6 +102,7 @@ def run(args, extra) -> int:
                              cache_bytes=int(args.cache_mb * (1 << 20)))
     app = create_app(settings)
     server.app = app
+    from dicomvec.pipeline import preflight
     preflight.announce_destination(options.provider_config(), "uploaded query images' pixels")
     url = f"http://{shown}:{port}/"
     print(f"dicomvec serve: {url}" + (f"?token={token}" if token else ""), flush=True)
