@@ -31,6 +31,8 @@ setup(
         "pyarrow>=14",
         "requests>=2.31",
         "tenacity>=8.2",
+        # one BLAS thread for a search's small matrix products (sqlite_index)
+        "threadpoolctl>=3.1",
         # `dicomvec serve` (imported only by that command)
         "flask>=3.0",
     ],

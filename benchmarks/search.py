@@ -8,7 +8,9 @@ of dicomvec's schema with clustered unit vectors (``benchmarks/clustered.py``; P
 * ``indexed``: a long-lived caller (``VectorStore`` opened per query as ``run_search`` does,
   the index object kept by the process): build/sync time, p50/p95 per query, peak RSS;
 * ``cold``: ``dicomvec search --image Q.dcm --provider thumbnail --k 10`` as a new process,
-  wall time from start to printed result and its peak RSS (the index already built);
+  wall time from start to printed result and its peak RSS (the index already built); with
+  ``--baseline-ref REF`` the same for the code at REF (``git archive``), rounds interleaved,
+  on a hard link of the database (so each code keeps its own index);
 * ``old scan``: the full-scan search as it was before the index (every row fetched, stacked,
   scored), p50 and peak RSS, on a few queries — the baseline, measured in the same run;
 * recall@10 of the index against the exact top 10 (computed in numpy from the generated
@@ -17,24 +19,27 @@ of dicomvec's schema with clustered unit vectors (``benchmarks/clustered.py``; P
 PostgreSQL (``--pg-rows``, default 100,000; 0 skips): the same vectors in a private pgvector
 server (``tests/pg_fixtures.py``), HNSW ``vector_cosine_ops`` built by ``create_index``; p50/p95
 through ``VectorStore.nearest`` (the plan is checked to use the index), the exact scan (index
-scans off) as baseline and truth for recall@10.
+scans off) as baseline (20 timed) and truth for recall@10 (50 queries), and the same queries
+at other ``hnsw.ef_search`` values (``ef_search_sweep``).
+
+The load average at the start and end of each size is recorded: the machine is shared.
 
 Run from the repository root (writes ``benchmarks/results/search.json``):
     PYTHONPATH=. .venv/bin/python benchmarks/search.py [--sizes 10000,377110] [--pg-rows 100000]
+        [--baseline-ref c1af950]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -159,43 +164,72 @@ def run_child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def cold_search(db: str, image: Path, rounds: int = 3) -> dict:
-    """``dicomvec search`` as a new process: wall time and peak RSS (``wait4``)."""
-    cli = str(Path(sys.executable).with_name("dicomvec"))
-    walls, peaks = [], []
-    for _ in range(rounds):
+def cold_search(db: str, image: Path, tree: Path = REPO) -> Tuple[float, float]:
+    """``dicomvec search`` (the code in ``tree``) as a new process: (wall s, peak RSS MB)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "dicomvec.cli", "search", "--image",
+                             str(image), "--sink", f"sqlite:///{db}", "--provider", PROVIDER,
+                             "--k", str(K)], cwd=tree, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(tree)})
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    if status != 0 or b"rank" not in out:
+        raise RuntimeError(f"dicomvec search failed: {proc.stderr.read().decode()[-500:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def cold_compare(db: Path, image: Path, baseline: Optional[Path], rounds: int = 3) -> dict:
+    """Cold ``dicomvec search`` of this tree and, with ``baseline`` (the code at
+    ``--baseline-ref``), of that code in the same run, rounds interleaved. The baseline
+    searches a hard link of the database (its own index beside it, built by one untimed
+    warm-up search)."""
+    runs = {"current": (db, REPO)}
+    if baseline is not None:
+        link = db.with_name(db.stem + ".base.db")
+        os.link(db, link)
         started = time.perf_counter()
-        proc = subprocess.Popen([cli, "search", "--image", str(image), "--sink",
-                                 f"sqlite:///{db}", "--provider", PROVIDER, "--k", str(K)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        walls.append(time.perf_counter() - started)
-        peaks.append(usage.ru_maxrss / 1024)
-        if status != 0 or b"rank" not in out:
-            raise RuntimeError(f"dicomvec search failed: {proc.stderr.read().decode()[-500:]}")
-    return {"wall_s_median": round(float(np.median(walls)), 3),
-            "wall_s": [round(w, 3) for w in walls], "peak_rss_mb": round(max(peaks), 1)}
+        cold_search(str(link), image, baseline)
+        runs["baseline"] = (link, baseline)
+        warm_up = round(time.perf_counter() - started, 1)
+    walls: Dict[str, list] = {name: [] for name in runs}
+    peaks: Dict[str, list] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (path, tree) in runs.items():
+            wall, peak = cold_search(str(path), image, tree)
+            walls[name].append(wall)
+            peaks[name].append(peak)
+    result = {name: {"wall_s_median": round(float(np.median(walls[name])), 3),
+                     "wall_s": [round(w, 3) for w in walls[name]],
+                     "peak_rss_mb": round(max(peaks[name]), 1)} for name in runs}
+    if baseline is not None:
+        result["baseline"]["index_warm_up_s"] = warm_up
+        result["speedup_vs_baseline"] = round(result["baseline"]["wall_s_median"] /
+                                              result["current"]["wall_s_median"], 2)
+    return result
 
 
 def recall(found: List[List[str]], truth: List[List[str]]) -> float:
     return round(float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)])), 4)
 
 
-def sqlite_size(n: int, work: Path, image: Path, scan_queries: int) -> dict:
+def sqlite_size(n: int, work: Path, image: Path, scan_queries: int,
+                baseline_tree: Optional[Path]) -> dict:
     db = work / f"search-{n}.db"
     started = time.perf_counter()
     truth = fill_sqlite(db, n)
     fill_s = time.perf_counter() - started
+    load_start = os.getloadavg()
     baseline = run_child("old_scan", str(db), str(scan_queries))
     indexed = run_child("indexed", str(db))
-    cold = cold_search(str(db), image)
-    result = {"rows": n, "fill_s": round(fill_s, 1), "old_scan": baseline,
+    cold = cold_compare(db, image, baseline_tree)
+    result = {"rows": n, "fill_s": round(fill_s, 1),
+              "loadavg": {"start": load_start, "end": os.getloadavg()}, "old_scan": baseline,
               "indexed": {k: v for k, v in indexed.items() if not k.startswith("found")},
               "recall_at_10": recall(indexed["found"], truth["truth"]),
               "recall_at_10_view_PA": recall(indexed["found_pa"], truth["truth_pa"]),
               "cold_search": cold}
-    for path in work.glob(f"search-{n}.db*"):
+    for path in [*work.glob(f"search-{n}.db*"), *work.glob(f"search-{n}.base.db*")]:
         if path.is_dir():
             import shutil
             shutil.rmtree(path)
@@ -204,7 +238,7 @@ def sqlite_size(n: int, work: Path, image: Path, scan_queries: int) -> dict:
     return result
 
 
-def postgres_size(n: int) -> dict:
+def postgres_size(n: int, pg_truth: int = QUERIES, ef_sweep=(100, 200, 400)) -> dict:
     from dicomvec.io.stores import ImageRow, VectorStore
     from tests.pg_fixtures import LocalPostgres
     q = queries()
@@ -249,13 +283,32 @@ def postgres_size(n: int) -> dict:
             t = time.perf_counter()
             truth.append([h.ImageID for h in exact(vector)])
             exact_times.append(time.perf_counter() - t)
+        for vector in q[20:pg_truth]:
+            truth.append([h.ImageID for h in exact(vector)])
         sql, params = store.dialect.nearest_sql(q[0], K, PROVIDER, None)
         plan = store.read(lambda conn: store.dialect.explain(conn, sql, params), "plan")
         result.update(hnsw={**percentiles(times), "plan_uses_index":
                             store.dialect.index_name.lower() in plan.lower()},
                       exact_scan=percentiles(exact_times),
-                      recall_at_10=recall(found[:20], truth),
+                      recall_at_10=recall(found[:pg_truth], truth), recall_queries=pg_truth,
                       plan=[line[:160] for line in plan.splitlines()[:4]])
+
+        from dicomvec.io.stores.dialects import Dialect
+
+        def at_ef(vector, ef):  # the dialect's query with another hnsw.ef_search
+            def action(conn):
+                conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(ef)])
+                return Dialect.nearest(store.dialect, conn, vector, K, PROVIDER, None)
+            return store.read(action, "nearest at ef_search")
+        sweep = {}
+        for ef in ef_sweep:
+            times, found = [], []
+            for vector in q[:pg_truth]:
+                t = time.perf_counter()
+                found.append([h.ImageID for h in at_ef(vector, ef)])
+                times.append(time.perf_counter() - t)
+            sweep[str(ef)] = {**percentiles(times), "recall_at_10": recall(found, truth)}
+        result["ef_search_sweep"] = sweep
         store.close()
     return result
 
@@ -273,6 +326,9 @@ def main(argv=None) -> int:
     parser.add_argument("--scan-queries", type=int, default=3,
                         help="queries for the old full scan (seconds each at 377K)")
     parser.add_argument("--work", default=None, help="folder for the databases (temp)")
+    parser.add_argument("--baseline-ref", default=None,
+                        help="git ref whose `dicomvec search` is also timed cold, in the same "
+                             "run (e.g. the commit before a change)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "search.json"))
     args = parser.parse_args(argv)
     info = machine()
@@ -283,8 +339,18 @@ def main(argv=None) -> int:
         from dicomvec import synthetic
         synthetic.generate(work / "query", 1, (512, 512), ("native",), 0, seed=5)
         image = next((work / "query").rglob("*.dcm"))
+        baseline_tree = None
+        if args.baseline_ref:
+            baseline_tree = work / "baseline"
+            baseline_tree.mkdir()
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline_ref],
+                                     check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(baseline_tree)], input=archive, check=True)
+            results["baseline_ref"] = subprocess.run(
+                ["git", "-C", str(REPO), "rev-parse", "--short", args.baseline_ref],
+                check=True, capture_output=True, text=True).stdout.strip()
         for n in [int(s) for s in args.sizes.split(",") if s]:
-            r = sqlite_size(n, work, image, args.scan_queries)
+            r = sqlite_size(n, work, image, args.scan_queries, baseline_tree)
             results["sqlite"].append(r)
             print(json.dumps(r), flush=True)
     if args.pg_rows:

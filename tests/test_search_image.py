@@ -227,3 +227,70 @@ def test_bad_query_image_and_missing_table_are_user_errors(tmp_path, capsys):
                    "--provider", "thumbnail"])
     assert rc == 2
     assert "cannot search MIMICCXRImages" in capsys.readouterr().err
+
+
+_NO_BEAM = """
+import sys
+from dicomvec import cli
+rc = cli.main(sys.argv[1:])
+import dicomvec.serve.app, dicomvec.commands.serve  # the page's import path too
+loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'apache_beam')
+print('BEAM', len(loaded), loaded[:3])
+sys.exit(rc)
+"""
+
+
+def test_a_local_search_does_not_import_beam(archive, tmp_path):
+    """A search of a local image with dicomvec's own flags (SQLite or PostgreSQL, the thumbnail
+    provider) starts without Beam (seconds of imports); a Beam option (S3) still works."""
+    root, sink, files = archive
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    args = ["search", "--image", files[0].path, "--sink", sink, "--provider", "thumbnail",
+            "--image-size", "160", "--k", "2", "--json"]
+    proc = subprocess.run([sys.executable, "-c", _NO_BEAM, *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout[:proc.stdout.rindex("BEAM")])["results"][0]["ImageID"] == \
+        files[0].dicom_id
+    assert "BEAM 0 []" in proc.stdout
+    proc = subprocess.run([sys.executable, "-c", _NO_BEAM, *args, "--s3_region_name",
+                           "eu-west-1"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "BEAM 0" not in proc.stdout  # Beam's S3 option: the Beam route, same answer
+    proc = subprocess.run([sys.executable, "-c", _NO_BEAM, *args, "--sinks", sink],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "did you mean --sink" in proc.stderr
+
+
+def test_like_searches_with_the_stored_vector_even_when_the_file_is_gone(
+        archive, tmp_path, capsys):
+    """``--like IMAGE_ID`` (and the page's "more like this") query with the vector stored for
+    that ImageID and provider: the same ranking as querying its file, and still answered once
+    the file has been moved away; an ImageID without a vector of that provider is one line."""
+    root, sink, files = archive
+    stored = files[2]
+    by_file = run_search(SearchRequest(image=stored.path, k=4), _options(sink))
+    moved = tmp_path / "moved.dcm"
+    os.rename(stored.path, moved)
+    try:
+        by_id = run_search(SearchRequest(like=stored.dicom_id, k=4), _options(sink))
+        assert [r.hit.ImageID for r in by_id.results] == \
+            [r.hit.ImageID for r in by_file.results]
+        assert by_id.results[0].hit.ImageID == stored.dicom_id
+        assert by_id.results[0].score == pytest.approx(1.0, abs=1e-6)
+        view = run_search(SearchRequest(like=stored.dicom_id, k=8, view="LATERAL"),
+                          _options(sink))
+        assert {r.hit.ViewPosition for r in view.results} <= {"LATERAL"}
+        rc = cli.main(["search", "--like", stored.dicom_id, "--sink", sink, "--provider",
+                       "thumbnail", "--k", "2", "--json"])
+        out = json.loads(capsys.readouterr().out)
+        assert rc == 0 and out["query"]["like"] == stored.dicom_id
+        assert out["results"][0]["ImageID"] == stored.dicom_id
+        # provider-filtered: no nvclip vector is stored for it
+        rc = cli.main(["search", "--like", stored.dicom_id, "--sink", sink, "--provider",
+                       "nvclip"])
+        assert rc == 2
+        assert f"no stored image {stored.dicom_id!r} with a nvclip vector" in \
+            capsys.readouterr().err
+    finally:
+        os.rename(moved, stored.path)

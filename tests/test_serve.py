@@ -156,7 +156,7 @@ def test_thumbnail_text_query_is_refused_with_the_reason(archive):
 
 
 def test_missing_image_file_is_a_placeholder(archive):
-    root, sink, _ = archive
+    root, sink, stored = archive
     _, client = _client(sink)
     thumb = _get(client, f"/render/{MISSING_ID}.png")
     assert thumb.status_code == 200 and thumb.headers["X-Dicomvec-Placeholder"]
@@ -164,8 +164,14 @@ def test_missing_image_file_is_a_placeholder(archive):
     page = _get(client, f"/image/{MISSING_ID}")
     html = page.get_data(as_text=True)
     assert page.status_code == 200 and "the file cannot be read" in html
-    like = _get(client, f"/search?like={MISSING_ID}")
-    assert like.status_code == 400 and "cannot use query image" in like.get_data(as_text=True)
+    # "more like this" searches with the stored vector: the file is not needed
+    like = _get(client, f"/search?like={MISSING_ID}&k=3")
+    html = like.get_data(as_text=True)
+    assert like.status_code == 200, html
+    assert set(_ids(html)[:2]) == {MISSING_ID, stored[0].image_id}  # the same stored vector
+    assert "1.0000" in html
+    neighbours = _ids(page.get_data(as_text=True).split('id="neighbours"')[1])
+    assert stored[0].image_id in neighbours  # its page lists its neighbours too
 
 
 @pytest.mark.parametrize("path", [

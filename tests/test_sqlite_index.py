@@ -157,3 +157,83 @@ def test_create_index_builds_it(tmp_path, vectors):
     lines = store.create_index()
     assert len(lines) == 1 and "300 rows" in lines[0]
     assert (tmp_path / "db.sqlite.vectors" / "MIMICCXRImages.nvclip" / "meta.json").exists()
+
+
+def _codes_match_the_table(store, index):
+    """Every live slot's int8 code is the quantized vector of the row its ``ids`` names."""
+    live = np.flatnonzero(index.ids >= 0)
+    rows = dict(store.conn.execute("SELECT rowid, Vector FROM MIMICCXRImages "
+                                   "WHERE Provider = 'nvclip'").fetchall())
+    store.conn.rollback()
+    table = np.stack([np.frombuffer(rows[int(r)], "<f4") for r in index.ids[live]])
+    codes, _ = sqlite_index._quantize(table)
+    assert np.array_equal(np.asarray(index.codes[live]), codes)
+
+
+def test_codes_are_grouped_by_list_and_a_long_tail_rebuilds(tmp_path, small_index, vectors,
+                                                            caplog):
+    """The build writes each list's codes as one block (the query scores blocks); rows added
+    later go to the tail, are found, and once the tail passes ``TAIL_SHARE`` the index is
+    rebuilt (and says so), grouped again."""
+    store = fill(f"sqlite:///{tmp_path}/db.sqlite", vectors, n=1500)
+    store.nearest(vectors[0], 5, "nvclip")
+    index = sqlite_index.index_for(store.dialect.path, store.dialect.table, "nvclip")
+    assert index.meta["sorted"] == index.meta["slots"] == 1500
+    assert np.all(np.diff(index.lists) >= 0)  # grouped: one block per list
+    _codes_match_the_table(store, index)
+    caplog.set_level("INFO", logger="dicomvec.io.stores.sqlite_index")
+    # 4 × 300 rows: the tail holds 300, 600, 900, then 1200 > max(1000, TAIL_SHARE × 1500)
+    for batch in range(4):
+        start = 1500 + 300 * batch
+        rows = [make_row(i, vector=vectors[i]) for i in range(start, start + 300)]
+        assert store.upsert(rows) == []
+        assert ids(store.nearest(vectors[start + 7], 1, "nvclip")) == [f"img-{start + 7:05d}"]
+        if batch < 3:
+            assert index.last_action.startswith("updated")
+            assert index.meta["slots"] - index.meta["sorted"] == 300 * (batch + 1)
+            _codes_match_the_table(store, index)
+    assert index.last_action.startswith("rebuilt")
+    assert "rebuilt: 1,200 rows appended since the build" in caplog.text
+    assert index.meta["sorted"] == index.meta["slots"] == 2700
+    assert np.all(np.diff(index.lists) >= 0)
+    _codes_match_the_table(store, index)
+
+
+def _log_size(store):
+    count = store.conn.execute("SELECT COUNT(*) FROM MIMICCXRImages_VectorChanges").fetchone()[0]
+    store.conn.rollback()
+    return count
+
+
+def test_the_change_log_is_pruned_once_every_index_has_folded_it_in(
+        tmp_path, small_index, vectors, caplog):
+    """Entries are deleted once every registered index (one per provider here) has folded them
+    in: many rounds of writes leave the log as small as one round; an index unused past the
+    expiry stops holding the log back and, used again, rebuilds (and finds the new rows)."""
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    store = fill(url, vectors, n=1200)
+    fill(url, vectors, n=1200, provider="thumbnail")
+    store.nearest(vectors[0], 5, "nvclip")
+    store.nearest(vectors[0], 5, "thumbnail")
+    assert _log_size(store) == 0
+    sizes = []
+    for round_ in range(8):
+        start = 1200 + 100 * round_
+        rows = [make_row(i, vector=vectors[i]) for i in range(start, start + 100)]
+        assert store.upsert(rows) == []
+        assert ids(store.nearest(vectors[start], 1, "nvclip")) == [f"img-{start:05d}"]
+        sizes.append(_log_size(store))  # thumbnail's index has not folded this round in yet
+        store.nearest(vectors[0], 5, "thumbnail")
+        assert _log_size(store) == 0
+    assert sizes == [100] * 8  # bounded by one round, not 800 rows and growing
+    # the thumbnail index, unused past the expiry, no longer keeps entries for itself
+    assert store.upsert([make_row(5000, provider="thumbnail", vector=vectors[3040])]) == []
+    store.conn.execute("UPDATE MIMICCXRImages_VectorIndexes SET synced = 0 "
+                       "WHERE consumer LIKE '%.thumbnail'")
+    store.conn.commit()
+    assert store.upsert([make_row(5001, vector=vectors[3041])]) == []
+    store.nearest(vectors[3041], 1, "nvclip")
+    assert _log_size(store) == 0
+    caplog.set_level("INFO", logger="dicomvec.io.stores.sqlite_index")
+    assert ids(store.nearest(vectors[3040], 1, "thumbnail")) == ["img-05000"]
+    assert "unused for a long time" in caplog.text

@@ -200,6 +200,19 @@ def strict_parser(prog: str, dicomvec_only: bool = False, for_help: bool = False
     return parser
 
 
+def dicomvec_parser(prog: str) -> argparse.ArgumentParser:
+    """dicomvec's own flags (``DicomvecFlags``) on a plain argparse parser whose errors raise
+    ``UsageError``; imports no Beam."""
+    from dicomvec.pipeline.options import DicomvecFlags
+
+    class PlainStrictParser(_StrictMixin, argparse.ArgumentParser):
+        pass
+
+    parser = PlainStrictParser(prog=prog, allow_abbrev=False, add_help=False)
+    DicomvecFlags._add_argparse_args(parser)
+    return parser
+
+
 def _option_strings(parser: argparse.ArgumentParser) -> List[str]:
     return sorted({s for action in parser._actions for s in action.option_strings
                    if s.startswith("--")})

@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     query = parser.add_argument_group("query (exactly one)")
     query.add_argument("--text", help="free-text query (semantic providers only: openclip, nvclip)")
     query.add_argument("--image", help="DICOM file to find similar images (or reports) for")
+    query.add_argument("--like", metavar="IMAGE_ID",
+                       help="a stored image's ImageID: search with its stored vector (of "
+                            "--provider), nothing re-embedded, its file not needed")
     search = parser.add_argument_group("search")
     search.add_argument("--target", choices=TARGETS, default="images",
                         help="table to search: images (default) or reports (FINDINGS/"
@@ -89,10 +92,34 @@ A query image in a bucket (--image s3://BUCKET/KEY.dcm) takes Beam's S3 options
 (--s3_endpoint_url URL, --s3_region_name NAME); credentials come from the environment."""
 
 
-def pipeline_options(extra):
-    """The ``DicomvecOptions`` for the flags after the search flags (strict: unknown flags are
-    an error with a suggestion, not silently dropped; Beam's options do not apply here, except
-    its S3 options, for ``--image s3://...``: --s3_endpoint_url, --s3_region_name, ...)."""
+def search_options(extra, paths=(), prog: str = "dicomvec search", embeds: bool = True):
+    """The store, provider and preprocessing flags after the command's own flags (``extra``),
+    checked strictly (an unknown flag is an error with a suggestion, never dropped), and the
+    provider's preflight (when the command ``embeds``: a ``--like`` query only reads a stored
+    vector). ``paths``: files the command will read (``--image``).
+
+    dicomvec's own flags alone → ``FlagValues`` (Beam is not imported: a local search starts in
+    a fraction of the time). Beam's options do not apply here except its S3 options, for a
+    query image or stored images in a bucket (``--s3_endpoint_url``, ``--s3_region_name``,
+    ...): any other flag, a bucket path in ``paths`` or ``--gcs-emulator-host`` → the
+    ``DicomvecOptions`` (Beam) with Beam's filesystems set up for this process."""
+    from dicomvec.commands.pipeline_flags import dicomvec_parser
+    from dicomvec.io.open_path import has_scheme
+    from dicomvec.pipeline import preflight
+    known, rest = dicomvec_parser(prog).parse_known_args(list(extra))
+    if rest or known.gcs_emulator_host or any(has_scheme(p) for p in paths if p):
+        options = _beam_options(extra, prog)
+    else:
+        from dicomvec.pipeline.options import FlagValues
+        options = FlagValues(**vars(known))
+    if embeds:
+        preflight.check_provider(options.provider_config())  # the sink: checked by the caller
+    return options
+
+
+def _beam_options(extra, prog: str):
+    """``DicomvecOptions`` for ``extra`` (dicomvec's flags and Beam's S3 options only), with
+    Beam's filesystems and the GCS emulator set for this process."""
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import S3Options
 
@@ -100,9 +127,9 @@ def pipeline_options(extra):
     s3_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     S3Options._add_argparse_args(s3_parser)
     s3_flags, rest = s3_parser.parse_known_args(extra)
-    check_flags(rest, "dicomvec search", dicomvec_only=True)
+    check_flags(rest, prog, dicomvec_only=True)
     from dicomvec.pipeline.options import DicomvecOptions
-    known, _ = strict_parser("dicomvec search", dicomvec_only=True).parse_known_args(rest)
+    known, _ = strict_parser(prog, dicomvec_only=True).parse_known_args(rest)
     options = DicomvecOptions(flags=[], **vars(known), **vars(s3_flags))
     FileSystems.set_options(options)
     from dicomvec.io.object_storage import storage_settings
@@ -134,19 +161,21 @@ def run(args, extra) -> int:
     from dicomvec.search import output
     from dicomvec.search.engine import SearchRequest, run_search
 
-    options = pipeline_options(extra)
-    from dicomvec.pipeline import preflight
-    preflight.check_provider(options.provider_config())  # the sink: checked by run_search
-    if args.image:
+    # the sink: checked by run_search
+    options = search_options(extra, [args.image], embeds=not args.like)
+    from dicomvec.io.open_path import has_scheme
+    if has_scheme(args.image):  # a bucket
         from dicomvec.io.object_storage import check_s3_paths
         check_s3_paths([args.image], options)  # one line now, not minutes of Beam retries
-    request = SearchRequest(text=args.text, image=args.image, target=args.target, k=args.k,
+    request = SearchRequest(text=args.text, image=args.image, like=args.like,
+                            target=args.target, k=args.k,
                             view=args.view, with_reports=args.with_reports)
     request, text_settings = reports_request(request, args, options)
     if args.contact_sheet and args.target != "images":
         raise UserError("--contact-sheet shows image hits; it needs --target images")
     if args.columns < 1:
         raise UserError("--columns must be at least 1")
+    from dicomvec.pipeline import preflight
     preflight.announce_destination(options.provider_config(),
                                    "the query image's pixels" if args.image else "")
     result = run_search(request, options, text_settings)

@@ -64,7 +64,7 @@ def run(args, extra) -> int:
     import secrets
 
     from dicomvec.errors import UserError
-    from dicomvec.commands.search import pipeline_options, reports_request
+    from dicomvec.commands.search import reports_request, search_options
     try:
         import flask  # noqa: F401
     except ImportError:
@@ -73,9 +73,7 @@ def run(args, extra) -> int:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_upload_mb <= 0 or args.cache_mb < 0:
         raise UserError("--max-upload-mb must be positive and --cache-mb not negative")
-    options = pipeline_options(extra)
-    from dicomvec.pipeline import preflight
-    preflight.check_provider(options.provider_config())
+    options = search_options(extra, prog="dicomvec serve")
     options.sink_config().images().dialect.check_reachable(must_exist=True)
     from dicomvec.search import SearchRequest
     probe, text_settings = reports_request(SearchRequest(text="x"), args, options)
@@ -104,6 +102,7 @@ def run(args, extra) -> int:
                              cache_bytes=int(args.cache_mb * (1 << 20)))
     app = create_app(settings)
     server.app = app
+    from dicomvec.pipeline import preflight
     preflight.announce_destination(options.provider_config(), "uploaded query images' pixels")
     url = f"http://{shown}:{port}/"
     print(f"dicomvec serve: {url}" + (f"?token={token}" if token else ""), flush=True)

@@ -4,7 +4,8 @@ such as ``--runner`` or ``--direct_num_workers`` pass through untouched).
 
 The flags are declared on ``DicomvecFlags``, which imports nothing heavy, so ``--help`` can list
 them without importing Beam; ``DicomvecOptions`` (= ``DicomvecFlags`` + Beam's
-``PipelineOptions``) is built on first use of the name. Options are grouped in ``--help`` by
+``PipelineOptions``) is built on first use of the name. Commands that run no pipeline take the
+same flags as plain values (``FlagValues``). Options are grouped in ``--help`` by
 ``dicomvec.commands.pipeline_flags.group_of`` (from the name and help text: no list to update).
 """
 from __future__ import annotations
@@ -189,6 +190,15 @@ class DicomvecFlags:
             "max_attempts": self.nvclip_max_attempts,
             "cost_per_1k_images": self.nvclip_cost_per_1k_images,
         })
+
+
+class FlagValues(DicomvecFlags):
+    """dicomvec's flags as plain values (an argparse ``Namespace``'s), for commands that run no
+    pipeline (``search``, ``serve``): the attributes and helpers of ``DicomvecOptions``
+    (``sink_config()``, ``provider_config()``, ...) without importing Beam."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
 
 
 _DIMENSIONS: dict = {}

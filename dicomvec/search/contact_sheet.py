@@ -89,7 +89,8 @@ def render(result: SearchResult, columns: int = CONTACT_SHEET_COLUMNS,
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
     request = result.request
-    query = f'"{request.text}"' if request.text else request.image.rsplit("/", 1)[-1]
+    query = f'"{request.text}"' if request.text else \
+        (request.image or request.like).rsplit("/", 1)[-1]
     header = (f"{request.kind.replace('→', '->')}: {query}   provider {result.provider}   "
               f"top {len(items)}")
     draw.text((PAD, 7), _fit(draw, header, font, width - 2 * PAD), fill=TEXT, font=font)

@@ -50,6 +50,21 @@ def _same_subject(report: Optional[ReportHit], hit: Hit) -> Optional[ReportHit]:
     return report
 
 
+def stored_vector(request: SearchRequest, options, provider):
+    """The vector stored for ``request.like`` (an ImageID) under ``provider``'s store key, in
+    the images table of its vector length: "more like this" queries by what was stored, so it
+    needs neither the model nor the file."""
+    sink = options.sink_config(provider.dimension)
+    sink.images().dialect.check_reachable(must_exist=True)
+    with _store_errors(sink.table, options.sink), sink.images() as store:
+        found = store.vectors([request.like], provider.store_key)
+        table = store.dialect.qualified_table
+    if request.like not in found:
+        raise UserError(f"no stored image {request.like!r} with a {provider.store_key} vector "
+                        f"in {table}")
+    return found[request.like]
+
+
 def query_vector(request: SearchRequest, options, provider):
     if request.text:
         return embed_query_text(provider, request.text)
@@ -92,12 +107,16 @@ def run_search(request: SearchRequest, options, text_settings=None) -> SearchRes
     if request.target == "reports" and not provider.semantic and not foreign_reports:
         raise TextNotSupportedError(
             f"searching reports needs a semantic model: the {provider.name!r} provider is a "
-            "non-semantic image descriptor and stores no report vectors; use --provider openclip (a local model) or nvclip")
-    provider.setup()
-    try:
-        vector = query_vector(request, options, provider)
-    finally:
-        provider.teardown()
+            "non-semantic image descriptor and stores no report vectors; use --provider "
+            "openclip (a local model) or nvclip")
+    if request.like:
+        vector = stored_vector(request, options, provider)
+    else:
+        provider.setup()
+        try:
+            vector = query_vector(request, options, provider)
+        finally:
+            provider.teardown()
     sink = options.sink_config(provider.dimension)
     # a missing database is an error, never created
     sink.images().dialect.check_reachable(must_exist=True)

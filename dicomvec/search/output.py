@@ -13,7 +13,8 @@ def to_json(result: SearchResult) -> str:
 
 def _query_line(result: SearchResult) -> str:
     request = result.request
-    query = f'"{request.text}"' if request.text else request.image
+    query = f'"{request.text}"' if request.text else request.image or \
+        f"stored image {request.like}"
     line = (f"{request.kind}: {query}  |  provider {result.provider} ({result.embedding_model})"
             f"  |  {result.table} @ {result.sink}  |  k={request.k}")
     if request.view:

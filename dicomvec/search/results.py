@@ -14,11 +14,14 @@ from dicomvec.io.stores.tables import ReportHit
 
 @dataclasses.dataclass(frozen=True)
 class SearchRequest:
-    """One query: exactly one of ``text``/``image`` (a DICOM path), the table to search, how
-    many results, an optional ViewPosition filter and whether to join the study reports."""
+    """One query: exactly one of ``text``, ``image`` (a DICOM path) or ``like`` (the ImageID
+    of a stored image: its stored vector is the query, nothing is re-embedded and its file is
+    not read), the table to search, how many results, an optional ViewPosition filter and
+    whether to join the study reports."""
 
     text: Optional[str] = None
     image: Optional[str] = None
+    like: Optional[str] = None
     target: str = "images"
     k: int = SEARCH_K
     view: Optional[str] = None
@@ -30,8 +33,9 @@ class SearchRequest:
     reports_schema: Optional[str] = None
 
     def __post_init__(self):
-        if bool(self.text) == bool(self.image):
-            raise UserError("give exactly one query: --text TEXT or --image FILE.dcm")
+        if sum(bool(q) for q in (self.text, self.image, self.like)) != 1:
+            raise UserError("give exactly one query: --text TEXT, --image FILE.dcm or "
+                            "--like IMAGE_ID")
         if self.via_reports and not self.text:
             raise UserError("--via-reports embeds a text query with the reports' model: use "
                             "it with --text")
@@ -110,6 +114,7 @@ class SearchResult:
         extra = {"via_reports": self.via} if self.via else {}
         return {
             "query": {"text": self.request.text, "image": self.request.image,
+                      "like": self.request.like,
                       "kind": self.request.kind, "k": self.request.k, "view": self.request.view},
             "target": self.request.target,
             "table": self.table,

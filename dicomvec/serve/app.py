@@ -210,7 +210,7 @@ def create_app(settings: ServeSettings) -> Flask:
                 if info is None:
                     raise PageError(f"no stored image {like!r} with a {provider.name} vector",
                                     404)
-                fields = {"image": info.ImagePath}
+                fields = {"like": info.ImageID}  # its stored vector: the file is not read
                 query = {"kind": "like", "info": info}
             elif text:
                 if via and settings.text_settings is None:
@@ -254,7 +254,7 @@ def create_app(settings: ServeSettings) -> Flask:
                 report = None  # a StudyID clash: never another subject's report
         neighbours, problem = [], None
         try:
-            result = run_search(base_request(image=info.ImagePath, k=NEIGHBOURS + 1), options)
+            result = run_search(base_request(like=info.ImageID, k=NEIGHBOURS + 1), options)
             neighbours = [r for r in result.results if r.hit.ImageID != info.ImageID][:NEIGHBOURS]
         except (UserError, TextNotSupportedError, ValueError) as exc:
             problem = first_line(exc)

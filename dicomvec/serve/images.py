@@ -115,9 +115,9 @@ def header_fields(path: str) -> Tuple[List[Tuple[str, str]], Optional[str]]:
     """([(label, value)] of ``HEADER_FIELDS`` present, plus the transfer syntax), or ([], why)
     when the file cannot be read."""
     from dicomvec.imaging import read_dataset
-    from dicomvec.io.object_storage import ObjectReader
+    from dicomvec.io.open_path import open_path
     try:
-        with ObjectReader(None).open(path) as stream:
+        with open_path(path) as stream:
             dataset = read_dataset(stream, stop_before_pixels=True)
     except Exception as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,4 +1,5 @@
-"""Decode → normalize → resize: three stages over the one record type.
+"""Decode → normalize → resize: three stages over the one record type (each step's work on a
+record is ``dicomvec.imaging.record_steps``, which a search's query image runs too).
 
 - ``DecodePixels``: reads the file's pixel data once (reduced resolution when the target is much
   smaller) → ``record.header`` (tags only) and ``record.decoded`` (raw stored values).
@@ -18,6 +19,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from dicomvec import counters as C
 from dicomvec import imaging
+from dicomvec.imaging import record_steps
 from dicomvec.io.heap import limit_heap_growth
 from dicomvec.io.object_storage import ObjectReader
 from dicomvec.io.prefetch import ReadAhead, thread_pool
@@ -154,10 +156,7 @@ class DecodePixels(RecordStage):
         return self._decoded(record, imaging.read_dataset(data))
 
     def _decoded(self, record: ImageRecord, dataset) -> ImageRecord:
-        decoded = imaging.decode_pixels(dataset, self.image_size)
-        if "PixelData" in dataset:
-            del dataset.PixelData  # keep the tags, free the compressed/native bytes
-        return record.evolve(header=dataset, decoded=decoded)
+        return record_steps.decode(record, dataset, self.image_size)
 
 
 def _take(holder):
@@ -174,8 +173,7 @@ class NormalizePixels(RecordStage):
         self.method = method
 
     def process_record(self, record: ImageRecord) -> ImageRecord:
-        gray = imaging.normalize_pixels(record.header, record.decoded, self.method)
-        return record.evolve(pixels=gray, decoded=None)
+        return record_steps.normalize(record, self.method)
 
 
 class ResizeAndEncode(RecordStage):
@@ -187,5 +185,4 @@ class ResizeAndEncode(RecordStage):
         self.image_format = image_format
 
     def process_record(self, record: ImageRecord) -> ImageRecord:
-        encoded = imaging.fit_and_encode(record.pixels, self.image_size, self.image_format)
-        return record.evolve(encoded=encoded.data, mime=encoded.mime, pixels=None, header=None)
+        return record_steps.resize_and_encode(record, self.image_size, self.image_format)

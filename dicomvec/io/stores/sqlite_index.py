@@ -6,8 +6,11 @@ Why this method (measured in ``benchmarks/search.py``): the exact scan reads eve
 cores), i.e. hours at MIMIC-CXR's size. An IVF index builds with a few BLAS products: k-means
 centroids on a sample, every vector assigned to its nearest centroid, vectors kept as int8 codes
 (1 byte per value, one float32 scale per row: 386 MB at 377K × 1024, memory-mapped, so the RSS
-stays below it). A query scores the centroids, reads the codes of the nearest lists (a few % of
-the rows), and re-scores the best candidates **exactly** from the table's float32 BLOBs: the
+stays below it), stored **list by list** (each list's codes one contiguous block of the file).
+A query scores the centroids, scores the contiguous blocks of the nearest lists (a few % of the
+rows; each block converted to float32 in a reused buffer and multiplied on ONE BLAS thread —
+OpenBLAS's threads, fighting other processes on a shared machine, made the same product 4-5×
+slower), and re-scores the best candidates **exactly** from the table's float32 BLOBs: the
 scores shown are the exact cosine, and a row is returned only if the table still has it.
 
 Never disagreeing with the table: three triggers (insert, update, delete) on the table append
@@ -21,16 +24,20 @@ full rebuild, logged as such. Many changes (more than half the indexed rows) reb
 
 Files: ``<db>.vectors/<table>.<provider>/`` = ``meta.json``, ``centroids.npy``, ``ids.npy``
 (rowid per slot, -1 = tombstone), ``lists.npy`` (list per slot), ``scales.npy``, ``codes.i8``
-(append-only). Writers hold an exclusive ``flock``; files are replaced by rename.
+(slots ``[0, meta.sorted)`` grouped by list, then the appended tail). Writers hold an exclusive
+``flock``; files are replaced by rename; a sync never rewrites a slot a reader may be scoring.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
+import sqlite3
 import threading
 import time
 import uuid
@@ -39,6 +46,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 log = logging.getLogger(__name__)
+_BLAS = None  # threadpoolctl's controller, made on first use
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """Matrix products on one BLAS thread inside the block (a query's products are small:
+    OpenBLAS's threads cost more than they give, most of all on a busy machine)."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+        _BLAS = ThreadpoolController()
+    with _BLAS.limit(limits=1, user_api="blas"):
+        yield
+
 
 #: below this many rows (max rowid, an upper bound) the exact scan is fast enough: no index
 MIN_ROWS = 2_000
@@ -50,7 +71,13 @@ TRAIN_PER_LIST = 32
 TRAIN_ITERATIONS = 8
 #: rows read from the table per chunk while building
 CHUNK = 8_192
-FORMAT = 1
+#: appended (unordered) slots beyond this share of the list-ordered ones: rebuild
+TAIL_SHARE = 0.25
+#: an index not synced for this long no longer holds back the pruning of the change log
+CONSUMER_EXPIRY_S = 30 * 86_400
+#: the consumers table's row that records how far the log has been pruned
+PRUNED = "(pruned up to)"
+FORMAT = 2
 
 _CACHE: Dict[Tuple[str, str, str], "IvfIndex"] = {}
 _CACHE_LOCK = threading.Lock()
@@ -79,6 +106,7 @@ class ChangeLog:
         self.table = table
         self.log = f"{table}_VectorChanges"
         self.ident = f"{table}_VectorChangesId"
+        self.consumers = f"{table}_VectorIndexes"
         self.triggers = tuple(f"{table}_vector_changes_{op}" for op in ("ins", "upd", "del"))
 
     def token(self, conn) -> Optional[str]:
@@ -102,6 +130,7 @@ class ChangeLog:
                 conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
             conn.execute(f"DROP TABLE IF EXISTS {self.log}")
             conn.execute(f"DROP TABLE IF EXISTS {self.ident}")
+            conn.execute(f"DROP TABLE IF EXISTS {self.consumers}")
             conn.execute(f"CREATE TABLE {self.log} (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                          "rid INTEGER NOT NULL)")
             conn.execute(f"CREATE TABLE {self.ident} (token TEXT NOT NULL)")
@@ -122,7 +151,53 @@ class ChangeLog:
         return token
 
     def head(self, conn) -> int:
+        """The last sequence number handed out (pruning deletes entries, not this counter)."""
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?",
+                           [self.log]).fetchone()
+        if row is not None:
+            return int(row[0])
         return int(conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {self.log}").fetchone()[0])
+
+    def _consumers_table(self, conn) -> None:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {self.consumers} (consumer TEXT PRIMARY KEY, "
+                     "seq INTEGER NOT NULL, synced REAL NOT NULL)")
+
+    def pruned_up_to(self, conn) -> int:
+        """Every entry up to this sequence number may have been deleted (0: none)."""
+        try:
+            row = conn.execute(f"SELECT seq FROM {self.consumers} WHERE consumer = ?",
+                               [PRUNED]).fetchone()
+        except sqlite3.OperationalError:  # no such table yet
+            return 0
+        return int(row[0]) if row else 0
+
+    def register(self, conn, consumer: str, seq: Optional[int] = None) -> int:
+        """Register ``consumer`` as having folded in every change up to ``seq`` (default: the
+        head now, read in the same write transaction), so no later pruning deletes what it
+        has not seen; then forget consumers not seen for ``CONSUMER_EXPIRY_S`` and delete the
+        entries every registered consumer has folded in (recording how far: ``PRUNED``).
+        One transaction; returns the entries deleted."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self.consumers} (consumer TEXT PRIMARY "
+                         "KEY, seq INTEGER NOT NULL, synced REAL NOT NULL)")
+            seq = self.head(conn) if seq is None else seq
+            now = time.time()
+            conn.execute(f"INSERT OR REPLACE INTO {self.consumers} (consumer, seq, synced) "
+                         "VALUES (?, ?, ?)", [consumer, int(seq), now])
+            conn.execute(f"DELETE FROM {self.consumers} WHERE synced < ? AND consumer <> ?",
+                         [now - CONSUMER_EXPIRY_S, PRUNED])
+            upto = conn.execute(f"SELECT MIN(seq) FROM {self.consumers} WHERE consumer <> ?",
+                                [PRUNED]).fetchone()[0]
+            deleted = conn.execute(f"DELETE FROM {self.log} WHERE seq <= ?", [upto]).rowcount
+            if upto > self.pruned_up_to(conn):
+                conn.execute(f"INSERT OR REPLACE INTO {self.consumers} (consumer, seq, synced) "
+                             "VALUES (?, ?, ?)", [PRUNED, upto, now])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return deleted
 
     def changed_since(self, conn, seq: int) -> List[int]:
         return [int(r[0]) for r in conn.execute(
@@ -164,6 +239,23 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What a query reads, from one version of the files: ``live`` rows; slots
+    ``[0, ordered)`` grouped by list (list i at ``[starts[i], starts[i+1])``), then the tail
+    (``tail_lists``: the list of each); ``ids`` -1 = tombstone."""
+
+    live: int
+    ordered: int
+    centroids: np.ndarray
+    ids: np.ndarray
+    scales: np.ndarray
+    codes: np.ndarray
+    starts: np.ndarray
+    tail_lists: np.ndarray
+    live_per_list: np.ndarray
+
+
 class IvfIndex:
     """One table's (and provider's) index files, opened for queries and kept in sync."""
 
@@ -175,6 +267,7 @@ class IvfIndex:
         self.dir = os.path.join(self.db_path + ".vectors", f"{_safe(table)}.{_safe(provider)}")
         self.changes = ChangeLog(table)
         self.meta: Optional[dict] = None
+        self.snapshot: Optional[Snapshot] = None
         self._loaded_stamp = None
         self.last_action = ""  # what the last sync did: "", "updated", "built", "rebuilt: ..."
 
@@ -216,6 +309,7 @@ class IvfIndex:
         self.meta = meta
         self._loaded_stamp = stamp
         if meta is None:
+            self.snapshot = None
             return
         n, dim = meta["slots"], meta["dim"]
         self.centroids = np.load(self._path("centroids.npy"))
@@ -224,12 +318,14 @@ class IvfIndex:
         self.scales = np.load(self._path("scales.npy"))[:n]
         self.codes = (np.memmap(self._path(meta["codes"]), dtype=np.int8, mode="r",
                                 shape=(n, dim)) if n else np.zeros((0, dim), np.int8))
-        order = np.argsort(self.lists, kind="stable")
-        counts = np.bincount(self.lists, minlength=len(self.centroids))
-        self._order = order
-        self._starts = np.concatenate([[0], np.cumsum(counts)])
-        self._live_per_list = np.bincount(self.lists[self.ids >= 0],
-                                          minlength=len(self.centroids))
+        n_lists, ordered = len(self.centroids), meta["sorted"]
+        counts = np.bincount(self.lists[:ordered], minlength=n_lists)
+        # one object swapped in at once: a query in another thread never mixes two versions
+        self.snapshot = Snapshot(
+            live=meta["live"], ordered=ordered, centroids=self.centroids, ids=self.ids,
+            scales=self.scales, codes=self.codes,
+            starts=np.concatenate([[0], np.cumsum(counts)]), tail_lists=self.lists[ordered:],
+            live_per_list=np.bincount(self.lists[self.ids >= 0], minlength=n_lists))
 
     # -- sync ------------------------------------------------------------------------------
     def sync(self, conn) -> str:
@@ -259,20 +355,39 @@ class IvfIndex:
             if self.meta["token"] != token:
                 return self._build(conn, token, "rebuilt: the index belongs to another "
                                                 "change log (a new database?)")
+            if self.changes.pruned_up_to(conn) > self.meta["seq"]:
+                conn.rollback()
+                return self._build(conn, token, "rebuilt: unused for a long time, its changes "
+                                                "were pruned from the change log")
             conn.execute("BEGIN")  # one snapshot: the log head and the rows it describes
             try:
                 head = self.changes.head(conn)
                 if head == self.meta["seq"]:
                     return ""
                 changed = self.changes.changed_since(conn, self.meta["seq"])
+                tail = self.meta["slots"] - self.meta["sorted"] + len(changed)
+                why = None
                 if len(changed) > max(1000, self.meta["live"] // 2):
+                    why = f"rebuilt: {len(changed):,} rows changed"
+                elif tail > max(1000, TAIL_SHARE * self.meta["sorted"]):
+                    why = f"rebuilt: {tail:,} rows appended since the build"
+                if why:
                     conn.rollback()
-                    return self._build(conn, token, f"rebuilt: {len(changed):,} rows changed")
+                    return self._build(conn, token, why)
                 rows = self._rows(conn, changed)
             finally:
                 conn.rollback()
             self._apply(changed, rows, head)
+            self._prune(conn, head)
             return self._done(f"updated: {len(changed):,} changed rows")
+
+    def _prune(self, conn, seq: int) -> None:
+        """Record that this index has folded in the log up to ``seq``; entries every index
+        has folded in are deleted (a read-only database keeps its log)."""
+        try:
+            self.changes.register(conn, self.dir, seq)
+        except sqlite3.OperationalError as exc:
+            log.debug("change log of %s not pruned: %s", self.table, exc)
 
     def _done(self, action: str) -> str:
         self.last_action = action
@@ -303,6 +418,9 @@ class IvfIndex:
 
     def _build(self, conn, token: str, why: str) -> str:
         started = time.perf_counter()
+        # registered at the head before the snapshot below: nothing after it can be pruned
+        # before this index has folded it in
+        self._prune(conn, None)
         conn.execute("BEGIN")
         try:
             head = self.changes.head(conn)
@@ -312,11 +430,11 @@ class IvfIndex:
             # training sample: every step-th row (deterministic)
             step = max(1, total // max(1, n_lists * TRAIN_PER_LIST))
             cursor = conn.execute(self._select(), [self.provider])
-            ids_parts, sample_parts, chunks = [], [], []
+            ids_parts, sample_parts = [], []
             dim = None
             codes_name = f"codes.{uuid.uuid4().hex[:8]}.i8"
             os.makedirs(self.dir, exist_ok=True)
-            scales_parts, units_for_assign = [], []
+            scales_parts = []
             tmp_codes = self._path(codes_name + ".tmp")
             seen = 0
             with open(tmp_codes, "wb") as codes_file:
@@ -346,25 +464,22 @@ class IvfIndex:
         sample = np.concatenate(sample_parts) if sample_parts else np.zeros((0, dim), np.float32)
         n_lists = min(n_lists_for(len(ids)), max(1, len(sample)))
         centroids = _kmeans(sample, n_lists) if len(sample) else np.zeros((1, dim), np.float32)
-        # assign every row, reading the codes back (dequantized) chunk by chunk
-        lists = np.zeros(len(ids), np.int32)
-        if len(ids):
-            codes_map = np.memmap(tmp_codes, dtype=np.int8, mode="r", shape=(len(ids), dim))
-            for start in range(0, len(ids), CHUNK * 4):
-                part = codes_map[start:start + CHUNK * 4].astype(np.float32)
-                lists[start:start + CHUNK * 4] = _assign(part, centroids)
-            del codes_map
-        os.replace(tmp_codes, self._path(codes_name))
+        lists = self._group_by_list(tmp_codes, self._path(codes_name), len(ids), dim,
+                                    centroids)
+        order = np.argsort(lists, kind="stable")
+        ids, scales, lists = ids[order], scales[order], lists[order]
         self._save_array("centroids.npy", centroids)
         self._save_array("ids.npy", ids)
         self._save_array("lists.npy", lists)
         self._save_array("scales.npy", scales)
         old = (self.meta or {}).get("codes")
         meta = {"format": FORMAT, "token": token, "seq": head, "dim": dim, "slots": len(ids),
-                "live": len(ids), "codes": codes_name, "lists": int(len(centroids)),
+                "sorted": len(ids), "live": len(ids), "codes": codes_name,
+                "lists": int(len(centroids)),
                 "built_rows": len(ids), "stamp": uuid.uuid4().hex,
                 "built_s": round(time.perf_counter() - started, 2)}
         self._write_meta(meta)
+        self._prune(conn, head)
         if old and old != codes_name:
             try:
                 os.remove(self._path(old))  # readers holding a map keep their pages
@@ -372,6 +487,37 @@ class IvfIndex:
                 pass
         self._load()
         return self._done(f"{why} in {meta['built_s']:.1f} s")
+
+    @staticmethod
+    def _group_by_list(source: str, target: str, n: int, dim: int,
+                       centroids: np.ndarray) -> np.ndarray:
+        """Assign each of the ``n`` codes in ``source`` (table order) to its nearest centroid
+        and write them to ``target`` grouped by list (stable); ``source`` is removed. Both
+        files are read and written in chunks, never mapped (the build's memory stays a few
+        chunks, not the 386 MB of codes). Returns each source row's list."""
+        lists = np.zeros(n, np.int32)
+        step = CHUNK * 4
+        with open(source, "rb") as codes, one_blas_thread():
+            for start in range(0, n, step):
+                part = np.fromfile(codes, np.int8, count=min(step, n - start) * dim)
+                lists[start:start + step] = _assign(part.reshape(-1, dim).astype(np.float32),
+                                                    centroids)
+        position = np.empty(n, np.int64)  # where each source row goes
+        position[np.argsort(lists, kind="stable")] = np.arange(n)
+        with open(source, "rb") as codes, open(target, "wb") as out:
+            out.truncate(n * dim)
+            for start in range(0, n, step):
+                part = np.fromfile(codes, np.int8, count=min(step, n - start) * dim)
+                part = part.reshape(-1, dim)
+                where = position[start:start + len(part)]
+                by_place = np.argsort(where)
+                where, part = where[by_place], part[by_place]
+                # runs of consecutive places (one list's rows of this chunk): one write each
+                cuts = np.flatnonzero(np.diff(where) != 1) + 1
+                for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(part)]])):
+                    os.pwrite(out.fileno(), part[a:b].tobytes(), int(where[a]) * dim)
+        os.remove(source)
+        return lists
 
     def _apply(self, changed: Sequence[int], rows: List[tuple], head: int) -> None:
         meta = dict(self.meta)
@@ -382,7 +528,8 @@ class IvfIndex:
         codes, scales = _quantize(unit) if len(new_ids) else (np.zeros((0, meta["dim"]),
                                                                        np.int8),
                                                               np.zeros(0, np.float32))
-        lists = _assign(unit, self.centroids) if len(new_ids) else np.zeros(0, np.int32)
+        with one_blas_thread():
+            lists = _assign(unit, self.centroids) if len(new_ids) else np.zeros(0, np.int32)
         codes_path = self._path(meta["codes"])
         with open(codes_path, "r+b") as handle:  # drop any tail a failed sync left
             handle.truncate(meta["slots"] * meta["dim"])
@@ -400,23 +547,49 @@ class IvfIndex:
     def candidates(self, query: np.ndarray, n: int) -> np.ndarray:
         """Rowids of the ``n`` best rows by the approximate (int8) score in the probed lists,
         best first."""
-        if self.meta is None or not self.meta["live"]:
+        s = self.snapshot
+        if s is None or not s.live:
             return np.zeros(0, np.int64)
         q = _unit(query.reshape(1, -1))[0]
-        order = np.argsort(-(self.centroids @ q))
-        wanted = max(PROBE_MIN_ROWS, int(PROBE_FRACTION * self.meta["live"]), n)
-        cumulative = np.cumsum(self._live_per_list[order])
-        probe = order[:int(np.searchsorted(cumulative, wanted)) + 1]
-        slots = np.concatenate([self._order[self._starts[i]:self._starts[i + 1]]
-                                for i in probe])
-        slots = np.sort(slots[self.ids[slots] >= 0])
+        with one_blas_thread():
+            order = np.argsort(-(s.centroids @ q))
+            wanted = max(PROBE_MIN_ROWS, int(PROBE_FRACTION * s.live), n)
+            cumulative = np.cumsum(s.live_per_list[order])
+            probe = order[:int(np.searchsorted(cumulative, wanted)) + 1]
+            slots, scores = _score_lists(s, probe, q)
+        live = s.ids[slots] >= 0
+        slots, scores = slots[live], scores[live]
         if not len(slots):
             return np.zeros(0, np.int64)
-        scores = (self.codes[slots].astype(np.float32) @ q) * self.scales[slots]
         n = min(n, len(slots))
         top = np.argpartition(-scores, n - 1)[:n]
         top = top[np.argsort(-scores[top], kind="stable")]
-        return self.ids[slots[top]]
+        return s.ids[slots[top]]
+
+
+def _score_lists(s: "Snapshot", probe: np.ndarray, q: np.ndarray
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """(slots, approximate scores) of every slot of the lists in ``probe``: each list's
+    contiguous block dequantized into one reused float32 buffer and multiplied; the tail's
+    slots of those lists gathered."""
+    blocks = [(int(s.starts[i]), int(s.starts[i + 1])) for i in probe]
+    blocks = [(a, b) for a, b in blocks if b > a]
+    tail = s.ordered + np.flatnonzero(np.isin(s.tail_lists, probe))
+    size = max([b - a for a, b in blocks] + [len(tail), 1])
+    buffer = np.empty((size, s.codes.shape[1]), np.float32)
+    slots, scores = [], []
+    for a, b in blocks:
+        np.copyto(buffer[:b - a], s.codes[a:b], casting="unsafe")
+        scores.append(buffer[:b - a] @ q)
+        slots.append(np.arange(a, b))
+    if len(tail):
+        np.copyto(buffer[:len(tail)], s.codes[tail], casting="unsafe")
+        scores.append(buffer[:len(tail)] @ q)
+        slots.append(tail)
+    if not slots:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    slots = np.concatenate(slots)
+    return slots, np.concatenate(scores) * s.scales[slots]
 
 
 def index_for(db_path: str, table: str, provider: str, vector: str = "Vector") -> IvfIndex:
