@@ -86,6 +86,13 @@ class FlinkCluster:
         return [job for job in self.get("/jobs/overview")["jobs"]
                 if job["name"].startswith(name_prefix)]
 
+    def final_state(self, jid: str, timeout: float = 20.0) -> str:
+        """The job's state once ``/jobs/<jid>`` reports a terminal one. That endpoint serves a
+        cached execution graph, refreshed every ``web.refresh-interval`` (3 s by default): right
+        after the driver saw the job end it may still say RUNNING."""
+        return self.wait_for(lambda: (lambda state: state if state in TERMINAL else None)(
+            self.get(f"/jobs/{jid}")["state"]), timeout, f"job {jid} to reach a final state")
+
     def running(self) -> List[dict]:
         return [job for job in self.jobs() if job["state"] not in TERMINAL]
 

@@ -166,7 +166,7 @@ def test_taskmanager_crash_during_a_job_then_reprocess_on_flink(idle_cluster, jo
         if job.poll() is None:
             job.kill()
     assert job.returncode == 0, stderr[-4000:] + cluster.tail_logs()
-    assert cluster.get(f"/jobs/{jid}")["state"] == "FINISHED"
+    assert cluster.final_state(jid) == "FINISHED"
     history = cluster.get(f"/jobs/{jid}/exceptions")["exceptionHistory"]["entries"]
     assert history, "the job finished without a restart: the TaskManager was not killed mid-job"
     _distinct_outcome(sample, out, "crash")
