@@ -12,26 +12,18 @@ from dicomvec import cli
 from dicomvec.defaults import NVCLIP_URL
 from dicomvec.io.providers import ProviderConfig, create_provider
 from dicomvec.io.providers.privacy import third_party_notice
-from dicomvec.synthetic import generate
-from tests.test_cli_mistakes import one_line_error
+from tests.test_cli_mistakes import one_line_error, sample, work  # noqa: F401 (fixtures)
 
 
 def nvclip(url: str):
     return create_provider(ProviderConfig("nvclip", {"url": url}))
 
 
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("privacy")
-    generate(root, 2, size=(96, 96), syntaxes=("native",), broken=0, seed=5)
-    return root / "files"
-
-
 @pytest.fixture
-def work(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("NVIDIA_API_KEY", "nvapi-test-not-a-real-key")
-    return tmp_path
+def hosted_work(work, nvclip_api_key) -> Path:
+    """``work`` (an empty current folder) with a test API key in the environment, so that the
+    hosted API's preflight passes."""
+    return work
 
 
 def test_each_provider_says_where_pixels_go():
@@ -64,7 +56,8 @@ def _run_argv(sample: Path, work: Path, *extra: str):
             "--dead-letter", str(work / "out" / "dl"), "--provider", "nvclip", *extra]
 
 
-def test_hosted_api_run_prints_one_notice_before_it_starts(sample, work, capfd, monkeypatch):
+def test_hosted_api_run_prints_one_notice_before_it_starts(sample, hosted_work, capfd,
+                                                             monkeypatch):
     """All checks pass, the notice is printed once on stderr, then the job would start: the
     job itself is replaced by a marker so that nothing is sent anywhere."""
     from dicomvec.pipeline import run as run_module
@@ -77,7 +70,7 @@ def test_hosted_api_run_prints_one_notice_before_it_starts(sample, work, capfd, 
 
     monkeypatch.setattr(run_module, "run_job", job_started)
     with pytest.raises(Started):
-        cli.main(_run_argv(sample, work))
+        cli.main(_run_argv(sample, hosted_work))
     out, err = capfd.readouterr()
     notices = [line for line in err.splitlines() if line.startswith("notice:")]
     assert len(notices) == 1, err
@@ -96,20 +89,20 @@ def test_self_hosted_nim_run_prints_no_notice(sample, work, capfd, monkeypatch):
     assert "notice:" not in capfd.readouterr().err
 
 
-def test_a_mistake_is_still_one_line_without_the_notice(sample, work, capfd):
+def test_a_mistake_is_still_one_line_without_the_notice(sample, hosted_work, capfd):
     """The notice comes after every check: a user's mistake stays one line, exit 2."""
-    (work / "blocker").write_text("a file where a folder should be")
-    line = one_line_error(capfd, _run_argv(sample, work, "--dead-letter",
-                                           str(work / "blocker" / "dl")), work)
+    (hosted_work / "blocker").write_text("a file where a folder should be")
+    line = one_line_error(capfd, _run_argv(sample, hosted_work, "--dead-letter",
+                                           str(hosted_work / "blocker" / "dl")), hosted_work)
     assert "notice" not in line
 
 
-def test_image_search_on_the_hosted_api_prints_the_notice_first(work, capfd):
+def test_image_search_on_the_hosted_api_prints_the_notice_first(hosted_work, capfd):
     """``search --image`` sends the query image: the notice comes first; here the query file is
     not DICOM, so the search stops (one line, exit 2) before anything is sent."""
-    db = work / "db.sqlite"
+    db = hosted_work / "db.sqlite"
     sqlite3.connect(db).close()
-    query = work / "query.dcm"
+    query = hosted_work / "query.dcm"
     query.write_text("not a DICOM file")
     rc = cli.main(["search", "--image", str(query), "--sink", f"sqlite:///{db}",
                    "--provider", "nvclip"])
