@@ -252,31 +252,20 @@ class OpenClipProvider(EmbeddingProvider):
                 inputs.append((position, preprocess(image, loaded)))
             except Exception as exc:  # this image only
                 results[position] = EmbeddingResult.failure(type(exc).__name__, str(exc))
-        size = self.handler.inference_batch_size()
-        for start in range(0, len(inputs), size):
-            for position, result in self._infer(inputs[start:start + size], loaded):
-                results[position] = result
+        self._forward_in_batches(inputs, results, lambda chunk: self._infer(chunk, loaded))
         ok = sum(1 for r in results if r is not None and r.ok)
         self._count(images_embedded=ok, failures=len(images) - ok)
         return [r for r in results if r is not None]
 
     def _infer(self, chunk: List[Tuple[int, np.ndarray]], loaded
                ) -> List[Tuple[int, EmbeddingResult]]:
-        """One forward pass; if it fails, one pass per image (each failure its own)."""
-        try:
-            started = time.perf_counter()
-            vectors = self.handler.run_inference([x for _, x in chunk], loaded)
-            self._count(inference_batches=1,
-                        inference_ms=round((time.perf_counter() - started) * 1000))
-            return [(position, self._result(prediction.inference))
-                    for (position, _), prediction in zip(chunk, vectors)]
-        except Exception as exc:
-            if len(chunk) == 1:
-                return [(chunk[0][0], EmbeddingResult.failure(type(exc).__name__, str(exc)))]
-            out = []
-            for item in chunk:
-                out.extend(self._infer([item], loaded))
-            return out
+        """One image forward pass over ``chunk`` ((position, pixels) pairs)."""
+        started = time.perf_counter()
+        vectors = self.handler.run_inference([x for _, x in chunk], loaded)
+        self._count(inference_batches=1,
+                    inference_ms=round((time.perf_counter() - started) * 1000))
+        return [(position, self._result(prediction.inference))
+                for (position, _), prediction in zip(chunk, vectors)]
 
     def _result(self, vector: np.ndarray) -> EmbeddingResult:
         try:
@@ -295,30 +284,40 @@ class OpenClipProvider(EmbeddingProvider):
                 inputs.append((position, text))
             else:
                 results[position] = EmbeddingResult.failure("EmptyText", "the text is empty")
-        size = self.handler.inference_batch_size()
-        for start in range(0, len(inputs), size):
-            for position, result in self._encode_texts(inputs[start:start + size]):
-                results[position] = result
+        self._forward_in_batches(inputs, results, self._encode_texts)
         ok = sum(1 for r in results if r is not None and r.ok)
         self._count(texts_embedded=ok, failures=len(texts) - ok)
         return [r for r in results if r is not None]
 
     def _encode_texts(self, chunk: List[Tuple[int, str]]) -> List[Tuple[int, EmbeddingResult]]:
+        """One text-tower pass over ``chunk`` ((position, text) pairs)."""
         import torch
         loaded = self.loaded
+        tokens = loaded.tokenizer([text for _, text in chunk]).to(loaded.device)
+        with torch.inference_mode():
+            vectors = loaded.model.encode_text(tokens).float().cpu().numpy()
+        return [(position, self._result(vector))
+                for (position, _), vector in zip(chunk, vectors)]
+
+    def _forward_in_batches(self, inputs: List[Tuple[int, Any]],
+                            results: List[Optional[EmbeddingResult]], forward) -> None:
+        """``forward`` over ``inputs`` ((position, input) pairs) in device-sized chunks, each
+        result stored at its position; a chunk whose pass raises is run again one input at a
+        time, so that only the input that fails gets the failure."""
+        size = self.handler.inference_batch_size()
+        for start in range(0, len(inputs), size):
+            for position, result in self._each_alone_on_failure(inputs[start:start + size],
+                                                                  forward):
+                results[position] = result
+
+    def _each_alone_on_failure(self, chunk, forward) -> List[Tuple[int, EmbeddingResult]]:
         try:
-            tokens = loaded.tokenizer([text for _, text in chunk]).to(loaded.device)
-            with torch.inference_mode():
-                vectors = loaded.model.encode_text(tokens).float().cpu().numpy()
-            return [(position, self._result(vector))
-                    for (position, _), vector in zip(chunk, vectors)]
-        except Exception as exc:
+            return forward(chunk)
+        except Exception as exc:  # noqa: BLE001 - reported per input, never lost
             if len(chunk) == 1:
                 return [(chunk[0][0], EmbeddingResult.failure(type(exc).__name__, str(exc)))]
-            out = []
-            for item in chunk:
-                out.extend(self._encode_texts([item]))
-            return out
+            return [pair for item in chunk
+                    for pair in self._each_alone_on_failure([item], forward)]
 
     def _count(self, **deltas: int) -> None:
         with self._lock:
