@@ -173,6 +173,7 @@ class OpenClipProvider(EmbeddingProvider):
 
     def _init_runtime(self) -> None:
         self._loaded: Optional[loading.LoadedModel] = None
+        self._info: Optional[loading.ModelInfo] = None
         self._counts: Dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -189,7 +190,11 @@ class OpenClipProvider(EmbeddingProvider):
     # -- what the driver needs (no weights read) --------------------------------------------
     @property
     def info(self) -> "loading.ModelInfo":
-        return loading.describe(self.settings.model)
+        """Read once per provider instance: ``model`` and ``store_key`` are asked for every
+        embedded record, and resolving a hub name may ask the hub."""
+        if self._info is None:
+            self._info = loading.describe(self.settings.model)
+        return self._info
 
     @property
     def model(self) -> str:
