@@ -93,12 +93,21 @@ def _wait(driver, selector, timeout=30):
 
 
 def _navigate(driver, element):
-    """Click ``element`` and wait until the next page has replaced this one."""
-    from selenium.webdriver.support import expected_conditions as EC
+    """Click ``element`` and wait until the next page has replaced this one and finished loading.
+
+    The old page is marked with a property on its ``window``; a new document gets a new window
+    object, so the mark's absence means the navigation happened. (Selenium's ``staleness_of``
+    polls the old element, and ChromeDriver can answer that poll mid-navigation with an "unknown
+    error: Node with given id does not belong to the document" instead of a stale-element error:
+    a race in the test, not in the page.) Errors from a script run while the document is being
+    replaced are retried until the time-out."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
-    page = _one(driver, "html")
+    driver.execute_script("window.dicomvecOldPage = true;")
     element.click()
-    WebDriverWait(driver, 30).until(EC.staleness_of(page))
+    WebDriverWait(driver, 30, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script(
+            "return !window.dicomvecOldPage && document.readyState === 'complete';"))
 
 
 def _result_ids(driver, grid="#results"):
