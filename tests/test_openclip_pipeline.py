@@ -49,7 +49,8 @@ def flags(root: Path, tmp: Path, model: Path, run_id: str, *extra: str):
 def stored_vectors(tmp: Path, model: Path, ids) -> Dict[str, np.ndarray]:
     """The rows' vectors under the model's store key, in the table of its vector length."""
     provider = create_provider(ProviderConfig("openclip", {"model": str(model)}))
-    assert provider.store_key == f"openclip:{model.name}"
+    assert provider.store_key == f"openclip:{provider.model}"
+    assert provider.model.startswith(f"{model.name}@")  # the folder's name @ its weights' digest
     with VectorStore(f"sqlite:///{tmp}/db.sqlite",
                      table=images_table(provider.dimension)) as store:
         return store.vectors(list(ids), provider.store_key)
@@ -93,7 +94,8 @@ def test_the_rows_say_the_model_and_the_raw_gray_input(ingested):
     with sqlite3.connect(tmp / "db.sqlite") as conn:
         rows = set(conn.execute("SELECT EmbeddingModel, PreprocessVersion FROM "
                                  f"{images_table(EMBED_DIM)}"))
-    assert rows == {(model.name, f"pp1-std-{IMAGE_SIZE}-raw")}
+    [(stored_model, version)] = rows
+    assert stored_model.startswith(f"{model.name}@") and version == f"pp1-std-{IMAGE_SIZE}-raw"
 
 
 def test_a_rerun_skips_every_stored_image(archive, ingested):

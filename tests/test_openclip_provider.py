@@ -8,6 +8,7 @@ handler runs under Beam's own ``RunInference``, and the thumbnail path never imp
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,8 @@ import pytest
 
 from dicomvec.imaging import fit_and_encode
 from dicomvec.io.providers import EncodedImage, ProviderConfig, create_provider
-from tests.openclip_models import (EMBED_DIM, IMAGE_SIZE, image_vector, reference,
-                                   text_vector, tiny_models)  # noqa: F401 (a fixture)
+from tests.openclip_models import (EMBED_DIM, IMAGE_SIZE, image_vector, open_clip_folder,
+                                   reference, text_vector, tiny_models)  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 #: the slower formats (a HF text tower, a second folder) run with the slow suite
@@ -50,7 +51,21 @@ def test_the_model_says_its_dimension_and_input_size(models, kind):
     assert provider.dimension == EMBED_DIM and provider.input_size == IMAGE_SIZE
     assert provider.semantic and provider.input_format == "raw-gray"
     assert provider.store_key == f"openclip:{provider.model}" and len(provider.store_key) <= 100
+    assert provider.model.startswith(models[kind].stem if kind == "openai" else models[kind].name)
     assert provider.destination == "nowhere: local model"
+
+
+def test_two_models_in_folders_of_the_same_name_never_share_a_store_key(tmp_path):
+    """The store key names the folder and a digest of its weights: a second model kept in a
+    folder of the same name gets its own key (its rows never mix with the first's); the same
+    weights copied elsewhere keep theirs (a re-run from the copy resumes)."""
+    first = open_clip_folder(tmp_path / "one" / "model", seed=0)
+    second = open_clip_folder(tmp_path / "two" / "model", seed=5)
+    copy = tmp_path / "copy" / "model"
+    shutil.copytree(first, copy)
+    keys = [provider_for(folder).store_key for folder in (first, second, copy)]
+    assert keys[0] != keys[1] and keys[0] == keys[2]
+    assert all(key.startswith("openclip:model@") for key in keys)
 
 
 @pytest.mark.parametrize("kind", FORMATS)

@@ -198,7 +198,8 @@ class OpenClipProvider(EmbeddingProvider):
 
     @property
     def model(self) -> str:
-        """EmbeddingModel column: the model's short id (hub name, folder or file name)."""
+        """EmbeddingModel column: the model's short id (hub name, or folder or file name @ weights
+        digest)."""
         return self.info.source.short_id[:100]
 
     @property

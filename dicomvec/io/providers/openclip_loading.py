@@ -17,6 +17,7 @@ torch and open_clip are imported inside the functions, so importing this module 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -50,11 +51,34 @@ class ModelSource:
 
     @property
     def short_id(self) -> str:
-        """A short, stable name: the hub name, else the folder's or file's name."""
+        """A short, stable name that two different models never share: the hub name (one repo,
+        one model), else the folder's or file's name and the first 8 hex digits of the weights'
+        SHA-256 (``biomedclip@1a2b3c4d``): two folders of the same name holding different
+        weights get different ids, the same weights copied elsewhere the same one."""
         if self.spec.startswith(HUB_PREFIX):
             return self.spec[len(HUB_PREFIX):]
         path = Path(self.path)
-        return path.stem if self.kind == "checkpoint" else path.name
+        if self.kind == "checkpoint":
+            return f"{path.stem}@{weights_digest(path)}"
+        weights = _weights_in(path)
+        return f"{path.name}@{weights_digest(weights)}" if weights else path.name
+
+
+def weights_digest(path: Path) -> str:
+    """The first 8 hex digits of ``path``'s SHA-256, computed once per process for a file's
+    size and modification time (≈ 1 s per GB here; a worker pays it once, beside the load)."""
+    stat = os.stat(path)
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()[:8]
+    return _DIGESTS[key]
+
+
+_DIGESTS: Dict[Tuple[str, int, int], str] = {}
 
 
 @dataclasses.dataclass(frozen=True)
