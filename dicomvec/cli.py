@@ -144,6 +144,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         what = f"unknown option {flag}{hint}" if flag else f"unexpected argument {extra[0]!r}"
         print(f"dicomvec {args.command}: error: {what}", file=sys.stderr)
         return 2
+    if getattr(args, "passthrough", False):  # for "did you mean" on the command's own flags
+        sub = parser._subparsers._group_actions[0].choices[args.command]
+        args.own_flags = [s for a in sub._actions for s in a.option_strings]
     try:
         configure_logging(*log_levels(args))
         return int(args.func(args, extra) or 0)

@@ -113,6 +113,19 @@ def test_stray_argument_and_typo_in_other_commands(work, capfd):
     assert "did you mean --sink?" in line
 
 
+@pytest.mark.parametrize("argv, near", [
+    (["init-db", "--sink", "sqlite:///x.db", "--tabel", "T"], "--table"),
+    (["check-db", "--sink", "sqlite:///x.db", "--tabel", "T"], "--table"),
+    (["search", "--sink", "sqlite:///x.db", "--tex", "effusion"], "--text"),
+    (["serve", "--sink", "sqlite:///x.db", "--prot", "9"], "--port"),
+])
+def test_a_typo_of_a_commands_own_flag_is_suggested(work, capfd, argv, near):
+    """The store, search and serve commands hand their leftover flags to the strict check: a
+    misspelling of the command's own flag is suggested too, and nothing is created."""
+    line = one_line_error(capfd, argv, work)
+    assert f"unknown option {argv[-2]} (did you mean {near}?)" in line
+
+
 def test_options_registered_later_are_accepted_and_suggested():
     """Validity comes from Beam's registry of PipelineOptions subclasses at parse time: an
     option class defined after import (as S3 or a plugin adds) is known without a list."""

@@ -55,7 +55,8 @@ def summary_table(rows) -> str:
 
 def run_summary(args, extra) -> int:
     from dicomvec.commands.pipeline_flags import check_flags
-    check_flags(extra, "dicomvec dead-letters summary")  # Beam's options: S3 settings
+    check_flags(extra, "dicomvec dead-letters summary",  # Beam's options: S3 settings
+                own_flags=getattr(args, "own_flags", ()))
     from dicomvec.pipeline.preflight import require_dead_letter_folder
     require_dead_letter_folder(args.directory)
     if "://" in args.directory:  # a bucket folder: read through Beam's filesystem, as reprocess

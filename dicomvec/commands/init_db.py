@@ -92,9 +92,10 @@ def provider_from(args, extra=()):
     model); None without ``--provider``. Any other flag in ``extra`` is a ``UsageError``."""
     from dicomvec.commands.pipeline_flags import check_flags
     command = f"dicomvec {args.command}"
+    own = getattr(args, "own_flags", ())
     if not getattr(args, "provider", None):
         if extra:
-            check_flags(list(extra), command, dicomvec_only=True)  # names the flag
+            check_flags(list(extra), command, dicomvec_only=True, own_flags=own)  # names it
             from dicomvec.errors import UsageError
             raise UsageError(f"{extra[0]} is a provider flag: it needs --provider NAME")
         return None
@@ -102,7 +103,7 @@ def provider_from(args, extra=()):
     if not extra:
         from dicomvec.io.providers.base import ProviderConfig
         return create_provider(ProviderConfig(args.provider))
-    check_flags(list(extra), command, dicomvec_only=True)
+    check_flags(list(extra), command, dicomvec_only=True, own_flags=own)
     from dicomvec.pipeline.options import DicomvecOptions
     options = DicomvecOptions(list(extra) + ["--provider", args.provider])
     return create_provider(options.provider_config())

@@ -229,15 +229,17 @@ def suggestion(flag: str, known: Sequence[str]) -> Optional[str]:
     return by_normal[close[0]] if close else None
 
 
-def check_flags(argv: Sequence[str], prog: str, dicomvec_only: bool = False) -> None:
+def check_flags(argv: Sequence[str], prog: str, dicomvec_only: bool = False,
+                own_flags: Sequence[str] = ()) -> None:
     """Raise ``UsageError`` for the first unknown option, stray argument or bad value in
-    ``argv``; valid Beam options pass (unless ``dicomvec_only``)."""
+    ``argv``; valid Beam options pass (unless ``dicomvec_only``). ``own_flags``: the command's
+    own options (already parsed out of ``argv``), offered too when suggesting a spelling."""
     parser = strict_parser(prog, dicomvec_only=dicomvec_only)
     _, unknown = parser.parse_known_args(list(argv))
     for token in unknown:
         if token.startswith("-"):
             flag = token.split("=", 1)[0]
-            near = suggestion(flag, _option_strings(parser))
+            near = suggestion(flag, [*own_flags, *_option_strings(parser)])
             hint = f" (did you mean {near}?)" if near else ""
             where = "" if dicomvec_only else "; see --help and --help-beam"
             raise UsageError(f"unknown option {flag}{hint}{where}")

@@ -92,9 +92,11 @@ A query image in a bucket (--image s3://BUCKET/KEY.dcm) takes Beam's S3 options
 (--s3_endpoint_url URL, --s3_region_name NAME); credentials come from the environment."""
 
 
-def search_options(extra, paths=(), prog: str = "dicomvec search", embeds: bool = True):
+def search_options(extra, paths=(), prog: str = "dicomvec search", embeds: bool = True,
+                   own_flags=()):
     """The store, provider and preprocessing flags after the command's own flags (``extra``),
-    checked strictly (an unknown flag is an error with a suggestion, never dropped), and the
+    checked strictly (an unknown flag is an error with a suggestion among these and
+    ``own_flags``, the command's own options; never dropped), and the
     provider's preflight (when the command ``embeds``: a ``--like`` query only reads a stored
     vector). ``paths``: files the command will read (``--image``).
 
@@ -108,7 +110,7 @@ def search_options(extra, paths=(), prog: str = "dicomvec search", embeds: bool 
     from dicomvec.pipeline import preflight
     known, rest = dicomvec_parser(prog).parse_known_args(list(extra))
     if rest or known.gcs_emulator_host or any(has_scheme(p) for p in paths if p):
-        options = _beam_options(extra, prog)
+        options = _beam_options(extra, prog, own_flags)
     else:
         from dicomvec.pipeline.options import FlagValues
         options = FlagValues(**vars(known))
@@ -117,7 +119,7 @@ def search_options(extra, paths=(), prog: str = "dicomvec search", embeds: bool 
     return options
 
 
-def _beam_options(extra, prog: str):
+def _beam_options(extra, prog: str, own_flags=()):
     """``DicomvecOptions`` for ``extra`` (dicomvec's flags and Beam's S3 options only), with
     Beam's filesystems and the GCS emulator set for this process."""
     from apache_beam.io.filesystems import FileSystems
@@ -127,7 +129,7 @@ def _beam_options(extra, prog: str):
     s3_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     S3Options._add_argparse_args(s3_parser)
     s3_flags, rest = s3_parser.parse_known_args(extra)
-    check_flags(rest, prog, dicomvec_only=True)
+    check_flags(rest, prog, dicomvec_only=True, own_flags=own_flags)
     from dicomvec.pipeline.options import DicomvecOptions
     known, _ = strict_parser(prog, dicomvec_only=True).parse_known_args(rest)
     options = DicomvecOptions(flags=[], **vars(known), **vars(s3_flags))
@@ -162,7 +164,8 @@ def run(args, extra) -> int:
     from dicomvec.search.engine import SearchRequest, run_search
 
     # the sink: checked by run_search
-    options = search_options(extra, [args.image], embeds=not args.like)
+    options = search_options(extra, [args.image], embeds=not args.like,
+                             own_flags=getattr(args, "own_flags", ()))
     from dicomvec.io.open_path import has_scheme
     if has_scheme(args.image):  # a bucket
         from dicomvec.io.object_storage import check_s3_paths

@@ -73,7 +73,8 @@ def run(args, extra) -> int:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_upload_mb <= 0 or args.cache_mb < 0:
         raise UserError("--max-upload-mb must be positive and --cache-mb not negative")
-    options = search_options(extra, prog="dicomvec serve")
+    options = search_options(extra, prog="dicomvec serve",
+                             own_flags=getattr(args, "own_flags", ()))
     options.sink_config().images().dialect.check_reachable(must_exist=True)
     from dicomvec.search import SearchRequest
     probe, text_settings = reports_request(SearchRequest(text="x"), args, options)
