@@ -391,8 +391,26 @@ class JobMonitor:
                 pass
             log.debug("the job ended in %s", state, exc_info=True)
             raise JobFailed(f"the job failed ({self.job_name}): "
-                            f"{root_cause(self._error_text(exc))}; "
+                            f"{root_cause(self._error_text(exc))}; {self._cluster_note()}"
                             f"{self.exception_history()}") from None
+
+    def _cluster_note(self) -> str:
+        """After a failure: what the cluster says about it, ending in "; " ("" when all is
+        well or unknown). A Flink job that lost its only TaskManager ends, once its restart
+        strategy is spent, in Flink's own "NoResourceAvailableException: Could not acquire the
+        minimum required resources"; the user is told the plain fact beside it."""
+        if self.rest is None:
+            return ""
+        try:
+            taskmanagers = self.rest.overview().get("taskmanagers", 0)
+        except (OSError, ValueError) as exc:
+            log.debug("Flink REST overview: %s", exc)
+            return ""
+        if taskmanagers:
+            return ""
+        return (f"the Flink cluster at {self.rest.base} has no TaskManager now: see the "
+                f"TaskManager's log for why it stopped, then run the same command again "
+                f"(stored images are skipped); ")
 
     def _error_text(self, exc: BaseException) -> str:
         """The runner's error messages (a portable runner keeps the job's messages; the
