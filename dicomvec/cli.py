@@ -134,19 +134,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    sub = parser._subparsers._group_actions[0].choices[args.command]
+    own_flags = [s for a in sub._actions for s in a.option_strings]
     if extra and not getattr(args, "passthrough", False):
         from dicomvec.commands.pipeline_flags import suggestion
         flag = next((e.split("=", 1)[0] for e in extra if e.startswith("-")), None)
-        sub = parser._subparsers._group_actions[0].choices[args.command]
-        known = [s for a in sub._actions for s in a.option_strings]
-        near = suggestion(flag, known) if flag else None
+        near = suggestion(flag, own_flags) if flag else None
         hint = f" (did you mean {near}?)" if near else ""
         what = f"unknown option {flag}{hint}" if flag else f"unexpected argument {extra[0]!r}"
         print(f"dicomvec {args.command}: error: {what}", file=sys.stderr)
         return 2
-    if getattr(args, "passthrough", False):  # for "did you mean" on the command's own flags
-        sub = parser._subparsers._group_actions[0].choices[args.command]
-        args.own_flags = [s for a in sub._actions for s in a.option_strings]
+    args.own_flags = own_flags  # a passthrough command's "did you mean" offers them too
     try:
         configure_logging(*log_levels(args))
         return int(args.func(args, extra) or 0)

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 TERMINAL_FLINK = {"FINISHED", "CANCELED", "FAILED", "SUSPENDED"}
 # a cluster that has had no TaskManager this long cannot run the job: say so, do not wait
 NO_TASKMANAGER_GRACE_S = 60.0
+NO_TASKMANAGER_ADVICE = ("see the TaskManager's log for why it stopped, then run the same "
+                         "command again (stored images are skipped)")
 # a job that just ended frees its slots within seconds: preflight waits this long for them
 SLOTS_WAIT_S = 15.0
 
@@ -352,10 +354,8 @@ class JobMonitor:
         if self.rest is None or now - self._cluster_checked < 5.0:
             return
         self._cluster_checked = now
-        try:
-            taskmanagers = self.rest.overview().get("taskmanagers", 0)
-        except (OSError, ValueError) as exc:
-            log.debug("Flink REST overview: %s", exc)
+        taskmanagers = self._taskmanagers()
+        if taskmanagers is None:
             return
         if taskmanagers:
             self._no_taskmanager_since = None
@@ -366,9 +366,16 @@ class JobMonitor:
             what = self.cancel(timeout_s=20.0)
             raise JobFailed(
                 f"the Flink cluster at {self.rest.base} has had no TaskManager for "
-                f"{NO_TASKMANAGER_GRACE_S:.0f} s, so the job cannot run ({what}); see the "
-                f"TaskManager's log for why it stopped, then run the same command again "
-                f"(stored images are skipped)")
+                f"{NO_TASKMANAGER_GRACE_S:.0f} s, so the job cannot run ({what}); "
+                f"{NO_TASKMANAGER_ADVICE}")
+
+    def _taskmanagers(self) -> Optional[int]:
+        """How many TaskManagers the cluster has now; None when its REST API cannot say."""
+        try:
+            return int(self.rest.overview().get("taskmanagers", 0))
+        except (OSError, ValueError) as exc:
+            log.debug("Flink REST overview: %s", exc)
+            return None
 
     def exception_history(self) -> str:
         """Where the failed job's exception history can be read."""
@@ -399,18 +406,10 @@ class JobMonitor:
         well or unknown). A Flink job that lost its only TaskManager ends, once its restart
         strategy is spent, in Flink's own "NoResourceAvailableException: Could not acquire the
         minimum required resources"; the user is told the plain fact beside it."""
-        if self.rest is None:
+        if self.rest is None or self._taskmanagers() != 0:
             return ""
-        try:
-            taskmanagers = self.rest.overview().get("taskmanagers", 0)
-        except (OSError, ValueError) as exc:
-            log.debug("Flink REST overview: %s", exc)
-            return ""
-        if taskmanagers:
-            return ""
-        return (f"the Flink cluster at {self.rest.base} has no TaskManager now: see the "
-                f"TaskManager's log for why it stopped, then run the same command again "
-                f"(stored images are skipped); ")
+        return (f"the Flink cluster at {self.rest.base} has no TaskManager now: "
+                f"{NO_TASKMANAGER_ADVICE}; ")
 
     def _error_text(self, exc: BaseException) -> str:
         """The runner's error messages (a portable runner keeps the job's messages; the

@@ -17,6 +17,7 @@ torch and open_clip are imported inside the functions, so importing this module 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -49,24 +50,24 @@ class ModelSource:
     kind: str
     path: str
 
-    @property
+    @functools.cached_property
     def short_id(self) -> str:
         """A short, stable name that two different models never share: the hub name (one repo,
         one model), else the folder's or file's name and the first 8 hex digits of the weights'
         SHA-256 (``biomedclip@1a2b3c4d``): two folders of the same name holding different
-        weights get different ids, the same weights copied elsewhere the same one."""
+        weights get different ids, the same weights copied elsewhere the same one. Worked out
+        once per source: the provider asks for it with every embedded record."""
         if self.spec.startswith(HUB_PREFIX):
             return self.spec[len(HUB_PREFIX):]
         path = Path(self.path)
         if self.kind == "checkpoint":
             return f"{path.stem}@{weights_digest(path)}"
-        weights = _weights_in(path)
-        return f"{path.name}@{weights_digest(weights)}" if weights else path.name
+        return f"{path.name}@{weights_digest(_weights_in(path))}"  # resolve: it has weights
 
 
 def weights_digest(path: Path) -> str:
     """The first 8 hex digits of ``path``'s SHA-256, computed once per process for a file's
-    size and modification time (≈ 1 s per GB here; a worker pays it once, beside the load)."""
+    size and modification time (one more read of the weights per worker process, beside the load)."""
     stat = os.stat(path)
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
