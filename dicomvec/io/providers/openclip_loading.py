@@ -67,7 +67,8 @@ class ModelSource:
 
 def weights_digest(path: Path) -> str:
     """The first 8 hex digits of ``path``'s SHA-256, computed once per process for a file's
-    size and modification time (one more read of the weights per worker process, beside the load)."""
+    size and modification time (one more read of the weights per worker process, beside the
+    load)."""
     stat = os.stat(path)
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
